@@ -1,0 +1,89 @@
+"""Root pytest set-up: the notebooks under nbval (strict), reproducibly.
+
+`pytest` from the repository root runs the unit tests in ``tests/`` and executes every
+``notebooks/*.ipynb`` under nbval (options in pyproject.toml: ``--nbval``, the sanitize file
+``nbval_sanitize.cfg``, a per-cell timeout). Strict means every cell's output is compared with
+the committed one, except cells tagged ``nbval-ignore-output`` (timings, memory, versions,
+generated text) or ``nbval-skip``.
+
+What this file adds, and why (FIELD-NOTES, "nbval, measured"):
+
+- the kernels' environment, set here at import, BEFORE nbval starts any kernel (kernels inherit
+  this process's environment): ``PYTHONHASHSEED=0`` (set order), ``TQDM_DISABLE=1`` (no bars),
+  offline hub, and this checkout first on ``PYTHONPATH`` so the kernels import this
+  ``course_utils`` even without ``pip install -e .``. The same environment is used by
+  ``course-utils run --inplace``, which writes the committed outputs.
+- stderr is not compared: warnings and log lines differ between machines and library
+  versions (FIELD-NOTES 9 and 10) and are not what a lesson checks. stdout, text and HTML are.
+- two sanitize patterns that depend on the machine: this checkout's path and $HOME.
+- ``gpu``-marked tests skip cleanly without CUDA.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+
+# --------------------------------------------------------------------------- kernel environment
+# Keep in sync with course_utils.runner.KERNEL_ENV / OFFLINE_ENV (tests/test_runner.py checks).
+KERNEL_ENV = {
+    "PYTHONHASHSEED": "0",
+    "TQDM_DISABLE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+}
+for _key, _value in KERNEL_ENV.items():
+    os.environ.setdefault(_key, _value)
+os.environ.pop("COURSE_MODEL", None)  # the committed outputs come from the default model
+os.environ.pop("COURSE_METRICS_PATH", None)
+_paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+if str(ROOT) not in _paths:
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), *_paths] if p)
+
+# Never collect helper scripts that sit next to the notebooks, nor executed copies of runs.
+collect_ignore_glob = ["notebooks/*.py", "notebooks/**/*.py", "runs/*", "runs/**"]
+
+# Output keys nbval must not compare (on top of its own: metadata, traceback, images, widget views).
+NBVAL_SKIP_COMPARE = ("stderr", "application/vnd.jupyter.widget-state+json")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Make the sanitize file's path work from any working directory (it is relative to the root)."""
+    path = getattr(config.option, "nbval_sanitize_with", None)
+    if path and not Path(path).is_absolute() and not Path(path).exists():
+        candidate = Path(config.rootpath) / path
+        if candidate.exists():
+            config.option.nbval_sanitize_with = str(candidate)
+
+
+def _machine_patterns() -> dict[str, str]:
+    patterns = {re.escape(str(ROOT)): "<REPO>"}
+    home = os.path.expanduser("~")
+    if home not in {"", "/"}:
+        patterns[re.escape(home)] = "<HOME>"
+    return patterns
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    seen = set()
+    for item in items:
+        parent = item.parent
+        if type(parent).__name__ == "IPyNbFile" and id(parent) not in seen:
+            seen.add(id(parent))
+            parent.skip_compare = tuple(parent.skip_compare) + NBVAL_SKIP_COMPARE
+            # machine-specific patterns first; nbval adds the sanitize file's patterns at setup
+            parent.sanitize_patterns.update(_machine_patterns())
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items:
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="needs a CUDA GPU")
+            for item in gpu_items:
+                item.add_marker(skip)

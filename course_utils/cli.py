@@ -1,0 +1,243 @@
+"""``course-utils``: the instructor's command line (also ``python -m course_utils``).
+
+Subcommands:
+
+- ``run``: execute the notebooks headless (all, or chosen by number/name/path) with papermill,
+  into ``runs/<timestamp>/`` with a summary table (``summary.md``, ``summary.json``); or
+  ``--inplace`` to regenerate a notebook's committed outputs with the default model.
+- ``doctor``: will the course run here? Versions, accelerator, bitsandbytes, disk, hub.
+- ``plan``: the training-memory planner (`course_utils.planner`) from the command line.
+
+Exit codes: 0 success, 1 a notebook (or a doctor check) failed, 2 bad input (the message says
+what to do).
+
+>>> main(["plan", "smollm2-135m", "--batch-size", "1", "--seq-len", "128"])   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    print(f"course-utils: error: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from course_utils import runner
+    from course_utils.loading import ModelNotAvailableError
+
+    folder = Path(args.notebooks_dir) if args.notebooks_dir else _default_notebooks_dir()
+    try:
+        notebooks = runner.select_notebooks(args.notebooks, folder=folder)
+    except runner.UnknownNotebookError as err:
+        _err(str(err))
+        return EXIT_USAGE
+
+    if args.inplace:
+        overrides = [f"--{k.replace('_', '-')}" for k in ("model", "dtype", "device", "max_steps", "out")
+                     if getattr(args, k) is not None]
+        if overrides:
+            _err(f"--inplace regenerates the committed outputs, which nbval compares, so it always uses the "
+                 f"notebook's own parameters and the default model; drop {', '.join(overrides)} "
+                 "(or run without --inplace to get executed copies in runs/).")
+            return EXIT_USAGE
+        return _run_inplace(notebooks, args)
+
+    if args.model is not None:  # before anything runs: a typo must not cost a kernel start
+        try:
+            runner.check_model(args.model)
+        except ModelNotAvailableError as err:
+            _err(str(err))
+            return EXIT_USAGE
+    try:
+        out_dir = runner.new_run_dir(args.out, base=args.runs_dir, overwrite=args.overwrite)
+    except runner.OutputExistsError as err:
+        _err(str(err))
+        return EXIT_USAGE
+
+    summary = runner.run_notebooks(notebooks, out_dir, model=args.model, dtype=args.dtype, device=args.device,
+                                   max_steps=args.max_steps, cell_timeout=args.timeout,
+                                   progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=1, default=str))
+    else:
+        print(summary.to_markdown())
+        print(f"Executed notebooks and summary.md / summary.json in {out_dir}")
+    if not summary.ok:
+        names = ", ".join(r.notebook for r in summary.failed)
+        _err(f"{len(summary.failed)} notebook(s) failed: {names}. Open the executed copies in {out_dir} "
+             "to see the traceback under the failing cell.")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _run_inplace(notebooks: Sequence[Path], args: argparse.Namespace) -> int:
+    from course_utils import runner
+
+    failed = 0
+    for nb in notebooks:
+        print(f"executing {nb} in place (default model, offline) ...", flush=True)
+        result = runner.execute_inplace(nb, cell_timeout=args.timeout)
+        if result.ok:
+            print(f"  ok in {result.seconds:.1f} s: outputs written, widget state and timing metadata stripped")
+        else:
+            failed += 1
+            print(f"  FAILED at {result.error}; {nb} left unchanged")
+    if failed:
+        _err(f"{failed} notebook(s) failed; fix the failing cell and run the command again.")
+        return EXIT_FAILED
+    print("Check that a re-run matches: pytest " + " ".join(str(nb) for nb in notebooks))
+    return EXIT_OK
+
+
+def _default_notebooks_dir() -> Path:
+    here = Path.cwd() / "notebooks"
+    if here.is_dir():
+        return here
+    from course_utils.runner import NOTEBOOKS_DIR
+
+    return NOTEBOOKS_DIR
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from course_utils.doctor import diagnose
+
+    report = diagnose()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1, default=str))
+    else:
+        print(report)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        from course_utils import planner
+    except ImportError as err:  # pragma: no cover - planner ships with the package
+        _err(f"the memory planner is not available ({err}).")
+        return EXIT_FAILED
+    try:
+        config = planner.load_config(args.model)
+    except Exception as err:  # unknown name, unreadable file
+        names = ", ".join(planner.list_configs())
+        _err(f"cannot read a config for {args.model!r} ({type(err).__name__}: {str(err).splitlines()[0][:160]}). "
+             f"Use a shipped name ({names}), a folder with config.json, or a config .json file.")
+        return EXIT_USAGE
+    targets: str | list[str] = args.target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    common = dict(dtype=args.dtype, r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                  target_modules=targets, batch_size=args.batch_size, seq_len=args.seq_len,
+                  gradient_checkpointing=args.gc, optimizer=args.optimizer)
+    try:
+        if args.compare:
+            recipes = [planner.Recipe(method=m, **common) for m in ("full", "lora", "qlora")]
+            table = planner.fit_table(config, recipes, gpus=tuple(args.gpus))
+            print(json.dumps(table.to_dict(), indent=1) if args.json else table)
+        else:
+            recipe = planner.Recipe(method=args.method, **common)
+            est = planner.estimate_training_memory(config, recipe, gpu_gib=args.gpu)
+            if args.json:
+                out = est.to_dict()
+                if args.gpu is not None:
+                    out["fits"] = {f"{args.gpu:g}": est.fits(args.gpu)}
+                print(json.dumps(out, indent=1))
+            else:
+                print(est)
+                if args.gpu is not None:
+                    print(f"  fits a {args.gpu:g} GB GPU: {'yes' if est.fits(args.gpu) else 'no'}")
+    except (ValueError, TypeError) as err:  # Recipe validation says what was wrong
+        _err(str(err))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="course-utils", description="Instructor tools for the PEFT course: run notebooks, check the "
+        "environment, plan training memory.")
+    sub = parser.add_subparsers(dest="command", metavar="{run,doctor,plan}")
+
+    run = sub.add_parser("run", help="execute notebooks headless and summarize", description=(
+        "Execute the course's notebooks with papermill (all, or those named) into runs/<timestamp>/ "
+        "and write summary.md / summary.json. With --inplace, re-execute the named notebooks with the "
+        "default model and write them back with outputs (what gets committed)."))
+    run.add_argument("notebooks", nargs="*", help="numbers (01), names (01_lora_training) or .ipynb paths; default: all")
+    run.add_argument("--model", help="model for every notebook (MODEL parameter and $COURSE_MODEL), e.g. smollm2-135m")
+    run.add_argument("--dtype", help="DTYPE parameter: auto, float32, bfloat16, float16")
+    run.add_argument("--device", help="DEVICE parameter: auto, cpu, cuda, mps")
+    run.add_argument("--max-steps", type=int, help="MAX_STEPS parameter (training steps per notebook)")
+    run.add_argument("--out", help="output folder (default: a new runs/<timestamp>/)")
+    run.add_argument("--runs-dir", default="runs", help="where timestamped run folders go (default: runs)")
+    run.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
+    run.add_argument("--inplace", action="store_true",
+                     help="execute in place with the default model; strip widget state and timing metadata")
+    run.add_argument("--timeout", type=float, default=1200, help="seconds per cell before giving up (default 1200)")
+    run.add_argument("--notebooks-dir", help="folder of the notebooks (default: ./notebooks)")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    doctor = sub.add_parser("doctor", help="check this environment", description=(
+        "Check Python, torch, CUDA/MPS, library versions against the supported ranges, bitsandbytes "
+        "(4-bit round trip), disk, hub access, and say what of the course runs here."))
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=_cmd_doctor)
+
+    plan = sub.add_parser("plan", help="estimate training memory for a model and recipe", description=(
+        "Estimate peak GPU memory of a training step from the model's config (nothing is downloaded)."))
+    plan.add_argument("model", help="smollm2-135m, smollm2-360m, smollm2-1.7b, llama-3.2-1b, or a config path")
+    plan.add_argument("--method", default="lora", choices=("full", "lora", "qlora", "lora-8bit"))
+    plan.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    plan.add_argument("--r", type=int, default=16, help="LoRA rank")
+    plan.add_argument("--lora-alpha", type=int, default=32)
+    plan.add_argument("--lora-dropout", type=float, default=0.05)
+    plan.add_argument("--target-modules", default="all-linear", help='"all-linear" or e.g. q_proj,v_proj')
+    plan.add_argument("--batch-size", type=int, default=8)
+    plan.add_argument("--seq-len", type=int, default=512)
+    plan.add_argument("--gc", action="store_true", help="gradient checkpointing")
+    plan.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw-8bit", "sgd"))
+    plan.add_argument("--gpu", type=float, help="GPU memory in GB: say whether it fits, and which knob would help")
+    plan.add_argument("--compare", action="store_true", help="full / lora / qlora side by side on several GPU sizes")
+    plan.add_argument("--gpus", type=float, nargs="+", default=[16, 24, 40, 80], help="GPU sizes for --compare")
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.set_defaults(func=_cmd_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``course-utils`` / ``python -m course_utils``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Task evaluation: batched greedy generation with exact-match scoring, for any model.
+
+Works the same on a base model, a ``PeftModel`` (with or without active adapters) and a
+merged model. Prompt/prefix tuning needs ``use_cache=False`` in today's peft/transformers
+(see notebook 5), so :func:`evaluate_task` passes ``use_cache`` through.
+
+>>> from course_utils.loading import load_model, load_tokenizer
+>>> from course_utils.data import load_task
+>>> model, tok = load_model(), load_tokenizer()
+>>> result = evaluate_task(model, tok, load_task("shout", "eval"), progress=False)
+>>> result.accuracy <= 0.2      # the base model answers in a normal sentence
+True
+"""
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+from course_utils.data import split_prompt
+
+__all__ = ["EvalResult", "generate_answers", "evaluate_task", "preference_accuracy", "sequence_logprob"]
+
+
+@dataclass
+class EvalResult:
+    """Accuracy on a task's eval split, with a few rows to look at."""
+
+    accuracy: float
+    correct: int
+    total: int
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "accuracy": self.accuracy, "correct": self.correct, "total": self.total,
+                "examples": self.examples}
+
+    def __repr__(self) -> str:
+        head = f"{self.name + ': ' if self.name else ''}accuracy {self.accuracy:.1%} ({self.correct}/{self.total})"
+        rows = [f"  {'ok ' if e['correct'] else 'BAD'} {e['question']!r} -> {e['answer']!r} (expected {e['expected']!r})"
+                for e in self.examples]
+        return "\n".join([head, *rows])
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{'&#10004;' if e['correct'] else '&#10008;'}</td><td>{html.escape(e['question'])}</td>"
+            f"<td><code>{html.escape(e['answer'])}</code></td><td><code>{html.escape(e['expected'])}</code></td></tr>"
+            for e in self.examples)
+        title = html.escape(self.name + ": ") if self.name else ""
+        return (f"<p><b>{title}accuracy {self.accuracy:.1%}</b> ({self.correct}/{self.total})</p>"
+                "<table><tr><th></th><th>question</th><th>model's answer</th><th>expected</th></tr>"
+                f"{rows}</table>")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy answers to chat prompts (lists of messages), decoded without special tokens.
+
+    >>> from course_utils.loading import load_model, load_tokenizer
+    >>> generate_answers(load_model(), load_tokenizer(),
+    ...                  [[{"role": "user", "content": "What color is the fox?"}]], progress=False)
+    ['The fox is grey.']
+    """
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    device = _model_device(model)
+    answers: list[str] = []
+    batches = range(0, len(prompts), batch_size)
+    for start in tqdm(batches, desc="generating", disable=not progress, leave=False):
+        chunk = list(prompts[start:start + batch_size])
+        enc = tokenizer.apply_chat_template(chunk, add_generation_prompt=True, tokenize=True, padding=True,
+                                            return_dict=True, return_tensors="pt").to(device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        answers.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    model.train(was_training)
+    return answers
+
+
+def evaluate_task(
+    model: Any,
+    tokenizer: Any,
+    dataset: Dataset,
+    *,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    n_examples: int = 3,
+    normalize: Callable[[str], str] = str.strip,
+    use_cache: bool = True,
+    progress: bool = True,
+    name: str = "",
+) -> EvalResult:
+    """Exact-match accuracy of greedy answers on a ``messages`` dataset (e.g. a task's eval split).
+
+    Args:
+        max_new_tokens: default: enough for the longest reference answer plus a margin.
+        normalize: applied to both the answer and the reference before comparing.
+        n_examples: how many rows to keep for display (the first ones, so re-runs match).
+        use_cache: pass ``False`` for prompt/prefix tuning (see notebook 5).
+
+    >>> from course_utils.loading import load_model, load_tokenizer
+    >>> from course_utils.data import load_task
+    >>> evaluate_task(load_model(), load_tokenizer(), load_task("terse", "eval"), progress=False).accuracy
+    0.0
+    """
+    if "messages" not in dataset.column_names:
+        raise ValueError(f"evaluate_task needs a `messages` column; this dataset has {dataset.column_names}. "
+                         "For preference pairs use preference_accuracy().")
+    pairs = [split_prompt(m) for m in dataset["messages"]]
+    prompts = [p for p, _ in pairs]
+    references = [r for _, r in pairs]
+    if max_new_tokens is None:
+        longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
+        max_new_tokens = longest + 4
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               use_cache=use_cache, progress=progress)
+    ok = [normalize(a) == normalize(r) for a, r in zip(answers, references)]
+    examples = [{"question": p[-1]["content"], "answer": a, "expected": r, "correct": c}
+                for p, a, r, c in list(zip(prompts, answers, references, ok))[:n_examples]]
+    correct = sum(ok)
+    return EvalResult(accuracy=correct / len(ok), correct=correct, total=len(ok), examples=examples, name=name)
+
+
+@torch.no_grad()
+def sequence_logprob(model: Any, tokenizer: Any, prompt: list[dict[str, str]], answer: str) -> float:
+    """Sum of log-probabilities the model gives to ``answer`` (an assistant turn) after ``prompt``.
+
+    >>> from course_utils.loading import load_model, load_tokenizer
+    >>> q = [{"role": "user", "content": "What color is the fox?"}]
+    >>> m, t = load_model(), load_tokenizer()
+    >>> sequence_logprob(m, t, q, "The fox is grey.") > sequence_logprob(m, t, q, "THE FOX IS GREY.")
+    True
+    """
+    device = _model_device(model)
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}],
+                                             tokenize=True, return_dict=True)["input_ids"]
+    ids = torch.tensor([full_ids], device=device)
+    logits = model(input_ids=ids).logits.float()
+    logprobs = torch.log_softmax(logits[0, :-1], dim=-1)
+    targets = ids[0, 1:]
+    token_lp = logprobs.gather(-1, targets[:, None])[:, 0]
+    return float(token_lp[len(prompt_ids) - 1:].sum())
+
+
+def preference_accuracy(model: Any, tokenizer: Any, dataset: Dataset) -> float:
+    """Fraction of preference pairs where the model gives the chosen answer a higher log-probability.
+
+    The held-out measure of what DPO changed (generations of a tiny model are a noisy read).
+
+    >>> from course_utils.loading import load_model, load_tokenizer
+    >>> from course_utils.data import load_task
+    >>> preference_accuracy(load_model(), load_tokenizer(), load_task("prefs", "eval")) < 0.2
+    True
+    """
+    was_training = model.training
+    model.eval()
+    wins = 0
+    for row in dataset:
+        chosen = sequence_logprob(model, tokenizer, row["prompt"], row["chosen"][-1]["content"])
+        rejected = sequence_logprob(model, tokenizer, row["prompt"], row["rejected"][-1]["content"])
+        wins += chosen > rejected
+    model.train(was_training)
+    return wins / len(dataset)

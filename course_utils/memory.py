@@ -1,0 +1,763 @@
+"""Measure memory: per training phase, per logged step, and per part of a model.
+
+- `MemoryTracker`: ``with tracker.phase("forward"): ...`` records current and peak memory of each
+  named phase. CUDA: torch's caching allocator (allocated, reserved, peak, device total/free).
+  Apple MPS: ``torch.mps``. CPU: the process's resident memory (RSS), peak from a light
+  background sampler plus ``ru_maxrss``. It never fails without a GPU and says what it measured.
+- `MemoryCallback`: a ``transformers.TrainerCallback`` that adds ``peak_mem_MiB`` (peak since
+  the previous log) to each training log, so it lands in ``trainer.state.log_history``. Works
+  unchanged with ``Trainer``, TRL's ``SFTTrainer`` and ``DPOTrainer``.
+- `model_memory_breakdown`: bytes of weights by dtype (bitsandbytes 4-bit / 8-bit storage and
+  quantization state counted as stored), trainable vs frozen, gradients, AdamW state, buffers.
+- `trainable_parameter_table`: trainable parameters of a PEFT model grouped by target module.
+- `check_gradient_checkpointing`: warns when checkpointing is enabled but cannot act (eval mode).
+
+>>> tracker = MemoryTracker()              # doctest: +SKIP
+>>> with tracker.phase("forward"):         # doctest: +SKIP
+...     loss = model(**batch).loss
+>>> tracker                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+import resource
+import sys
+import threading
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+try:  # a plain base class when transformers is missing, so the module still imports
+    from transformers import TrainerCallback as _TrainerCallbackBase
+except ImportError:  # pragma: no cover
+    _TrainerCallbackBase = object  # type: ignore[assignment,misc]
+
+__all__ = [
+    "MemoryWarning",
+    "PhaseRecord",
+    "MemoryTracker",
+    "MemoryCallback",
+    "ModelBreakdown",
+    "TrainableTable",
+    "model_memory_breakdown",
+    "trainable_parameter_table",
+    "check_gradient_checkpointing",
+    "gradient_checkpointing_enabled",
+    "resolve_memory_device",
+]
+
+MiB = 2**20
+
+
+class MemoryWarning(UserWarning):
+    """A memory measurement or setting that does not do what it seems to."""
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def gradient_checkpointing_enabled(model: torch.nn.Module) -> bool:
+    """True if any submodule has gradient checkpointing switched on (works through PeftModel).
+
+    Reads the ``gradient_checkpointing`` flag that transformers sets on its layers, without the
+    deprecated ``is_gradient_checkpointing`` property.
+
+    >>> gradient_checkpointing_enabled(torch.nn.Linear(2, 2))
+    False
+    """
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def check_gradient_checkpointing(model: torch.nn.Module, warn: bool = True) -> bool:
+    """Return True if gradient checkpointing will act; warn if it is on but the model is in eval mode.
+
+    transformers only checkpoints when ``self.training`` is True, and ``from_pretrained``
+    returns a model in eval mode: call ``model.train()`` or checkpointing saves nothing.
+
+    >>> check_gradient_checkpointing(torch.nn.Linear(2, 2))
+    False
+    """
+    if not gradient_checkpointing_enabled(model):
+        return False
+    if model.training:
+        return True
+    if warn:
+        warnings.warn(
+            "Gradient (activation) checkpointing is enabled but the model is in eval mode, where it does "
+            "nothing: transformers checkpoints only when model.training is True, so every activation is "
+            "kept. Call model.train() before training; from_pretrained() returns a model in eval mode.",
+            MemoryWarning,
+            stacklevel=2,
+        )
+    return False
+
+
+def resolve_memory_device(device: str | torch.device | None = None) -> str:
+    """Which memory to measure: ``"cuda"``, ``"mps"`` or ``"cpu"``; ``None``/``"auto"`` picks the best.
+
+    Asking for CUDA (or MPS) where there is none warns and falls back to CPU memory.
+
+    >>> resolve_memory_device("cpu")
+    'cpu'
+    """
+    kind = "auto" if device is None or str(device) == "auto" else torch.device(device).type
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if mps_ok else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        warnings.warn(
+            "CUDA memory was requested but CUDA is not available; measuring this process's CPU "
+            "memory (resident set size) instead.",
+            MemoryWarning,
+            stacklevel=3,
+        )
+        return "cpu"
+    if kind == "mps" and not mps_ok:
+        warnings.warn(
+            "MPS memory was requested but MPS is not available; measuring CPU memory instead.",
+            MemoryWarning,
+            stacklevel=3,
+        )
+        return "cpu"
+    if kind not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"Cannot measure memory of device {device!r}: use 'auto', 'cuda', 'mps' or 'cpu'.")
+    return kind
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process(os.getpid()).memory_info().rss)
+
+
+def _maxrss_bytes() -> int:
+    # ru_maxrss: kilobytes on Linux, bytes on macOS. A process-lifetime high-water mark.
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(value if sys.platform == "darwin" else value * 1024)
+
+
+class _Sampler:
+    """Background thread that samples a reading and keeps the maximum since the last reset.
+
+    On CPU (and MPS) there is no per-phase peak counter: ``ru_maxrss`` only ever rises over the
+    process lifetime, so it says nothing about a phase that stays below an earlier peak. A thread
+    reading RSS every few milliseconds catches transient peaks inside a phase at negligible cost
+    (one /proc read per sample; it sleeps otherwise, and CPU-bound torch ops release the GIL).
+    """
+
+    def __init__(self, read: Callable[[], int], interval_s: float) -> None:
+        self.read, self.interval_s = read, interval_s
+        self._max = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            value = self.read()
+            with self._lock:
+                self._max = max(self._max, value)
+
+    def reset(self, value: int) -> None:
+        with self._lock:
+            self._max = value
+
+    def peak(self, value: int) -> int:
+        with self._lock:
+            self._max = max(self._max, value)
+            return self._max
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=1.0)
+            self._thread = None
+
+
+# --------------------------------------------------------------------------- tracker
+
+
+@dataclass
+class PhaseRecord:
+    """Memory of one named phase, in bytes (``reserved`` only on CUDA)."""
+
+    name: str
+    device: str
+    start_bytes: int
+    end_bytes: int
+    peak_bytes: int
+    reserved_bytes: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def delta_bytes(self) -> int:
+        return self.end_bytes - self.start_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            start_MiB=round(self.start_bytes / MiB, 1),
+            end_MiB=round(self.end_bytes / MiB, 1),
+            peak_MiB=round(self.peak_bytes / MiB, 1),
+            delta_MiB=round(self.delta_bytes / MiB, 1),
+        )
+        return d
+
+
+class MemoryTracker:
+    """Record current and peak memory per named phase (load, forward, backward, step, merge, ...).
+
+    ``device``: ``"auto"`` (CUDA, else MPS, else CPU), ``"cuda"``, ``"mps"`` or ``"cpu"``; asking for
+    CUDA without CUDA warns and measures CPU memory. What is measured is in ``.device`` and
+    ``.what``. Phases do not nest (on CUDA each phase resets torch's peak counter).
+
+    >>> tracker = MemoryTracker("cpu")
+    >>> with tracker.phase("allocate"):
+    ...     x = torch.ones(1024, 1024)
+    >>> tracker.records[0].name
+    'allocate'
+    >>> tracker.close()
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device | None = "auto",
+        model: torch.nn.Module | None = None,
+        sample_interval_s: float = 0.005,
+    ) -> None:
+        self.device = resolve_memory_device(device)
+        self.model = model
+        self.records: list[PhaseRecord] = []
+        self._gc_checked = False
+        self._sampler: _Sampler | None = None
+        if self.device == "cpu":
+            self._sampler = _Sampler(_rss_bytes, sample_interval_s)
+        elif self.device == "mps":
+            self._sampler = _Sampler(lambda: int(torch.mps.current_allocated_memory()), sample_interval_s)
+
+    @property
+    def what(self) -> str:
+        """A sentence saying what the numbers are."""
+        if self.device == "cuda":
+            name = torch.cuda.get_device_name()
+            return f"CUDA memory allocated by torch on {name} (peak = torch.cuda.max_memory_allocated)"
+        if self.device == "mps":
+            return "Apple MPS memory allocated by torch (torch.mps.current_allocated_memory, sampled peak)"
+        return "CPU resident memory of this process (RSS; peak sampled every few ms and from ru_maxrss)"
+
+    def current_bytes(self) -> int:
+        """Memory in use now on the measured device."""
+        if self.device == "cuda":
+            return int(torch.cuda.memory_allocated())
+        if self.device == "mps":
+            return int(torch.mps.current_allocated_memory())
+        return _rss_bytes()
+
+    def device_info(self) -> dict[str, Any]:
+        """Device total/free (CUDA), or total/available system memory (CPU, MPS)."""
+        if self.device == "cuda":
+            free, total = torch.cuda.mem_get_info()
+            return {"device": torch.cuda.get_device_name(), "total_bytes": int(total), "free_bytes": int(free)}
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return {"device": self.device, "total_bytes": int(vm.total), "free_bytes": int(vm.available)}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[PhaseRecord]:
+        """Measure the enclosed block as phase ``name``; the record is appended on exit."""
+        if self.model is not None and not self._gc_checked:
+            self._gc_checked = True
+            check_gradient_checkpointing(self.model)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = self.current_bytes()
+        maxrss_before = _maxrss_bytes() if self.device == "cpu" else 0
+        if self._sampler is not None:
+            self._sampler.start()
+            self._sampler.reset(start)
+        record = PhaseRecord(name=name, device=self.device, start_bytes=start, end_bytes=start, peak_bytes=start)
+        t0 = time.perf_counter()
+        try:
+            yield record
+        finally:
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            record.seconds = time.perf_counter() - t0
+            record.end_bytes = self.current_bytes()
+            if self.device == "cuda":
+                record.peak_bytes = int(torch.cuda.max_memory_allocated())
+                record.reserved_bytes = int(torch.cuda.memory_reserved())
+            else:
+                assert self._sampler is not None
+                peak = self._sampler.peak(record.end_bytes)
+                if self.device == "cpu":
+                    # If the lifetime high-water mark rose during this phase, it was set in this
+                    # phase: an exact peak that a sampler could have missed between samples.
+                    maxrss_after = _maxrss_bytes()
+                    if maxrss_after > maxrss_before:
+                        peak = max(peak, maxrss_after)
+                record.peak_bytes = peak
+            self.records.append(record)
+
+    def close(self) -> None:
+        """Stop the background sampler (if any)."""
+        if self._sampler is not None:
+            self._sampler.stop()
+
+    def __enter__(self) -> "MemoryTracker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "what": self.what, "phases": [r.to_dict() for r in self.records]}
+
+    def __repr__(self) -> str:
+        lines = [f"MemoryTracker({self.device}): {self.what}"]
+        lines.append(f"{'phase':<20} {'start MiB':>10} {'end MiB':>10} {'peak MiB':>10} {'delta MiB':>10}")
+        for r in self.records:
+            lines.append(
+                f"{r.name:<20} {r.start_bytes / MiB:>10.1f} {r.end_bytes / MiB:>10.1f} "
+                f"{r.peak_bytes / MiB:>10.1f} {r.delta_bytes / MiB:>+10.1f}"
+            )
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(r.name)}</td><td>{r.start_bytes / MiB:.1f}</td><td>{r.end_bytes / MiB:.1f}</td>"
+            f"<td>{r.peak_bytes / MiB:.1f}</td><td>{r.delta_bytes / MiB:+.1f}</td></tr>"
+            for r in self.records
+        )
+        return (
+            f"<div><b>Memory by phase</b> ({html.escape(self.what)})<table><tr><th>phase</th>"
+            f"<th>start MiB</th><th>end MiB</th><th>peak MiB</th><th>delta MiB</th></tr>{rows}</table></div>"
+        )
+
+    def plot(self, ax: Any = None) -> Any:
+        """Bar chart of end and peak memory per phase (MiB); returns the matplotlib Axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(self.records) + 2), 3.5))
+        names = [r.name for r in self.records]
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], [r.end_bytes / MiB for r in self.records], width=0.4, label="at end")
+        ax.bar([x + 0.2 for x in xs], [r.peak_bytes / MiB for r in self.records], width=0.4, label="peak")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(names)
+        ax.set_xlabel("phase")
+        ax.set_ylabel("memory (MiB)")
+        ax.set_title(f"Memory per phase ({self.device})")
+        ax.legend()
+        return ax
+
+
+# --------------------------------------------------------------------------- callback
+
+
+class MemoryCallback(_TrainerCallbackBase):  # type: ignore[misc,valid-type]
+    """Trainer callback: adds the peak memory since the previous log (``peak_mem_MiB``) to each log.
+
+    The value lands in ``trainer.state.log_history``; works with ``Trainer``, ``SFTTrainer`` and
+    ``DPOTrainer``. ``.steps`` holds (step, peak MiB) for every optimizer step.
+
+    >>> cb = MemoryCallback(device="cpu")
+    >>> trainer = Trainer(..., callbacks=[cb])   # doctest: +SKIP
+    >>> trainer.train(); cb.plot()               # doctest: +SKIP
+    """
+
+    def __init__(self, device: str | torch.device | None = "auto", key: str = "peak_mem_MiB") -> None:
+        self.key = key
+        self.tracker = MemoryTracker(device)
+        self.device = self.tracker.device
+        self.steps: list[tuple[int, float]] = []
+        self._since_log: list[float] = []
+        self._phase: contextlib.AbstractContextManager[PhaseRecord] | None = None
+        self._checked = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.steps.clear()
+        self._since_log.clear()
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._phase = self.tracker.phase(f"step {state.global_step + 1}")
+        self._phase.__enter__()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self._phase is None:
+            return
+        self._phase.__exit__(None, None, None)
+        self._phase = None
+        record = self.tracker.records.pop()  # keep only the per-step series, not every record
+        peak = record.peak_bytes / MiB
+        self.steps.append((state.global_step, peak))
+        self._since_log.append(peak)
+        if model is not None and not self._checked:
+            self._checked = True
+            check_gradient_checkpointing(model)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not self._since_log or logs is None:
+            return  # e.g. the end-of-training summary: no step since the last log
+        value = round(max(self._since_log), 1)
+        self._since_log.clear()
+        logs[self.key] = value
+        # Trainer appends a copy of `logs` to log_history before calling on_log: update that too.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1][self.key] = value
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.tracker.close()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "what": self.tracker.what, "steps": [list(s) for s in self.steps]}
+
+    def __repr__(self) -> str:
+        if not self.steps:
+            return f"MemoryCallback({self.device}): no steps yet"
+        peaks = [p for _, p in self.steps]
+        return (
+            f"MemoryCallback({self.device}): {len(self.steps)} steps, peak per step "
+            f"min {min(peaks):.1f} / max {max(peaks):.1f} MiB ({self.tracker.what})"
+        )
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td>{s}</td><td>{p:.1f}</td></tr>" for s, p in self.steps)
+        return f"<div><b>Peak memory per step</b> ({html.escape(self.tracker.what)})<table><tr><th>step</th><th>peak MiB</th></tr>{rows}</table></div>"
+
+    def plot(self, ax: Any = None) -> Any:
+        """Curve of peak memory per optimizer step (MiB); returns the matplotlib Axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([s for s, _ in self.steps], [p for _, p in self.steps], marker="o")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("peak memory (MiB)")
+        ax.set_title(f"Peak memory per training step ({self.device})")
+        return ax
+
+
+# --------------------------------------------------------------------------- model breakdown
+
+
+def _quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
+    """Tensors bitsandbytes keeps beside a quantized weight (absmax, code, nested state, SCB)."""
+    out: list[torch.Tensor] = []
+    qs = getattr(param, "quant_state", None)
+    stack = [qs] if qs is not None else []
+    while stack:
+        state = stack.pop()
+        for attr in ("absmax", "code", "offset"):
+            t = getattr(state, attr, None)
+            if isinstance(t, torch.Tensor):
+                out.append(t)
+        if getattr(state, "state2", None) is not None:
+            stack.append(state.state2)
+    scb = getattr(param, "SCB", None)
+    if isinstance(scb, torch.Tensor):
+        out.append(scb)
+    return out
+
+
+def _logical_numel(param: torch.Tensor) -> int:
+    """Number of weights a parameter stands for (a 4-bit weight stores 2 per byte)."""
+    qs = getattr(param, "quant_state", None)
+    shape = getattr(qs, "shape", None)
+    if shape is not None:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        return n
+    return param.numel()
+
+
+def _storage_kind(param: torch.Tensor) -> str:
+    cls = type(param).__name__
+    if cls == "Params4bit":
+        return "4-bit (uint8 packed)"
+    if cls == "Int8Params" and param.dtype == torch.int8:
+        return "int8"
+    return str(param.dtype).replace("torch.", "")
+
+
+@dataclass
+class ModelBreakdown:
+    """Bytes and counts of a model's parts. See `model_memory_breakdown`."""
+
+    weights_by_dtype: dict[str, int]
+    quant_state_bytes: int
+    total_params: int
+    trainable_params: int
+    frozen_params: int
+    trainable_bytes: int
+    frozen_bytes: int
+    grads_bytes: int
+    adamw_bytes: int
+    buffers_bytes: int
+    by_module: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(self.weights_by_dtype.values()) + self.quant_state_bytes
+
+    @property
+    def training_bytes(self) -> int:
+        """Weights + buffers + gradients + AdamW state (activations not included)."""
+        return self.weights_bytes + self.buffers_bytes + self.grads_bytes + self.adamw_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(weights_bytes=self.weights_bytes, training_bytes=self.training_bytes)
+        return d
+
+    def _rows(self) -> list[tuple[str, int]]:
+        rows = [(f"weights {k}", v) for k, v in self.weights_by_dtype.items()]
+        if self.quant_state_bytes:
+            rows.append(("quantization state (absmax, code, ...)", self.quant_state_bytes))
+        rows += [
+            ("buffers", self.buffers_bytes),
+            ("gradients (trainable)", self.grads_bytes),
+            ("AdamW state (2 x fp32 per trainable)", self.adamw_bytes),
+            ("total before activations", self.training_bytes),
+        ]
+        return rows
+
+    def __repr__(self) -> str:
+        pct = 100 * self.trainable_params / max(self.total_params, 1)
+        lines = [
+            f"ModelBreakdown: {self.total_params:,} parameters, {self.trainable_params:,} trainable ({pct:.2f}%), "
+            f"{self.frozen_params:,} frozen"
+        ]
+        lines += [f"  {k:<40} {v / MiB:>10.2f} MiB" for k, v in self._rows()]
+        if self.by_module:
+            lines.append(f"  {'module':<40} {'params':>12} {'MiB':>10} {'trainable':>12}")
+            for name, m in self.by_module.items():
+                lines.append(f"  {name:<40} {m['params']:>12,} {m['bytes'] / MiB:>10.2f} {m['trainable']:>12,}")
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v / MiB:.2f}</td></tr>" for k, v in self._rows())
+        mods = ""
+        if self.by_module:
+            mods = "<table><tr><th>module</th><th>params</th><th>MiB</th><th>trainable</th></tr>" + "".join(
+                f"<tr><td>{html.escape(n)}</td><td>{m['params']:,}</td><td>{m['bytes'] / MiB:.2f}</td>"
+                f"<td>{m['trainable']:,}</td></tr>"
+                for n, m in self.by_module.items()
+            ) + "</table>"
+        return (
+            f"<div><b>{self.total_params:,} parameters</b>, {self.trainable_params:,} trainable"
+            f"<table><tr><th>part</th><th>MiB</th></tr>{rows}</table>{mods}</div>"
+        )
+
+    def plot(self, ax: Any = None) -> Any:
+        """Horizontal bars of each part (MiB); returns the matplotlib Axes."""
+        import matplotlib.pyplot as plt
+
+        rows = self._rows()[:-1]
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.5))
+        ax.barh([k for k, _ in rows], [v / MiB for _, v in rows])
+        ax.set_xlabel("memory (MiB)")
+        ax.set_ylabel("part")
+        ax.set_title("Model memory before activations")
+        return ax
+
+
+def model_memory_breakdown(model: torch.nn.Module, by_module: int = 0) -> ModelBreakdown:
+    """Count a model's memory: weights by dtype, trainable vs frozen, grads, AdamW state, buffers.
+
+    Bytes are the tensors' actual storage (``numel * element_size``): a bitsandbytes 4-bit weight
+    stores two values per byte in uint8, and its quantization state (absmax, code, nested state)
+    is counted too; an 8-bit weight is int8 plus its fp32 row scales. Parameter counts are the
+    logical number of weights. Gradients are one per trainable parameter in its dtype; AdamW
+    state is two fp32 tensors per trainable parameter (8 bytes each). Tied weights count once.
+    ``by_module=2`` also groups parameters by the first two parts of their names
+    (``model.layers``, ``lm_head``, ...).
+
+    >>> b = model_memory_breakdown(torch.nn.Linear(10, 4))
+    >>> b.total_params, b.adamw_bytes
+    (44, 352)
+    """
+    seen: set[int] = set()
+    by_dtype: dict[str, int] = defaultdict(int)
+    modules: dict[str, dict[str, int]] = {}
+    quant = total = trainable = trainable_b = frozen_b = grads = 0
+    for name, p in model.named_parameters(remove_duplicate=False):
+        key = id(p)
+        if key in seen:
+            continue
+        seen.add(key)
+        nbytes = p.numel() * p.element_size()
+        q_bytes = sum(t.numel() * t.element_size() for t in _quant_state_tensors(p))
+        n = _logical_numel(p)
+        by_dtype[_storage_kind(p)] += nbytes
+        quant += q_bytes
+        total += n
+        if p.requires_grad:
+            trainable += n
+            trainable_b += nbytes + q_bytes
+            grads += nbytes
+        else:
+            frozen_b += nbytes + q_bytes
+        if by_module:
+            group = ".".join(name.split(".")[:by_module])
+            m = modules.setdefault(group, {"params": 0, "bytes": 0, "trainable": 0})
+            m["params"] += n
+            m["bytes"] += nbytes + q_bytes
+            m["trainable"] += n if p.requires_grad else 0
+    buffers = 0
+    seen_buf: set[int] = set()
+    for b in model.buffers():
+        if id(b) not in seen_buf:
+            seen_buf.add(id(b))
+            buffers += b.numel() * b.element_size()
+    return ModelBreakdown(
+        weights_by_dtype=dict(by_dtype),
+        quant_state_bytes=quant,
+        total_params=total,
+        trainable_params=trainable,
+        frozen_params=total - trainable,
+        trainable_bytes=trainable_b,
+        frozen_bytes=frozen_b,
+        grads_bytes=grads,
+        adamw_bytes=8 * trainable,
+        buffers_bytes=buffers,
+        by_module=modules,
+    )
+
+
+# --------------------------------------------------------------------------- PEFT table
+
+_ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
+
+
+def _target_name(param_name: str) -> str:
+    parts = param_name.split(".")
+    for i, part in enumerate(parts):
+        if part in _ADAPTER_PARTS and i > 0:
+            return parts[i - 1]
+    # other adapters (IA3, prompt encoders, modules_to_save): the owning module's name
+    owners = [p for p in parts[:-1] if not p.isdigit() and p not in ("default", "weight", "bias")]
+    return owners[-1] if owners else parts[0]
+
+
+@dataclass
+class TrainableTable:
+    """Trainable parameters grouped by target module (q_proj, v_proj, ...). See `trainable_parameter_table`."""
+
+    rows: list[dict[str, Any]]
+    trainable: int
+    total: int
+
+    @property
+    def trainable_pct(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    @property
+    def reduction_pct(self) -> float:
+        """How many fewer parameters are trained than in full fine-tuning, in percent."""
+        return 100.0 - self.trainable_pct
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "trainable": self.trainable,
+            "total": self.total,
+            "trainable_pct": round(self.trainable_pct, 4),
+            "reduction_pct": round(self.reduction_pct, 4),
+        }
+
+    def __repr__(self) -> str:
+        lines = [f"{'module':<20} {'layers':>7} {'trainable':>12} {'% of total':>11}"]
+        for r in self.rows:
+            lines.append(f"{r['module']:<20} {r['modules']:>7} {r['trainable']:>12,} {r['pct_of_total']:>10.3f}%")
+        lines.append(
+            f"{'total':<20} {'':>7} {self.trainable:>12,} {self.trainable_pct:>10.3f}%  of {self.total:,} "
+            f"-> {self.reduction_pct:.2f}% fewer trainable parameters than full fine-tuning"
+        )
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(r['module'])}</td><td>{r['modules']}</td><td>{r['trainable']:,}</td>"
+            f"<td>{r['pct_of_total']:.3f}%</td></tr>"
+            for r in self.rows
+        )
+        return (
+            "<div><table><tr><th>module</th><th>layers</th><th>trainable</th><th>% of total</th></tr>"
+            f"{rows}<tr><td><b>total</b></td><td></td><td><b>{self.trainable:,}</b></td>"
+            f"<td><b>{self.trainable_pct:.3f}%</b></td></tr></table>"
+            f"{self.reduction_pct:.2f}% fewer trainable parameters than full fine-tuning "
+            f"({self.total:,} in all)</div>"
+        )
+
+
+def trainable_parameter_table(model: torch.nn.Module) -> TrainableTable:
+    """Trainable parameters grouped by target module name, with counts and % of all parameters.
+
+    For a LoRA model each row is a target (``q_proj``, ``v_proj``, ...): how many layers carry it
+    and how many parameters its A and B matrices add (``r * (in + out)`` per layer).
+
+    >>> from peft import LoraConfig, get_peft_model                          # doctest: +SKIP
+    >>> pm = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))  # doctest: +SKIP
+    >>> trainable_parameter_table(pm).reduction_pct > 99                      # doctest: +SKIP
+    True
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    seen: set[int] = set()
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = _logical_numel(p)
+        total += n
+        if not p.requires_grad:
+            continue
+        trainable += n
+        key = _target_name(name)
+        owner = name.split(".lora_")[0] if ".lora_" in name else name.rsplit(".", 1)[0]
+        g = groups.setdefault(key, {"module": key, "owners": set(), "trainable": 0})
+        g["owners"].add(owner)
+        g["trainable"] += n
+    rows = [
+        {
+            "module": g["module"],
+            "modules": len(g["owners"]),
+            "trainable": g["trainable"],
+            "pct_of_total": round(100.0 * g["trainable"] / max(total, 1), 4),
+        }
+        for g in groups.values()
+    ]
+    return TrainableTable(rows=rows, trainable=trainable, total=total)
+

@@ -1,0 +1,137 @@
+"""What every notebook's first cells do: seed, quiet the known noise, say what runs where.
+
+Nothing here runs at import time: a notebook calls :func:`setup` explicitly.
+
+>>> info = setup(seed=0, show=False)
+>>> info["device"] in {"cpu", "cuda", "mps"}
+True
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import platform
+import warnings
+from typing import Any
+
+__all__ = ["METRICS_ENV_VAR", "in_colab", "quiet", "record_metrics", "recorded_metrics", "seed_everything", "setup", "versions"]
+
+METRICS_ENV_VAR = "COURSE_METRICS_PATH"
+_METRICS: dict[str, Any] = {}
+
+LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
+
+
+def in_colab() -> bool:
+    """True inside Google Colab (where the setup cell installs the course first)."""
+    try:
+        return importlib.util.find_spec("google.colab") is not None
+    except ModuleNotFoundError:  # no `google` package at all
+        return False
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the libraries the course uses (``"missing"`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = version(lib)
+        except PackageNotFoundError:
+            out[lib] = "missing"
+    return out
+
+
+def quiet() -> None:
+    """Silence log lines and warnings that are noise in a lesson (and break nbval's stderr check).
+
+    - bitsandbytes' CPU-kernel messages ("Failed to load CPU gemm_4bit_forward ...") differ
+      between CPUs: its logger goes to ERROR before peft imports it;
+    - transformers/datasets progress bars and info logs; known FutureWarnings of the
+      libraries about their own internals.
+    Errors still show.
+    """
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    for module in ("transformers", "peft", "trl", "accelerate", "torch", "bitsandbytes"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so re-runs reproduce the checked outputs."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def setup(seed: int = 0, *, model: str | None = None, show: bool = True) -> dict[str, Any]:
+    """Seed, quiet the noise, and print device, model and library versions.
+
+    Returns the same facts as a dict (device, model, versions).
+    """
+    quiet()
+    seed_everything(seed)
+    from course_utils.loading import resolve_device
+
+    info: dict[str, Any] = {"device": resolve_device("auto").type, "model": model, "versions": versions(),
+                            "colab": in_colab()}
+    if show:
+        v = info["versions"]
+        libs = ", ".join(f"{k} {v[k]}" for k in LIBRARIES if k in v)
+        print(f"device: {info['device']} | model: {model or '(not chosen yet)'} | seed: {seed}")
+        print(f"python {v['python']}, {libs}")
+    return info
+
+
+def record_metrics(**metrics: Any) -> dict[str, Any]:
+    """Record a notebook's key results (accuracy before/after, seconds, ...) for the course runner.
+
+    Values are kept in memory and, when ``$COURSE_METRICS_PATH`` is set (``course-utils run``
+    sets it for each notebook), written there as JSON together with the process's peak
+    memory, so the run summary can show them. Returns everything recorded so far; prints nothing.
+
+    >>> record_metrics(accuracy_after=0.9)["accuracy_after"]
+    0.9
+    """
+    import json
+
+    _METRICS.update(metrics)
+    path = os.environ.get(METRICS_ENV_VAR)
+    if path:
+        payload = dict(_METRICS)
+        payload["peak_rss_MiB"] = _peak_rss_mib()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                payload["cuda_peak_allocated_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+        with open(path, "w") as fh:
+            json.dump(payload, fh, indent=1, default=float)
+    return dict(_METRICS)
+
+
+def recorded_metrics() -> dict[str, Any]:
+    """Everything :func:`record_metrics` has recorded in this process."""
+    return dict(_METRICS)
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process (MiB); ru_maxrss is KiB on Linux, bytes on macOS."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)

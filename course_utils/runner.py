@@ -1,0 +1,517 @@
+"""Run the course's notebooks headless: every notebook (or chosen ones), one summary table.
+
+`run_notebooks` executes notebooks with papermill (parameters ``MODEL``, ``DTYPE``, ``DEVICE``,
+``MAX_STEPS`` go into the notebook's ``parameters`` cell), writes the executed copies and a
+summary (``summary.md``, ``summary.json``) into an output folder, and keeps going when one
+notebook fails: its row names the failing cell. `execute_inplace` re-executes a notebook with
+the default model and writes it back with outputs, minus widget state and timing metadata:
+the one command that regenerates a notebook's committed outputs.
+
+The kernels get the same environment as the nbval run in ``pytest`` (`KERNEL_ENV`), so outputs
+written by ``--inplace`` are the ones nbval compares against.
+
+>>> select_notebooks(["01"], available=[Path("notebooks/01_lora_training.ipynb")])
+[PosixPath('notebooks/01_lora_training.ipynb')]
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+__all__ = [
+    "KERNEL_ENV",
+    "NOTEBOOKS_DIR",
+    "CellError",
+    "NotebookResult",
+    "RunSummary",
+    "UnknownNotebookError",
+    "OutputExistsError",
+    "available_notebooks",
+    "select_notebooks",
+    "check_model",
+    "new_run_dir",
+    "kernel_env",
+    "clean_notebook",
+    "execute_notebook",
+    "execute_inplace",
+    "run_notebooks",
+]
+
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+#: The course's notebooks folder (next to the package in a checkout).
+NOTEBOOKS_DIR = PACKAGE_PARENT / "notebooks"
+
+#: Environment every notebook kernel gets (here and in the nbval run, see the root conftest.py):
+#: a fixed hash seed (set and dict order), no tqdm bars (they differ between runs).
+KERNEL_ENV: dict[str, str] = {"PYTHONHASHSEED": "0", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+#: Added for committed outputs (``--inplace``) and nbval: never reach for the hub.
+OFFLINE_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+_NB_NAME = re.compile(r"^(\d+)_")
+
+
+class UnknownNotebookError(ValueError):
+    """A notebook name or number that matches none of the course's notebooks."""
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder already holds a previous run (pass ``overwrite=True`` to replace it)."""
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def available_notebooks(folder: str | Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The ``NN_topic.ipynb`` notebooks in ``folder``, in teaching order (checkpoints excluded)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
+
+
+def select_notebooks(names: Sequence[str], available: Sequence[Path] | None = None,
+                     folder: str | Path = NOTEBOOKS_DIR) -> list[Path]:
+    """Resolve names to notebook paths; no names means all of them.
+
+    A name may be a path to an ``.ipynb`` file, a number (``"1"``, ``"01"``), a stem
+    (``"01_lora_training"``) or the stem without its number (``"lora_training"``).
+    Raises :class:`UnknownNotebookError` listing the available notebooks.
+
+    >>> nbs = [Path("n/01_a.ipynb"), Path("n/02_b.ipynb")]
+    >>> [p.name for p in select_notebooks(["2", "a"], available=nbs)]
+    ['02_b.ipynb', '01_a.ipynb']
+    """
+    available = list(available_notebooks(folder) if available is None else available)
+    if not names:
+        if not available:
+            raise UnknownNotebookError(f"No notebooks (*.ipynb) found in {folder}. Pass notebook paths, "
+                                       "or run from the course's root folder.")
+        return available
+    chosen: list[Path] = []
+    for name in names:
+        match = _match(name, available)
+        if match is None:
+            listing = ", ".join(p.stem for p in available) or f"(none in {folder})"
+            raise UnknownNotebookError(
+                f"Unknown notebook {name!r}. Available: {listing}. Use a number ('01'), a name "
+                "('01_lora_training') or the path of an .ipynb file.")
+        if match not in chosen:
+            chosen.append(match)
+    return chosen
+
+
+def _match(name: str, available: Sequence[Path]) -> Path | None:
+    name = str(name).strip()
+    as_path = Path(name)
+    if as_path.suffix == ".ipynb":
+        if as_path.is_file():
+            return as_path
+        name = as_path.stem
+    for p in available:
+        m = _NB_NAME.match(p.stem)
+        if p.stem == name or p.name == name:
+            return p
+        if m and name.isdigit() and int(m.group(1)) == int(name):
+            return p
+        if m and p.stem[m.end():] == name:
+            return p
+    return None
+
+
+def check_model(name: str) -> str:
+    """Check, before running anything, that ``name`` can be loaded here; return its path or hub id.
+
+    Unknown short names, folders without ``config.json`` and hub ids that are neither cached nor
+    (when online) on the hub raise :class:`course_utils.loading.ModelNotAvailableError` with a
+    one-line message saying what to do. Reads only ``config.json``.
+    """
+    from course_utils import loading
+
+    path = loading.resolve_model_path(name)
+    if Path(path).is_dir():
+        return path
+    try:
+        if loading._offline():
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(path, "config.json")
+            if not isinstance(found, str):
+                raise FileNotFoundError(f"{path}/config.json is not in the local Hugging Face cache")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(path, "config.json", etag_timeout=5)
+    except Exception as err:  # hub/network errors come in many classes
+        raise loading._not_available(name, path, err) from None
+    return path
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def new_run_dir(out: str | Path | None = None, *, base: str | Path = "runs", overwrite: bool = False) -> Path:
+    """Create and return the folder for a run's executed notebooks and summary.
+
+    ``out=None``: a new ``<base>/<YYYYmmdd-HHMMSS>/`` (suffixed ``-2``, ``-3``... if taken).
+    An explicit ``out`` that already holds files raises :class:`OutputExistsError` unless
+    ``overwrite=True`` (then its previous contents are removed).
+    """
+    import shutil
+
+    if out is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        candidate, k = Path(base) / stamp, 1
+        while candidate.exists():
+            k += 1
+            candidate = Path(base) / f"{stamp}-{k}"
+        candidate.mkdir(parents=True)
+        return candidate
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            what = "a previous run" if (out / "summary.json").exists() else "files"
+            raise OutputExistsError(
+                f"The output folder {out} already holds {what}. Pass --overwrite to replace it, choose "
+                "another --out, or leave --out out to get a new runs/<timestamp>/ folder.")
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class CellError:
+    """Where and how a notebook failed: cell index (0-based, in the original notebook), the
+    first line of its source, and the error."""
+
+    cell_index: int
+    execution_count: int | None
+    source_first_line: str
+    ename: str
+    evalue: str
+
+    def __str__(self) -> str:
+        evalue = self.evalue.strip().splitlines()[0][:200] if self.evalue.strip() else ""
+        return f"cell {self.cell_index} `{self.source_first_line}`: {self.ename}" + (f": {evalue}" if evalue else "")
+
+
+@dataclass
+class NotebookResult:
+    """One notebook's run: status (``"ok"`` / ``"failed"``), seconds, peak memory, metrics."""
+
+    notebook: str
+    status: str
+    seconds: float
+    peak_memory_MiB: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: CellError | None = None
+    output_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_KEY_METRICS = ("accuracy_before", "accuracy_after")
+
+
+def _format_metric(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _metrics_cell(metrics: dict[str, Any]) -> str:
+    shown = {k: v for k, v in metrics.items() if k not in {"peak_rss_MiB", "cuda_peak_allocated_MiB"}}
+    keys = [k for k in _KEY_METRICS if k in shown] + [k for k in shown if k not in _KEY_METRICS]
+    return ", ".join(f"{k}={_format_metric(shown[k])}" for k in keys)
+
+
+@dataclass
+class RunSummary:
+    """The results of a run, with the parameters used; renders as a Markdown/plain table."""
+
+    results: list[NotebookResult]
+    out_dir: str | None
+    parameters: dict[str, Any]
+    started: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def failed(self) -> list[NotebookResult]:
+        return [r for r in self.results if not r.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"started": self.started, "out_dir": self.out_dir, "parameters": self.parameters,
+                "ok": self.ok, "results": [r.to_dict() for r in self.results]}
+
+    def to_markdown(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.parameters.items() if v is not None) or "notebook defaults"
+        lines = [f"# Course run {self.started}", "", f"Parameters: {params}", "",
+                 "| notebook | status | seconds | peak memory (MiB) | key metrics |",
+                 "|---|---|---:|---:|---|"]
+        for r in self.results:
+            mem = f"{r.peak_memory_MiB:.0f}" if r.peak_memory_MiB is not None else ""
+            detail = _metrics_cell(r.metrics) if r.ok else f"failed at {r.error}"
+            lines.append(f"| {r.notebook} | {r.status} | {r.seconds:.1f} | {mem} | {detail.replace('|', '/')} |")
+        n_failed = len(self.failed)
+        lines += ["", f"{len(self.results) - n_failed} ok, {n_failed} failed."]
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        return self.to_markdown()
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(
+            f"<tr><td>{html.escape(r.notebook)}</td><td>{r.status}</td><td>{r.seconds:.1f}</td>"
+            f"<td>{'' if r.peak_memory_MiB is None else f'{r.peak_memory_MiB:.0f}'}</td>"
+            f"<td>{html.escape(_metrics_cell(r.metrics) if r.ok else f'failed at {r.error}')}</td></tr>"
+            for r in self.results)
+        return ("<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>peak memory (MiB)</th>"
+                f"<th>key metrics</th></tr>{rows}</table>")
+
+    def write(self, folder: str | Path) -> tuple[Path, Path]:
+        """Write ``summary.md`` and ``summary.json`` into ``folder``; return their paths."""
+        folder = Path(folder)
+        md, js = folder / "summary.md", folder / "summary.json"
+        md.write_text(self.to_markdown())
+        js.write_text(json.dumps(self.to_dict(), indent=1, default=str) + "\n")
+        return md, js
+
+
+# --------------------------------------------------------------------------- execution helpers
+
+
+@contextlib.contextmanager
+def kernel_env(extra: dict[str, str | None] | None = None) -> Iterator[None]:
+    """Set environment variables for kernels started inside the block (``None`` unsets one).
+
+    Kernels inherit this process's environment when they start, so this is how a run passes
+    `KERNEL_ENV`, ``$COURSE_MODEL`` and ``$COURSE_METRICS_PATH``. The package's parent folder
+    goes first on ``PYTHONPATH`` so ``import course_utils`` works without an install.
+    """
+    changes: dict[str, str | None] = dict(KERNEL_ENV)
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    if str(PACKAGE_PARENT) not in pythonpath.split(os.pathsep):
+        changes["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), pythonpath) if p)
+    changes.update(extra or {})
+    saved = {k: os.environ.get(k) for k in changes}
+    try:
+        for k, v in changes.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class _PeakMemory:
+    """Sample the resident memory of this process's children (the kernel) every 0.2 s."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.peak = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - psutil is a dependency
+            return
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            try:
+                for child in me.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        total += child.memory_info().rss
+            except psutil.Error:
+                pass
+            self.peak = max(self.peak, total / 2**20)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "_PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def _kernel_name(nb_path: Path) -> str:
+    try:
+        meta = json.loads(nb_path.read_text()).get("metadata", {})
+        return meta.get("kernelspec", {}).get("name") or "python3"
+    except (OSError, ValueError):
+        return "python3"
+
+
+def _cell_error(nb: Any, err: Any) -> CellError:
+    """Turn papermill's error into the failing cell of the ORIGINAL notebook (no injected cell)."""
+    index = int(getattr(err, "cell_index", -1))
+    # the written copy has papermill's error banner and anchor cells: drop them to get back the
+    # executed order, where ``index`` counts, then discount the injected-parameters cell
+    cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    injected = sum(1 for c in cells[:max(index, 0)] if "injected-parameters" in c.get("metadata", {}).get("tags", []))
+    source = str(getattr(err, "source", "") or "")
+    first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+    return CellError(cell_index=index - injected, execution_count=getattr(err, "exec_count", None),
+                     source_first_line=first[:120], ename=str(getattr(err, "ename", type(err).__name__)),
+                     evalue=str(getattr(err, "evalue", "") or ""))
+
+
+def execute_notebook(path: str | Path, output_path: str | Path, parameters: dict[str, Any] | None = None, *,
+                     env: dict[str, str | None] | None = None, cell_timeout: float = 1200,
+                     metrics_path: str | Path | None = None) -> NotebookResult:
+    """Execute one notebook with papermill into ``output_path``; never raises for a cell error.
+
+    The kernel runs in the notebook's folder with `KERNEL_ENV` plus ``env``; ``metrics_path``
+    becomes ``$COURSE_METRICS_PATH`` so :func:`course_utils.notebook.record_metrics` lands there.
+    """
+    import nbformat
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    path, output_path = Path(path), Path(output_path)
+    extra: dict[str, str | None] = dict(env or {})
+    if metrics_path is not None:
+        Path(metrics_path).unlink(missing_ok=True)
+        extra["COURSE_METRICS_PATH"] = str(Path(metrics_path).resolve())
+    error: CellError | None = None
+    start = time.perf_counter()
+    with kernel_env(extra), _PeakMemory() as mem:
+        try:
+            pm.execute_notebook(str(path), str(output_path), parameters=parameters or {},
+                                kernel_name=_kernel_name(path), language="python", progress_bar=False, log_output=False,
+                                cwd=str(path.resolve().parent), execution_timeout=cell_timeout)
+        except PapermillExecutionError as err:
+            error = _cell_error(nbformat.read(str(output_path), as_version=4), err)
+        except Exception as err:  # kernel died, timeout, bad notebook JSON, ...
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            error = CellError(-1, None, "(notebook could not be executed)", type(err).__name__, first)
+    seconds = time.perf_counter() - start
+    metrics: dict[str, Any] = {}
+    if metrics_path is not None and Path(metrics_path).is_file():
+        with contextlib.suppress(ValueError, OSError):
+            metrics = json.loads(Path(metrics_path).read_text())
+    peak = max([mem.peak] + [float(metrics[k]) for k in ("peak_rss_MiB",) if k in metrics]) or None
+    return NotebookResult(notebook=path.stem, status="ok" if error is None else "failed",
+                          seconds=round(seconds, 2), peak_memory_MiB=None if peak is None else round(peak, 1),
+                          metrics=metrics, error=error, output_path=str(output_path))
+
+
+def clean_notebook(nb: Any) -> Any:
+    """Strip what must not be committed, keep the outputs (STYLE: nbval section).
+
+    Removes widget state (``metadata.widgets``), execution-time metadata (``cell.metadata.execution``,
+    ``ExecuteTime``), papermill's metadata and its injected-parameters cell. Returns ``nb``.
+    """
+    nb.metadata.pop("widgets", None)
+    nb.metadata.pop("papermill", None)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    for cell in nb.cells:
+        for key in ("execution", "ExecuteTime", "papermill", "collapsed", "scrolled"):
+            cell.metadata.pop(key, None)
+    return nb
+
+
+def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> NotebookResult:
+    """Re-execute ``path`` with the default model, offline, and write it back with its outputs.
+
+    The notebook keeps its own parameters (no injected cell); ``$COURSE_MODEL`` is unset so
+    ``MODEL`` is the default; the kernel environment is the nbval one. On a failing cell the
+    file is left untouched and the result names the cell.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
+
+    path = Path(path)
+    nb = nbformat.read(str(path), as_version=4)
+    client = NotebookClient(nb, timeout=cell_timeout, kernel_name=_kernel_name(path), record_timing=False,
+                            resources={"metadata": {"path": str(path.resolve().parent)}})
+    env: dict[str, str | None] = {"COURSE_MODEL": None, "COURSE_METRICS_PATH": None, **OFFLINE_ENV}
+    error: CellError | None = None
+    start = time.perf_counter()
+    with kernel_env(env), _PeakMemory() as mem:
+        try:
+            client.execute()
+        except CellExecutionError as err:
+            index = next((i for i, c in enumerate(nb.cells) for o in c.get("outputs", [])
+                          if o.get("output_type") == "error"), -1)
+            cell = nb.cells[index] if index >= 0 else None
+            first = next((ln.strip() for ln in (cell.source if cell else "").splitlines() if ln.strip()), "")
+            error = CellError(index, cell.get("execution_count") if cell else None, first[:120],
+                              getattr(err, "ename", "CellExecutionError"), getattr(err, "evalue", ""))
+        except (DeadKernelError, TimeoutError, RuntimeError) as err:
+            error = CellError(-1, None, "(notebook could not be executed)", type(err).__name__, str(err)[:200])
+    seconds = time.perf_counter() - start
+    if error is None:
+        clean_notebook(nb)
+        tmp = path.with_name(f".{path.name}.tmp")
+        nbformat.write(nb, str(tmp))
+        os.replace(tmp, path)
+    return NotebookResult(notebook=path.stem, status="ok" if error is None else "failed", seconds=round(seconds, 2),
+                          peak_memory_MiB=round(mem.peak, 1) or None, error=error, output_path=str(path))
+
+
+def run_notebooks(notebooks: Sequence[str | Path], out_dir: str | Path, *, model: str | None = None,
+                  dtype: str | None = None, device: str | None = None, max_steps: int | None = None,
+                  cell_timeout: float = 1200, progress: bool = True) -> RunSummary:
+    """Execute ``notebooks`` one after another into ``out_dir``; a failure does not stop the rest.
+
+    Parameters that are ``None`` keep the notebook's own value. ``model`` is also exported as
+    ``$COURSE_MODEL`` (what ``model_from_env`` reads). Writes ``summary.md`` / ``summary.json``
+    into ``out_dir`` and returns the :class:`RunSummary`.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    (out_dir / "metrics").mkdir(parents=True, exist_ok=True)
+    parameters = {"MODEL": model, "DTYPE": dtype, "DEVICE": device, "MAX_STEPS": max_steps}
+    papermill_params = {k: v for k, v in parameters.items() if v is not None}
+    env: dict[str, str | None] = {"COURSE_MODEL": model} if model else {}
+    summary = RunSummary(results=[], out_dir=str(out_dir), parameters=parameters,
+                         started=_dt.datetime.now().isoformat(timespec="seconds"))
+    bar = tqdm(list(notebooks), desc="notebooks", unit="nb", file=sys.stderr,
+               disable=None if progress else True, dynamic_ncols=True)
+    for nb in bar:
+        nb = Path(nb)
+        bar.set_postfix_str(nb.stem)
+        result = execute_notebook(nb, out_dir / nb.name, papermill_params, env=env, cell_timeout=cell_timeout,
+                                  metrics_path=out_dir / "metrics" / f"{nb.stem}.json")
+        summary.results.append(result)
+        if not result.ok:
+            bar.write(f"FAILED {nb.stem}: {result.error}", file=sys.stderr)
+        summary.write(out_dir)  # after each notebook, so an interrupted run still has a summary
+    bar.close()
+    return summary

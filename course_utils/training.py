@@ -1,0 +1,122 @@
+"""Train a LoRA adapter on a chat task with the plain ``transformers.Trainer``.
+
+The notebooks show every step of this once (notebook 1); later notebooks that only need a
+trained adapter call :func:`train_lora` so they stay short and self-contained.
+
+>>> from peft import LoraConfig
+>>> from course_utils.loading import load_model, load_tokenizer
+>>> from course_utils.data import load_task
+>>> run = train_lora(load_model(), load_tokenizer(), load_task("shout", "train"),
+...                  LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]), max_steps=5)
+>>> run.model.peft_config["default"].r
+8
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import Dataset
+
+from course_utils.data import tokenize_for_sft
+
+__all__ = ["TrainRun", "cpu_friendly_args", "train_lora"]
+
+
+@dataclass
+class TrainRun:
+    """What :func:`train_lora` returns: the trained ``PeftModel``, its trainer and the wall time."""
+
+    model: Any
+    trainer: Any
+    seconds: float
+
+    @property
+    def losses(self) -> list[float]:
+        return [row["loss"] for row in self.trainer.state.log_history if "loss" in row]
+
+
+def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
+    """``TrainingArguments`` that work the same on a CPU, Colab and a local GPU.
+
+    - ``use_cpu`` only when there is no accelerator; fp32 on CPU (bf16 matmuls crawl on
+      CPUs without AVX-512/AMX), bf16 on a GPU that supports it;
+    - ``dataloader_pin_memory=False`` (its warning on CPU breaks nbval), no checkpoints,
+      no reporting, a fixed seed.
+
+    >>> cpu_friendly_args(max_steps=3).max_steps
+    3
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available()
+    defaults: dict[str, Any] = dict(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="course-run-"),
+        per_device_train_batch_size=16,
+        learning_rate=2e-3,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        data_seed=0,
+        use_cpu=not on_gpu and not torch.backends.mps.is_available(),
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
+    defaults.update(overrides)
+    return TrainingArguments(**defaults)
+
+
+def train_lora(
+    model: Any,
+    tokenizer: Any,
+    train_dataset: Dataset,
+    lora_config: Any,
+    *,
+    max_steps: int = 150,
+    learning_rate: float = 2e-3,
+    batch_size: int = 16,
+    logging_steps: int = 10,
+    callbacks: Sequence[Any] = (),
+    adapter_name: str = "default",
+    **training_args: Any,
+) -> TrainRun:
+    """Wrap ``model`` with ``lora_config`` (``get_peft_model``) and train it on a ``messages`` dataset.
+
+    The loss is computed on the assistant's answer only (:func:`course_utils.data.tokenize_for_sft`).
+
+    Returns:
+        :class:`TrainRun` with ``.model`` (the ``PeftModel``), ``.trainer`` and ``.seconds``.
+    """
+    from peft import PeftModel, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    if isinstance(model, PeftModel):
+        model.add_adapter(adapter_name, lora_config)
+        model.set_adapter(adapter_name)  # makes the new adapter the active, trainable one
+        peft_model = model
+    else:
+        peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name)
+    args = cpu_friendly_args(max_steps=max_steps, learning_rate=learning_rate,
+                             per_device_train_batch_size=batch_size, logging_steps=logging_steps, **training_args)
+    trainer = Trainer(
+        model=peft_model,
+        args=args,
+        train_dataset=tokenize_for_sft(train_dataset, tokenizer),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    peft_model.eval()
+    return TrainRun(model=peft_model, trainer=trainer, seconds=seconds)

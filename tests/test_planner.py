@@ -1,0 +1,152 @@
+"""Tests for course_utils.planner: reference accuracy, monotonic behaviour, configs, fit tables."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from course_utils.planner import (
+    FitTable,
+    MemoryEstimate,
+    Recipe,
+    compare_with_reference,
+    estimate_training_memory,
+    fit_table,
+    list_configs,
+    load_config,
+    random_model_from_config,
+    reference_recipes,
+)
+
+SHIPPED = ["llama-3.2-1b", "smollm2-1.7b", "smollm2-135m", "smollm2-360m"]
+
+
+@pytest.mark.parametrize("row", compare_with_reference(), ids=lambda r: r["name"])
+def test_reference_row_within_15_percent(row):
+    assert abs(row["rel_error"]) <= 0.15, row
+    assert row["trainable_estimate"] == row["trainable_measured"]
+
+
+def test_reference_covers_all_eight_rows():
+    names = [r["name"] for r in compare_with_reference()]
+    assert len(names) == 8
+    assert set(names) == set(reference_recipes())
+
+
+def test_list_and_load_shipped_configs(tmp_path):
+    assert list_configs() == SHIPPED
+    cfg = load_config("smollm2-1.7b")
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads) == (2048, 24, 32)
+    assert load_config(cfg) is cfg
+    # a folder and a bare .json file load too
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg.to_dict()))
+    assert load_config(tmp_path / "m").hidden_size == 2048
+    (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
+    assert load_config(str(tmp_path / "c.json")).intermediate_size == 8192
+    with pytest.raises(FileNotFoundError, match="smollm2-135m"):
+        load_config("no-such-model")
+
+
+@pytest.mark.parametrize(
+    ("name", "n_params"),
+    [("smollm2-135m", 134_515_008), ("smollm2-360m", 361_821_120), ("smollm2-1.7b", 1_711_376_384),
+     ("llama-3.2-1b", 1_235_814_400)],
+)
+def test_random_model_matches_planner_param_count(name, n_params):
+    model = random_model_from_config(name, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    assert estimate_training_memory(name, Recipe(method="full")).n_params == n_params
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"method": "prefix"}, "method"), ({"dtype": "fp8"}, "dtype"), ({"optimizer": "adam"}, "optimizer"),
+     ({"batch_size": 0}, "batch_size"), ({"lora_dropout": 1.5}, "lora_dropout"), ({"target_modules": []}, "empty")],
+)
+def test_recipe_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Recipe(**kwargs)
+
+
+def test_unknown_target_module_is_named():
+    with pytest.raises(ValueError, match="c_attn"):
+        estimate_training_memory("smollm2-135m", Recipe(target_modules=["c_attn"]))
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "lora-8bit"])
+def test_more_batch_or_longer_sequences_need_more_memory(method):
+    peaks = [estimate_training_memory("smollm2-360m", Recipe(method=method, batch_size=b)).peak_bytes for b in (1, 2, 4, 8)]
+    assert peaks == sorted(peaks) and len(set(peaks)) == 4
+    seqs = [estimate_training_memory("smollm2-360m", Recipe(method=method, seq_len=t)).peak_bytes for t in (128, 512, 2048)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_checkpointing_reduces_activation_memory(method):
+    off = estimate_training_memory("smollm2-1.7b", Recipe(method=method, batch_size=8))
+    on = estimate_training_memory("smollm2-1.7b", Recipe(method=method, batch_size=8, gradient_checkpointing=True))
+    assert on.peak_bytes < off.peak_bytes
+    assert on.details["checkpointed layer inputs"] < off.details["activations per layer"] * 24
+
+
+def test_quantized_weights_are_smaller():
+    w = {m: estimate_training_memory("llama-3.2-1b", Recipe(method=m)).details for m in ("lora", "lora-8bit", "qlora")}
+    lin = {m: next(v for k, v in d.items() if k.startswith("weights: ") and "linears" in k) for m, d in w.items()}
+    assert lin["qlora"] < lin["lora-8bit"] < lin["lora"]
+
+
+def test_qlora_without_checkpointing_can_exceed_bf16_lora():
+    # fp32 residual stream after prepare_model_for_kbit_training + fp32 bitsandbytes outputs
+    ref = {r["name"]: r for r in compare_with_reference()}
+    assert ref["qlora4_r16_all"]["estimate_GiB"] > ref["lora_r16_all"]["estimate_GiB"]
+    assert ref["qlora4_r16_all_gc"]["estimate_GiB"] < ref["lora_r16_all_gc"]["estimate_GiB"]
+
+
+def test_dropout_and_more_targets_cost_memory():
+    r = reference_recipes()
+    est = {k: estimate_training_memory("smollm2-1.7b", v).peak_bytes for k, v in r.items()}
+    assert est["lora_r16_all_nodrop"] < est["lora_r16_all"]
+    assert est["lora_r16_qv"] < est["lora_r16_all"]
+
+
+def test_optimizer_choice_changes_trainable_state():
+    peaks = {o: estimate_training_memory("smollm2-360m", Recipe(method="full", optimizer=o)).details["optimizer state"]
+             for o in ("adamw", "adamw-8bit", "sgd")}
+    assert peaks["sgd"] == 0 < peaks["adamw-8bit"] < peaks["adamw"]
+
+
+def test_estimate_reports():
+    est = estimate_training_memory("smollm2-135m", Recipe(batch_size=2, seq_len=256))
+    assert isinstance(est, MemoryEstimate)
+    d = est.to_dict()
+    parts = d["weights_GiB"] + d["trainable_state_GiB"] + d["activations_GiB"] + d["logits_GiB"]
+    assert parts == pytest.approx(d["peak_GiB"], abs=0.01)
+    assert "peak" in repr(est) and "<table>" in est._repr_html_()
+    assert est.fits(80) and not est.fits(0.1)
+
+
+def test_fit_table_names_knobs_that_make_it_fit():
+    recipes = [reference_recipes()["fft_float32"], reference_recipes()["lora_r16_all"]]
+    table = fit_table("smollm2-1.7b", recipes, gpus=(16, 24, 40, 80))
+    assert isinstance(table, FitTable)
+    rows = table.to_dict()["rows"]
+    assert rows[0]["fits"]["16"] is False and rows[0]["fits"]["24"] is False and rows[0]["fits"]["80"] is True
+    knobs = rows[0]["suggestions"]["24"]
+    assert any(k.startswith("method='lora'") for k in knobs)
+    assert "gradient_checkpointing=True" not in knobs  # fp32 weights + grads + AdamW alone exceed 24 GB
+    # every suggestion, applied alone, really fits
+    assert any(k.startswith("batch_size=") for k in rows[1]["suggestions"]["16"])
+    assert "gradient_checkpointing=True" in rows[1]["suggestions"]["16"]
+    full16 = estimate_training_memory("smollm2-1.7b", recipes[0].replace(method="qlora", target_modules="all-linear"))
+    assert full16.fits(16) == ("method='qlora'" in rows[0]["suggestions"]["16"])
+    text = repr(table)
+    assert "80GB" in text and "to fit" not in text.splitlines()[0]
+    assert "&#10003;" in table._repr_html_()
+
+
+def test_estimate_with_gpu_gives_suggestions():
+    est = estimate_training_memory("smollm2-1.7b", reference_recipes()["lora_r16_all"], gpu_gib=16)
+    assert not est.fits(16)
+    assert "gradient_checkpointing=True" in est.suggestions[16]
+    assert "to fit 16 GB" in repr(est)
