@@ -57,6 +57,9 @@ KERNEL_ENV: dict[str, str] = {"PYTHONHASHSEED": "0", "TQDM_DISABLE": "1", "TOKEN
 OFFLINE_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 _NB_NAME = re.compile(r"^(\d+)_")
+#: Kernel command-line options: ipykernel's start-up warning about unencrypted local TCP is noise
+#: in every run (the kernel talks to this process on localhost only).
+_KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 class UnknownNotebookError(ValueError):
@@ -412,7 +415,8 @@ def execute_notebook(path: str | Path, output_path: str | Path, parameters: dict
         try:
             pm.execute_notebook(str(path), str(output_path), parameters=parameters or {},
                                 kernel_name=_kernel_name(path), language="python", progress_bar=False, log_output=False,
-                                cwd=str(path.resolve().parent), execution_timeout=cell_timeout)
+                                cwd=str(path.resolve().parent), execution_timeout=cell_timeout,
+                                extra_arguments=_KERNEL_ARGS)
         except PapermillExecutionError as err:
             error = _cell_error(nbformat.read(str(output_path), as_version=4), err)
         except Exception as err:  # kernel died, timeout, bad notebook JSON, ...
@@ -458,7 +462,7 @@ def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> Notebook
     path = Path(path)
     nb = nbformat.read(str(path), as_version=4)
     client = NotebookClient(nb, timeout=cell_timeout, kernel_name=_kernel_name(path), record_timing=False,
-                            resources={"metadata": {"path": str(path.resolve().parent)}})
+                            extra_arguments=_KERNEL_ARGS, resources={"metadata": {"path": str(path.resolve().parent)}})
     env: dict[str, str | None] = {"COURSE_MODEL": None, "COURSE_METRICS_PATH": None, **OFFLINE_ENV}
     error: CellError | None = None
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from datasets import Dataset
 
 from course_utils.data import tokenize_for_sft
 
-__all__ = ["TrainRun", "cpu_friendly_args", "train_lora"]
+__all__ = ["TimeBudget", "TrainRun", "cpu_friendly_args", "train_lora"]
 
 
 @dataclass
@@ -37,6 +37,38 @@ class TrainRun:
     @property
     def losses(self) -> list[float]:
         return [row["loss"] for row in self.trainer.state.log_history if "loss" in row]
+
+
+def _time_budget_callback(seconds: float) -> Any:
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        """Stop training once ``seconds`` of wall time have passed (checked after each step)."""
+
+        def __init__(self) -> None:
+            self.start = 0.0
+            self.stopped_early = False
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if time.perf_counter() - self.start > seconds:
+                control.should_training_stop = True
+                self.stopped_early = True
+
+    return TimeBudget()
+
+
+def TimeBudget(seconds: float) -> Any:  # noqa: N802 - reads like a class at the call site
+    """A ``TrainerCallback`` that ends training after ``seconds`` of wall time.
+
+    A budget, not a measurement: a slow machine trains fewer steps instead of running long.
+
+    >>> TimeBudget(60).stopped_early
+    False
+    """
+    return _time_budget_callback(seconds)
 
 
 def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
@@ -98,6 +130,7 @@ def train_lora(
     """
     from peft import PeftModel, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer
+    from transformers.trainer_callback import PrinterCallback
 
     if isinstance(model, PeftModel):
         model.add_adapter(adapter_name, lora_config)
@@ -115,6 +148,7 @@ def train_lora(
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+    trainer.remove_callback(PrinterCallback)  # losses go to log_history (plotted), not to stdout
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

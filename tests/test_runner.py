@@ -44,7 +44,7 @@ def two_notebooks(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_result(two_notebooks: Path, tmp_path_factory) -> tuple[int, Path]:
+def run_result(two_notebooks: Path, tmp_path_factory) -> tuple[int, Path, str]:
     model_dir = tmp_path_factory.mktemp("model")
     (model_dir / "config.json").write_text("{}")  # a "saved model" folder: passes the pre-run check
     runs = two_notebooks / "runs"
