@@ -35,7 +35,6 @@ def _err(message: str) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from course_utils import runner
-    from course_utils.loading import ModelNotAvailableError
 
     folder = Path(args.notebooks_dir) if args.notebooks_dir else _default_notebooks_dir()
     try:
@@ -55,6 +54,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _run_inplace(notebooks, args)
 
     if args.model is not None:  # before anything runs: a typo must not cost a kernel start
+        from course_utils.loading import ModelNotAvailableError  # imports torch: only when needed
+
         try:
             runner.check_model(args.model)
         except ModelNotAvailableError as err:

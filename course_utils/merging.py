@@ -162,7 +162,9 @@ _QUANTIZED_MERGE_HELP = (
     "The base model is loaded in {q} (bitsandbytes). Merging adds the LoRA delta to the "
     "dequantized weights and then RE-QUANTIZES the sum: a LoRA delta is usually far smaller than "
     "one quantization step, so most of it is rounded away and the merged model behaves closer to "
-    "the base than to your adapter (and the rounding changes every weight a little too). Instead:\n"
+    "the base than to your adapter (measured on course-tiny in 4-bit: the merged logits moved "
+    "~100,000x further from the adapter model's than with the dequantize path, relative mean "
+    "|Δlogit| 0.058 vs 6e-7). Instead:\n"
     "  merged, info = dequantize_for_merge(peft_model, dtype=torch.bfloat16)   # dequantize, then merge\n"
     "or reload the base unquantized and merge there:\n"
     "  base = AutoModelForCausalLM.from_pretrained(base_id, dtype=torch.bfloat16)\n"
@@ -365,9 +367,16 @@ def dequantize_for_merge(
         base = AutoModelForCausalLM.from_pretrained(str(reload_from), dtype=dtype)
         how = f"reloaded {reload_from} in {str(dtype).replace('torch.', '')}"
     elif before is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            base = base.dequantize(dtype=dtype)  # type: ignore[operator]
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "modules are dequantized in ..." notice
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                base = base.dequantize(dtype=dtype)  # type: ignore[operator]
+        finally:
+            hf_logging.set_verbosity(level)
         how = f"dequantized the {before} base to {str(dtype).replace('torch.', '')}"
     else:
         how = f"base was not quantized; cast to {str(dtype).replace('torch.', '')}"

@@ -50,7 +50,8 @@ def test_unknown_model_is_refused_before_running(nb_folder: Path, model: str, ex
     runs = nb_folder / "runs"
     assert main(["run", "--model", model, "--notebooks-dir", str(nb_folder), "--runs-dir", str(runs)]) == 2
     err = capsys.readouterr().err
-    assert expected in err and "What to do" in err or "Use a short name" in err
+    assert expected in err
+    assert "What to do" in err or "Use a short name" in err
     assert len(err.strip().splitlines()) == 1, "one line, saying what to do"
     assert not runs.exists(), "nothing may run (or be created) for a bad model"
 

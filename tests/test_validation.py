@@ -187,6 +187,7 @@ BROKEN = [
     (torch.float32, "merged_twice", "mean_kl"),
     (torch.float32, "wrong_adapter", "top1_agreement"),
     (torch.float16, "merged_twice", "rel_mean_abs_logit_diff"),
+    (torch.float16, "every_delta_10pct", "rel_mean_abs_logit_diff"),
     (torch.float16, "wrong_adapter", "mean_kl"),
     (torch.bfloat16, "merged_twice", "rel_mean_abs_logit_diff"),
     (torch.bfloat16, "wrong_adapter", "rel_mean_abs_logit_diff"),
@@ -203,6 +204,9 @@ def test_broken_merge_fails_and_names_the_metric(tiny_model, tiny_tokenizer, dty
     if mistake == "scale_one_layer_3pct":
         name = next(k for k in deltas if k.endswith("self_attn.o_proj"))
         add_delta(merged, name, 0.03 * deltas[name])
+    elif mistake == "every_delta_10pct":  # e.g. lora_alpha 35 instead of 32
+        for name, d in deltas.items():
+            add_delta(merged, name, 0.1 * d)
     elif mistake == "merged_twice":
         for name, d in deltas.items():
             add_delta(merged, name, d)
@@ -294,11 +298,13 @@ def test_reference_is_small_and_on_cpu(tiny_model, tiny_tokenizer):
 # ------------------------------------------------------------------------------------------
 def test_round_trip_of_adapter_and_merged_model(tiny_model, tiny_tokenizer, tmp_path):
     pm = make_adapter(tiny_model)
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
     report = check_round_trip(pm, tmp_path / "adapter", TEXTS, tiny_tokenizer, max_new_tokens=4)
     assert report.passed, report
     assert report["max_abs_logit_diff"].value == 0.0
     assert list(pm.peft_config) == ["default"]  # the round-trip adapter was removed
-    assert not any(p.requires_grad for p in pm.parameters())  # trainability untouched
+    assert pm.active_adapter == "default"
+    assert {n for n, p in pm.named_parameters() if p.requires_grad} == trainable  # untouched
 
     merged, _ = safe_merge(pm, verbose=False)
     report = check_round_trip(merged, tmp_path / "merged", TEXTS, tiny_tokenizer, max_new_tokens=4)
