@@ -1,0 +1,219 @@
+"""course_utils.merging: safe_merge (OOM fallback, dtype report), quantized guard, dequantize
+path, checked adapter loading, save helpers that never overwrite silently."""
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+from course_utils.merging import (  # noqa: E402
+    AdapterBaseMismatchError,
+    MergeInfo,
+    OutputExistsError,
+    QuantizedMergeError,
+    dequantize_for_merge,
+    load_adapter_checked,
+    quantization_of,
+    safe_merge,
+    save_adapter,
+    save_merged,
+)
+from course_utils.validation import capture_reference, compare_to_reference  # noqa: E402
+
+TEXTS = ["The capital of France is Paris.", "Alice has three apples and gives one to Bob."]
+
+
+def make_adapter(model, dtype=torch.float32, seed=1, r=16):
+    from peft import LoraConfig, get_peft_model
+
+    base = copy.deepcopy(model)
+    if dtype is not None:  # a bitsandbytes model can't be cast
+        base = base.to(dtype)
+    torch.manual_seed(seed)
+    pm = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear"))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    return pm.eval()
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------
+# safe_merge
+# ------------------------------------------------------------------------------------------
+def test_safe_merge_reports_what_it_did(tiny_model, capsys):
+    pm = make_adapter(tiny_model)
+    merged, info = safe_merge(pm)
+    assert isinstance(info, MergeInfo)
+    assert not info.fell_back and info.strategy == "merge_and_unload"
+    assert info.n_layers == 28  # 4 layers x 7 linear modules
+    assert info.base_dtypes == info.merged_dtypes == "float32"
+    assert "merged 28 LoRA layers" in capsys.readouterr().out
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    assert info.to_dict()["message"] == info.message
+
+
+@pytest.mark.parametrize("fallback", ["layerwise", "cpu"])
+def test_out_of_memory_falls_back_and_gives_the_same_weights(tiny_model, monkeypatch, capsys, fallback):
+    from peft.tuners.lora import Linear as LoraLinear
+
+    expected = weights(make_adapter(tiny_model).merge_and_unload())
+    calls = {"n": 0}
+    original = LoraLinear.merge
+
+    def flaky_merge(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # two layers merged, then the GPU "runs out"
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraLinear, "merge", flaky_merge)
+    merged, info = safe_merge(make_adapter(tiny_model), fallback=fallback)
+    assert info.fell_back
+    assert "Out of GPU memory" in capsys.readouterr().out
+    got = weights(merged)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-6)
+
+
+def test_out_of_memory_without_fallback_is_raised(tiny_model, monkeypatch):
+    from peft.tuners.lora import Linear as LoraLinear
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(LoraLinear, "merge", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        safe_merge(make_adapter(tiny_model), fallback=None, verbose=False)
+
+
+def test_dtype_mismatch_warns_and_keeps_base_dtype(tiny_model):
+    pm = make_adapter(tiny_model, torch.bfloat16)  # peft keeps adapter weights in float32
+    with pytest.warns(UserWarning, match="adapter weights are float32 but the base layers are bfloat16"):
+        merged, info = safe_merge(pm, verbose=False)
+    assert info.adapter_dtypes == "float32" and info.merged_dtypes == "bfloat16"
+    assert all(p.dtype == torch.bfloat16 for p in merged.parameters())
+
+
+def test_safe_merge_needs_a_peft_model(tiny_model):
+    with pytest.raises(TypeError, match="load_adapter_checked"):
+        safe_merge(tiny_model)
+
+
+# ------------------------------------------------------------------------------------------
+# quantized base: guard and dequantize path
+# ------------------------------------------------------------------------------------------
+def qlora_model(tiny_model_path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32, quantization_config=qc,
+                                                device_map={"": "cpu"})
+    return base
+
+
+def test_quantized_merge_is_refused_and_dequantize_path_matches(tiny_model_path, tiny_tokenizer):
+    pytest.importorskip("bitsandbytes")
+    base = qlora_model(tiny_model_path)
+    assert quantization_of(base) == "4-bit (nf4)"
+    pm = make_adapter(base, dtype=None)
+    ref = capture_reference(pm, TEXTS, tiny_tokenizer, max_new_tokens=4)
+
+    with pytest.raises(QuantizedMergeError, match="dequantize_for_merge") as err:
+        safe_merge(pm, verbose=False)
+    assert "re-quantizes".upper() in str(err.value).upper() and "allow_quantized=True" in str(err.value)
+
+    # merging anyway loses the delta: the validation report catches it
+    lossy, _ = safe_merge(copy.deepcopy(pm), allow_quantized=True, verbose=False)
+    assert not compare_to_reference(lossy, ref).passed
+
+    merged, info = dequantize_for_merge(pm, dtype=torch.float32, verbose=False)
+    assert quantization_of(merged) is None
+    assert info.merged_dtypes == "float32" and "dequantized the 4-bit (nf4) base" in info.strategy
+    report = compare_to_reference(merged, ref)
+    assert report.tolerance.name == "float32"
+    assert report.passed, report
+
+
+# ------------------------------------------------------------------------------------------
+# load_adapter_checked
+# ------------------------------------------------------------------------------------------
+def test_adapter_for_another_base_is_refused(tiny_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         vocab_size=tiny_model.config.vocab_size))
+    save_adapter(get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])), tmp_path / "a")
+    cfg_file = tmp_path / "a" / "adapter_config.json"  # as an adapter from the hub records its base
+    cfg_file.write_text(cfg_file.read_text().replace('"base_model_name_or_path": null',
+                                                     '"base_model_name_or_path": "someone/other-model"'))
+    with pytest.raises(AdapterBaseMismatchError, match="does not fit") as err:
+        load_adapter_checked(copy.deepcopy(tiny_model), tmp_path / "a")
+    msg = str(err.value)
+    assert "someone/other-model" in msg and "Load the base model the adapter was trained on" in msg
+    assert "q_proj" in msg
+
+
+def test_load_adapter_checked_loads_a_fitting_adapter(tiny_model, tmp_path):
+    pm = make_adapter(tiny_model)
+    save_adapter(pm, tmp_path / "a")
+    loaded = load_adapter_checked(copy.deepcopy(tiny_model), tmp_path / "a")
+    a = dict(pm.named_parameters())
+    for n, p in loaded.named_parameters():
+        if "lora_B" in n:
+            torch.testing.assert_close(p, a[n])
+
+
+def test_load_adapter_checked_explains_a_non_adapter_folder(tiny_model, tiny_model_path):
+    with pytest.raises(FileNotFoundError, match="AutoModelForCausalLM"):
+        load_adapter_checked(tiny_model, tiny_model_path)
+
+
+# ------------------------------------------------------------------------------------------
+# save helpers
+# ------------------------------------------------------------------------------------------
+def test_save_merged_never_overwrites_silently(tiny_model, tiny_tokenizer, tmp_path):
+    out = save_merged(tiny_model, tmp_path / "merged", tokenizer=tiny_tokenizer)
+    assert (out / "config.json").exists() and (out / "tokenizer_config.json").exists()
+    with pytest.raises(OutputExistsError, match="overwrite=True") as err:
+        save_merged(tiny_model, out)
+    assert isinstance(err.value, FileExistsError) and "a model" in str(err.value)
+    (out / "marker.txt").write_text("old")
+    save_merged(tiny_model, out, overwrite=True)
+    assert not (out / "marker.txt").exists()  # replaced, not mixed with the old folder
+    assert not any(p.name.startswith(".merged") for p in tmp_path.iterdir())  # no temp leftovers
+
+
+def test_save_adapter_never_overwrites_silently(tiny_model, tmp_path):
+    pm = make_adapter(tiny_model)
+    out = save_adapter(pm, tmp_path / "adapter")
+    assert (out / "adapter_config.json").exists()
+    with pytest.raises(OutputExistsError, match="an adapter"):
+        save_adapter(pm, out)
+    save_adapter(pm, out, overwrite=True)
+    assert (out / "adapter_model.safetensors").exists()
+
+
+def test_overwrite_refuses_folders_that_are_not_models(tiny_model, tmp_path):
+    (tmp_path / "project" / "src").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match="Choose another path"):
+        save_merged(tiny_model, tmp_path / "project", overwrite=True)
+    assert (tmp_path / "project" / "src").is_dir()
+
+
+def test_save_merged_refuses_an_unmerged_peft_model(tiny_model, tmp_path):
+    with pytest.raises(TypeError, match="safe_merge"):
+        save_merged(make_adapter(tiny_model), tmp_path / "m")
+    with pytest.raises(TypeError, match="save_merged"):
+        save_adapter(tiny_model, tmp_path / "a")
