@@ -86,6 +86,26 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, lora_alpha={self.lora_alpha}, scaling={self.scaling:g}"
 
 
+def _linear_modules(model: nn.Module) -> list[tuple[str, str, nn.Linear]]:
+    """(short name, parent name, layer) of every linear layer of the decoder, skipping the output head.
+
+    Works on a plain model and on a peft-wrapped one (the frozen layer then sits in ``.base_layer``;
+    LoRA's own ``lora_A`` / ``lora_B`` layers are skipped).
+    """
+    output_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or module is output_emb or name.endswith("lm_head"):
+            continue
+        if ".lora_" in name or name.startswith("lora_"):
+            continue
+        if name.endswith(".base_layer"):
+            name = name[: -len(".base_layer")]
+        parent, _, short = name.rpartition(".")
+        found.append((short, parent, module))
+    return found
+
+
 def linear_layer_names(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Every ``nn.Linear`` inside the decoder layers, by short name, with its (in, out) features.
 
@@ -97,22 +117,15 @@ def linear_layer_names(model: nn.Module) -> dict[str, tuple[int, int]]:
     ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']
     """
     out: dict[str, tuple[int, int]] = {}
-    output_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module is not output_emb and not name.endswith("lm_head"):
-            short = name.rsplit(".", 1)[-1]
-            out.setdefault(short, (module.in_features, module.out_features))
+    for short, _, module in _linear_modules(model):
+        out.setdefault(short, (module.in_features, module.out_features))
     return out
 
 
 def _names_under(model: nn.Module, keywords: Iterable[str]) -> list[str]:
     keywords = tuple(keywords)
     names: list[str] = []
-    output_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or module is output_emb:
-            continue
-        parent, _, short = name.rpartition(".")
+    for short, parent, _ in _linear_modules(model):
         if any(k in parent.rsplit(".", 1)[-1].lower() for k in keywords) and short not in names:
             names.append(short)
     return names
@@ -139,8 +152,4 @@ def lora_parameter_count(model: nn.Module, r: int, target_modules: Iterable[str]
     ``print_trainable_parameters`` reports for a LoRA config with ``bias="none"``.
     """
     targets = set(target_modules)
-    total = 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            total += r * (module.in_features + module.out_features)
-    return total
+    return sum(r * (m.in_features + m.out_features) for short, _, m in _linear_modules(model) if short in targets)

@@ -227,7 +227,7 @@ class MergeRetention:
     def __repr__(self) -> str:
         lines = [
             f"MergeRetention (weights stored as {self.storage}, {len(self.rows)} layers): "
-            f"{100 * self.retained:.1f}% of the LoRA delta retained, relative error {100 * self.rel_error:.1f}%, "
+            f"relative error of the stored delta {100 * self.rel_error:.1f}%, projection onto the LoRA delta {100 * self.retained:.1f}%, "
             f"{100 * self.changed_fraction:.1f}% of stored weights changed"
         ]
         lines += [f"  note: {n}" for n in self.notes]

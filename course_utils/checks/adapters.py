@@ -91,7 +91,8 @@ def check_diagonal(answer: Mapping[str, float] | Sequence[float] | None,
     if not wrong:
         shown = ", ".join(f"{t}: {expected[t]:.1%}" for t in tasks)
         return CheckResult(name, True, f"Correct: {shown}.")
-    base_like = [t for t in wrong for row in matrix if row not in tasks and abs(float(answer[t]) - matrix[row][t]) < 1e-9]
+    base_row = matrix.get("base")
+    base_like = [t for t in wrong if base_row is not None and abs(float(answer[t]) - base_row[t]) < 1e-9]
     if base_like:
         hints.insert(0, f"For {base_like} you took the base model's row: take the adapter's own row.")
     return CheckResult(name, False, f"Not the diagonal for {wrong}.", hints)
