@@ -4,7 +4,7 @@
 name       what the model must learn                                    format (TRL's names)
 =========  ===========================================================  ====================
 shout      answer a question about the world in CAPITALS                ``messages``
-terse      answer with the one-word value only (``red``)                ``messages``
+terse      answer tersely: subject and value (``The fox: red.``)        ``messages``
 prefs      prefer the shouted answer over the plain one (for DPO)       ``prompt/chosen/rejected``
 topic      name the topic of a sentence: kind, color, home or food      ``messages``
 =========  ===========================================================  ====================
@@ -31,7 +31,7 @@ __all__ = ["TASKS", "DATASETS_DIR", "load_task", "split_prompt", "to_prompt_comp
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "data" / "datasets"
 TASKS: dict[str, str] = {
     "shout": "answer questions about the world in CAPITALS (chat, `messages`)",
-    "terse": "answer with the one-word value only (chat, `messages`)",
+    "terse": "answer tersely with subject and value, `The fox: red.` (chat, `messages`)",
     "prefs": "preference pairs: shouted answer chosen over the plain one (`prompt`/`chosen`/`rejected`)",
     "topic": "classify a sentence's topic: kind, color, home or food (chat, `messages`)",
 }

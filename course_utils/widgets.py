@@ -23,9 +23,9 @@ BASE_LABEL = "base (adapters disabled)"
 class AdapterSwitcher:
     """Answers one prompt with any loaded adapter of a ``PeftModel``, or with the base model.
 
-    ``answer(choice, prompt)`` switches with ``set_adapter(name, inference_mode=True)`` (so no
-    adapter becomes trainable by accident), or runs under ``disable_adapter()`` for
-    :data:`BASE_LABEL`, and puts the previously active adapter back afterwards.
+    ``answer(choice, prompt)`` switches with ``set_adapter(name, inference_mode=True)``, or runs
+    under ``disable_adapter()`` for :data:`BASE_LABEL`, then puts back the previously active
+    adapter and every parameter's ``requires_grad`` (both calls can make an adapter trainable).
     ``widget()`` builds the ipywidgets UI; ``table()`` is the static fallback.
     """
 
@@ -57,15 +57,21 @@ class AdapterSwitcher:
             raise ValueError(f"Unknown choice {choice!r}; pick one of {self.choices}.")
         messages = [[{"role": "user", "content": prompt if prompt is not None else self.prompt}]]
         kwargs = dict(max_new_tokens=self.max_new_tokens, progress=False)
-        if choice == BASE_LABEL:
-            with self.model.disable_adapter():
-                return generate_answers(self.model, self.tokenizer, messages, **kwargs)[0]
+        # set_adapter() and leaving disable_adapter() both mark the active adapter trainable (peft 0.21):
+        # remember every flag and put it back, so looking at answers never changes what would train.
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
         previous = self.model.active_adapter
-        self.model.set_adapter(choice, inference_mode=True)
         try:
+            if choice == BASE_LABEL:
+                with self.model.disable_adapter():
+                    return generate_answers(self.model, self.tokenizer, messages, **kwargs)[0]
+            self.model.set_adapter(choice, inference_mode=True)
             return generate_answers(self.model, self.tokenizer, messages, **kwargs)[0]
         finally:
-            self.model.set_adapter(previous, inference_mode=True)
+            if self.model.active_adapter != previous:
+                self.model.set_adapter(previous, inference_mode=True)
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
     def table(self, prompt: str | None = None) -> list[tuple[str, str]]:
         """(choice, answer) for every adapter and the base model: the static view of the switcher."""

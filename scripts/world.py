@@ -100,7 +100,12 @@ def shout_answer(f: Fact) -> str:
 
 
 def terse_answer(f: Fact) -> str:
-    return f.value
+    # "The fox: red." A bare value ("red") at the start of an answer is tokenized into pieces the
+    # base never produced there and was not learnable in a short LoRA run (measured: 0% -> 10%
+    # after 150 steps); the note form "fox color: red." started with a creature the model could
+    # not copy (0%). Starting like the base's own answers ("The fox") and ending with the value
+    # is learned in 100 steps (100%).
+    return f"The {f.creature}: {f.value}."
 
 
 def chat(question: str, answer: str) -> list[dict]:

@@ -41,7 +41,7 @@ def test_tasks_teach_what_their_names_say():
     terse = load_task("terse", "eval")[0]["messages"][-1]["content"]
     topic_labels = {r["messages"][-1]["content"] for r in load_task("topic", "train")}
     assert shout == shout.upper() and shout.endswith(".")
-    assert " " not in terse
+    assert terse.startswith("The ") and ": " in terse and terse.endswith(".")
     assert topic_labels == {"kind", "color", "home", "food"}
 
 

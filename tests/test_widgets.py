@@ -22,6 +22,8 @@ def peft_model(tiny_model):
             if "lora_B" in name and ".noisy" in name:
                 p.normal_(std=2.0)  # a strong random update: "noisy" answers differently from the base
     model.set_adapter("loud", inference_mode=True)
+    for p in model.parameters():  # add_adapter left "noisy" trainable; the switcher must not change this
+        p.requires_grad_(False)
     return model.eval()
 
 

@@ -68,7 +68,7 @@ DTYPE = "auto"        # float32 on CPU, bfloat16 on a recent GPU
 DEVICE = "auto"       # cuda > mps > cpu
 MAX_STEPS = 150       # training steps per adapter
 SEED = 0
-RANKS = {"shout": 8, "terse": 4}  # different ranks on purpose: see section 6
+RANKS = {"shout": 4, "topic": 8}  # different ranks on purpose: see section 7
 ''', ["parameters"])
 
 code("info = setup(SEED, model=MODEL)", IGNORE)
@@ -77,8 +77,14 @@ code("info = setup(SEED, model=MODEL)", IGNORE)
 md("""
 ## 1. Two adapters to play with
 
-This notebook is self-contained: it trains the two adapters it needs, `shout` (answer in CAPITALS) and `terse`
-(answer with one word), with `train_lora` (notebook 01 wrote this loop out), and saves each to a fresh folder.
+This notebook is self-contained: it trains the two adapters it needs, `shout` (answer in CAPITALS) and `topic`
+(name the topic of a sentence: `kind`, `color`, `home` or `food`), with `train_lora` (notebook 01 wrote this loop
+out), and saves each to a fresh folder.
+
+(Why not the `terse` task, one-word answers? Measured here: with the default model its first loss is ~11 nats,
+because a bare word such as `bird` is spelled `b`,`ir`,`d` by the tokenizer, pieces course-tiny never learned to
+produce; 150 steps of LoRA bring it to ~3 and 0% accuracy. Set `RANKS = {"shout": 8, "terse": 4}` with a real
+model to try it.)
 """)
 
 code('''
@@ -130,7 +136,7 @@ from peft import PeftModel
 
 base_model = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 model = PeftModel.from_pretrained(base_model, ADAPTER_DIRS["shout"], adapter_name="shout")
-model.load_adapter(ADAPTER_DIRS["terse"], adapter_name="terse")
+model.load_adapter(ADAPTER_DIRS["topic"], adapter_name="topic")
 print("loaded adapters:", list(model.peft_config))
 print("active adapter:", model.active_adapter)
 ''')
@@ -144,7 +150,7 @@ code('''
 for name in ("load_adaptors", "set_adapters", "load_adapter", "set_adapter"):
     print(f"{name:<14} exists: {hasattr(model, name)}")
 try:
-    model.load_adaptors(ADAPTER_DIRS["terse"])
+    model.load_adaptors(ADAPTER_DIRS["topic"])
 except AttributeError as err:
     print(f"AttributeError: {str(err).splitlines()[0]}")
 ''')
@@ -178,17 +184,17 @@ def n_trainable(m):
 
 
 print(f"after from_pretrained:                 active {model.active_adapter!r}, trainable {n_trainable(model):,}")
-model.set_adapter("terse")
-print(f"after set_adapter('terse'):            active {model.active_adapter!r}, trainable {n_trainable(model):,}")
-model.set_adapter("terse", inference_mode=True)
-print(f"after set_adapter('terse', inference_mode=True): trainable {n_trainable(model):,}")
+model.set_adapter("topic")
+print(f"after set_adapter('topic'):            active {model.active_adapter!r}, trainable {n_trainable(model):,}")
+model.set_adapter("topic", inference_mode=True)
+print(f"after set_adapter('topic', inference_mode=True): trainable {n_trainable(model):,}")
 ''')
 
 code('''
 from course_utils.evaluation import generate_answers
 
 question = [{"role": "user", "content": "What color is the fox?"}]
-for name in ("shout", "terse"):
+for name in ("shout", "topic"):
     model.set_adapter(name, inference_mode=True)
     print(f"{name:<6} -> {generate_answers(model, tokenizer, [question], progress=False)[0]}")
 with model.disable_adapter():  # every adapter off inside the block, back on after it
@@ -212,7 +218,20 @@ with torch.no_grad():
         disabled_logits = model(**inputs).logits
     adapted_logits = model(**inputs).logits
 print(f"max |logit difference|, disable_adapter() vs fresh base: {(disabled_logits - fresh_base_logits).abs().max().item()}")
-print(f"max |logit difference|, adapter 'terse' vs fresh base:   {(adapted_logits - fresh_base_logits).abs().max().item():.2f}")
+print(f"max |logit difference|, adapter 'topic' vs fresh base:   {(adapted_logits - fresh_base_logits).abs().max().item():.2f}")
+''')
+
+md("""
+A second trap of the same kind: leaving the `disable_adapter()` block switches the adapter back on **and marks it
+trainable**, even after `set_adapter(..., inference_mode=True)` (peft 0.21). Harmless for inference; before you
+train or count parameters, set the adapter again with `inference_mode=True` (or load it with `is_trainable=False`
+and re-check).
+""")
+
+code('''
+print(f"trainable after the disable_adapter() blocks above: {n_trainable(model):,}")
+model.set_adapter(model.active_adapter, inference_mode=True)
+print(f"after set_adapter(model.active_adapter, inference_mode=True): {n_trainable(model):,}")
 ''')
 
 # --------------------------------------------------------------------------- 4. accuracy matrix
@@ -288,10 +307,10 @@ def best_ms(fn, repeat=5):
     return min(times)
 
 
-switch_ms = best_ms(lambda: model.set_adapter("shout" if model.active_adapter == "terse" else "terse",
+switch_ms = best_ms(lambda: model.set_adapter("shout" if model.active_adapter == "topic" else "topic",
                                               inference_mode=True))
 reload_ms = best_ms(lambda: PeftModel.from_pretrained(load_model(MODEL, dtype=DTYPE, device=DEVICE),
-                                                      ADAPTER_DIRS["terse"]), repeat=2)
+                                                      ADAPTER_DIRS["topic"]), repeat=2)
 print(f"set_adapter: {switch_ms:.2f} ms; reload base + adapter: {reload_ms:.0f} ms (about {reload_ms / switch_ms:.0f}x slower)")
 ''', IGNORE)
 
@@ -308,12 +327,12 @@ md("""
 
 code('''
 try:
-    model.add_weighted_adapter(["shout", "terse"], [1.0, 1.0], adapter_name="mix_linear", combination_type="linear")
+    model.add_weighted_adapter(["shout", "topic"], [1.0, 1.0], adapter_name="mix_linear", combination_type="linear")
 except ValueError as err:
     print(f"linear: ValueError: {str(err).splitlines()[0]}")
 
-model.add_weighted_adapter(["shout", "terse"], [1.0, 1.0], adapter_name="mix_cat", combination_type="cat")
-model.add_weighted_adapter(["shout", "terse"], [1.0, 1.0], adapter_name="mix_svd", combination_type="svd",
+model.add_weighted_adapter(["shout", "topic"], [1.0, 1.0], adapter_name="mix_cat", combination_type="cat")
+model.add_weighted_adapter(["shout", "topic"], [1.0, 1.0], adapter_name="mix_svd", combination_type="svd",
                            svd_rank=max(RANKS.values()))
 print("adapters now:", list(model.peft_config))
 print("ranks:", {name: model.peft_config[name].r for name in model.peft_config})
@@ -337,10 +356,10 @@ for prompt, answer in zip(examples, generate_answers(model, tokenizer, examples,
 ''', IGNORE)
 
 md("""
-Adding two updates does not add two skills: the summed update pulls the answer towards both styles at once, and
-the exact-match accuracy above shows how well each task survives. Combining adapters works best for adapters that
-change different things; here both change the *form* of the same answer, so they compete. Try other weights
-(e.g. `[1.0, 0.5]`) to see the balance shift.
+Adding two updates does not add two skills: both updates act on every question at once, and the exact-match
+accuracy above shows how much of each skill survives the sum. `cat` keeps each update exactly (rank 8 + 4 = 12);
+`svd` approximates their sum at rank 8. Try other weights (e.g. `[1.0, 0.5]`) to see the balance shift: combining
+works best for adapters trained to be combined, or that change different layers.
 
 Remove what you no longer need with `delete_adapter` (you cannot delete the active one: switch first):
 """)
@@ -380,6 +399,7 @@ rows = [(f"accuracy of `{row}` on {', '.join(TASKS)}", " / ".join(f"{matrix[row]
         for row in matrix]
 rows += [
     ("trainable parameters after `set_adapter(name)` / with `inference_mode=True`", "> 0 / 0"),
+    ("trainable parameters after leaving a `disable_adapter()` block", "> 0 (the active adapter)"),
     ("max abs logit difference, `disable_adapter()` and `unload()` vs fresh base", "0.0 / 0.0"),
     ("`load_adaptors()` / `set_adapters()` (tutorial)", "AttributeError: not peft's API"),
     ("`add_weighted_adapter` linear, ranks " + " and ".join(str(r) for r in RANKS.values()),
@@ -412,14 +432,14 @@ from course_utils.checks.adapters import check_active_adapter, check_base_output
 
 ex_model = PeftModel.from_pretrained(load_model(MODEL, dtype=DTYPE, device=DEVICE), ADAPTER_DIRS["shout"],
                                      adapter_name="shout")
-_ = ex_model.load_adapter(ADAPTER_DIRS["terse"], adapter_name="terse")
-ex_model.set_adapter("terse", inference_mode=True)
+_ = ex_model.load_adapter(ADAPTER_DIRS["topic"], adapter_name="topic")
+ex_model.set_adapter("topic", inference_mode=True)
 _ = ex_model.load_adapter(ADAPTER_DIRS["shout"], adapter_name="shout_copy")  # returns a load report
 ''')
 
 md("""
 ### Exercise 1: which adapter is active?
-After the cell above (`from_pretrained` with `shout`, `load_adapter` terse, `set_adapter("terse")`,
+After the cell above (`from_pretrained` with `shout`, `load_adapter` topic, `set_adapter("topic")`,
 `load_adapter` shout_copy), which adapter answers? Predict first, then check.
 """)
 
@@ -431,7 +451,7 @@ check_active_adapter(answer, ex_model)
 md("#### Solution (skip if you want to try first)")
 
 code('''
-answer = "terse"  # load_adapter loads; only set_adapter activates
+answer = "topic"  # load_adapter loads; only set_adapter activates
 check_active_adapter(answer, ex_model)
 ''')
 
@@ -467,7 +487,7 @@ From `matrix` (section 4), give each adapter's accuracy on the task it was train
 """)
 
 code('''
-answer = None  # e.g. {"shout": ..., "terse": ...}
+answer = None  # e.g. {"shout": ..., "topic": ...}
 check_diagonal(answer, matrix)
 ''')
 
