@@ -81,10 +81,8 @@ This notebook is self-contained: it trains the two adapters it needs, `shout` (a
 (name the topic of a sentence: `kind`, `color`, `home` or `food`), with `train_lora` (notebook 01 wrote this loop
 out), and saves each to a fresh folder.
 
-(Why not the `terse` task, one-word answers? Measured here: with the default model its first loss is ~11 nats,
-because a bare word such as `bird` is spelled `b`,`ir`,`d` by the tokenizer, pieces course-tiny never learned to
-produce; 150 steps of LoRA bring it to ~3 and 0% accuracy. Set `RANKS = {"shout": 8, "terse": 4}` with a real
-model to try it.)
+(Two tasks as different as possible: one changes the style of every answer, the other asks a new question. Try
+`RANKS = {"shout": 4, "terse": 8}` for two style adapters and see what `add_weighted_adapter` makes of them.)
 """)
 
 code('''

@@ -65,7 +65,7 @@ code('''
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
 DTYPE = "auto"        # float32 on CPU, bfloat16 on a recent GPU
 DEVICE = "auto"       # cuda > mps > cpu
-MAX_STEPS = 150       # SFT steps
+MAX_STEPS = 100       # SFT steps
 DPO_STEPS = 30        # DPO steps (batch 8)
 SFT_LR = 2e-3
 DPO_LR = 1e-3
@@ -134,8 +134,8 @@ del model_8bit, peft_8bit
 md("""
 ## 2. SFTTrainer with a LoRA `peft_config`
 
-The task: answer with the one word only (`terse`: `"What color is the mole?"` -> `"gold"`). The base model answers
-with a sentence (`"The mole is gold."`), so it scores 0%.
+The task: answer tersely, subject and value only (`terse`: `"What color is the mole?"` -> `"The mole: gold."`).
+The base model answers with a full sentence (`"The mole is gold."`), so it scores 0%.
 """)
 
 code('''
@@ -281,10 +281,10 @@ print(f"terse eval accuracy: {sft_before.accuracy:.1%} -> {sft_after.accuracy:.1
 code("sft_after", IGNORE)
 
 md("""
-**Reading the result.** The loss falls fast at first (the adapter learns the *form*: one word, then stop), then
-slowly. Getting the *right* word is harder for this model than restyling a sentence: it has to produce the value
-where it is used to saying "The mole is". Notebook 01 reached over 90% on `shout` in 150 steps; `terse` needs more
-steps, a larger rank or a larger model. Try `MAX_STEPS = 300`, or `MODEL = "smollm2-135m"` on a GPU.
+**Reading the result.** The loss is computed on the answer tokens only and falls as the adapter learns the
+form; the held-out accuracy counts answers that are
+right to the last character, on questions the adapter never saw. The adapter learned a *form*; the facts were
+already in the base model (it knows all 192 of them), which is why a few dozen steps suffice.
 """)
 
 # --------------------------------------------------------------------------- 3. DPO
