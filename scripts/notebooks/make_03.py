@@ -1,34 +1,14 @@
 """Write notebooks/03_merging.ipynb (run: python scripts/notebooks/make_03.py; then execute it).
 
-Execute: cd notebooks && OMP_NUM_THREADS=1 PYTHONHASHSEED=0 TQDM_DISABLE=1 jupyter nbconvert --to notebook \
---execute --inplace 03_merging.ipynb   (about 1-2 min on a 2-core CPU)
+Execute: python -m course_utils run --inplace notebooks/03_merging.ipynb   (about 1 min on a 2-core CPU)
 """
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
+from nbbuild import IGNORE, code_cell as code, colab_badge, markdown_cell as md, write_notebook
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "03_merging.ipynb"
-IGNORE = "nbval-ignore-output"
 
-
-def md(text: str):
-    return new_markdown_cell(textwrap.dedent(text).strip("\n"))
-
-
-def code(src: str, *tags: str):
-    cell = new_code_cell(textwrap.dedent(src).strip("\n"))
-    if tags:
-        cell.metadata["tags"] = list(tags)
-    return cell
-
-
-BADGE = ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-         f"(https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/{NAME})")
+BADGE = colab_badge(NAME)
 
 cells = [
     md(f"""
@@ -464,10 +444,4 @@ cells = [
 ]
 
 if __name__ == "__main__":
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nb.metadata["language_info"] = {"name": "python"}
-    path = ROOT / "notebooks" / NAME
-    path.parent.mkdir(exist_ok=True)
-    nbformat.write(nb, str(path))
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {write_notebook(cells, NAME)}")

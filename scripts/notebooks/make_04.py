@@ -4,26 +4,11 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbbuild import IGNORE, NotebookBuilder
 
 NAME = "04_trl.ipynb"
-OUT = Path(__file__).resolve().parents[2] / "notebooks" / NAME
-IGNORE = ["nbval-ignore-output"]
-cells: list = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip()))
-
-
-def code(src: str, tags: list[str] | None = None) -> None:
-    cell = new_code_cell(src.strip())
-    if tags:
-        cell.metadata["tags"] = list(tags)
-    cells.append(cell)
+_notebook = NotebookBuilder(NAME)
+md, code = _notebook.md, _notebook.code
 
 
 md(f"""
@@ -540,8 +525,4 @@ md("""
 tuning and IA3.
 """)
 
-nb = new_notebook(cells=cells)
-nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-nb.metadata["language_info"] = {"name": "python"}
-nbformat.write(nb, str(OUT))
-print(f"wrote {OUT}")
+print(f"wrote {_notebook.write()}")

@@ -4,26 +4,11 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbbuild import IGNORE, NotebookBuilder
 
 NAME = "05_prompt_tuning.ipynb"
-OUT = Path(__file__).resolve().parents[2] / "notebooks" / NAME
-IGNORE = ["nbval-ignore-output"]
-cells: list = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip()))
-
-
-def code(src: str, tags: list[str] | None = None) -> None:
-    cell = new_code_cell(src.strip())
-    if tags:
-        cell.metadata["tags"] = list(tags)
-    cells.append(cell)
+_notebook = NotebookBuilder(NAME)
+md, code = _notebook.md, _notebook.code
 
 
 md(f"""
@@ -412,8 +397,4 @@ md("""
 **Next:** notebook 06 quantizes the frozen model (QLoRA) to fit bigger models in the same memory.
 """)
 
-nb = new_notebook(cells=cells)
-nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-nb.metadata["language_info"] = {"name": "python"}
-nbformat.write(nb, str(OUT))
-print(f"wrote {OUT}")
+print(f"wrote {_notebook.write()}")
