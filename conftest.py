@@ -42,6 +42,10 @@ for _key, _value in KERNEL_ENV.items():
     os.environ.setdefault(_key, _value)
 os.environ.pop("COURSE_MODEL", None)  # the committed outputs come from the default model
 os.environ.pop("COURSE_METRICS_PATH", None)
+# Kernels must use Jupyter's inline backend, which emits the figures the committed notebooks hold.
+# A MPLBACKEND such as Agg (common in CI) would make plt.show() emit nothing and fail every plot cell.
+# Without it, the unit tests still get Agg: matplotlib picks it when there is no display.
+os.environ.pop("MPLBACKEND", None)
 _paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
 if str(ROOT) not in _paths:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), *_paths] if p)

@@ -316,6 +316,7 @@ def kernel_env(extra: dict[str, str | None] | None = None) -> Iterator[None]:
     goes first on ``PYTHONPATH`` so ``import course_utils`` works without an install.
     """
     changes: dict[str, str | None] = dict(KERNEL_ENV)
+    changes["MPLBACKEND"] = None  # the inline backend, so figures land in the notebook (Agg shows nothing)
     pythonpath = os.environ.get("PYTHONPATH", "")
     if str(PACKAGE_PARENT) not in pythonpath.split(os.pathsep):
         changes["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), pythonpath) if p)
