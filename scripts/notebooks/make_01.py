@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from nbbuild import IGNORE, NotebookBuilder
+from nbbuild import IGNORE, SETUP_CODE, NotebookBuilder
 
 NAME = "01_lora_training.ipynb"
 _notebook = NotebookBuilder(NAME)
@@ -28,22 +28,7 @@ md(f"""
 with `MODEL = "smollm2-135m"`.
 """)
 
-code('''
-import sys
-
-IN_COLAB = "google.colab" in sys.modules
-if IN_COLAB:  # install the course (and its pinned libraries) only on Colab
-    import subprocess
-
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "peft-course @ git+https://github.com/peft-course/peft-course"], check=True)
-
-import logging
-
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel messages differ between machines
-from course_utils.loading import model_from_env
-from course_utils.notebook import setup
-''', IGNORE)
+code(SETUP_CODE, IGNORE)
 
 code('''
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id

@@ -4,7 +4,7 @@ Execute: python -m course_utils run --inplace notebooks/03_merging.ipynb   (abou
 """
 from __future__ import annotations
 
-from nbbuild import IGNORE, code_cell as code, colab_badge, markdown_cell as md, write_notebook
+from nbbuild import IGNORE, SETUP_CODE, code_cell as code, colab_badge, markdown_cell as md, write_notebook
 
 NAME = "03_merging.ipynb"
 
@@ -30,18 +30,8 @@ cells = [
 
     **Time:** about 1-2 minutes on a CPU with the default `course-tiny` model; a few minutes on a Colab GPU with a SmolLM2 model.
     """),
+    code(SETUP_CODE, IGNORE),
     code("""
-    import sys
-
-    IN_COLAB = "google.colab" in sys.modules
-    if IN_COLAB:
-        %pip install -q "peft-course @ git+https://github.com/peft-course/peft-course"
-
-    from course_utils.notebook import setup
-    """, IGNORE),
-    code("""
-    from course_utils.loading import model_from_env
-
     MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
     DTYPE = "auto"        # dtype of the model we train the adapter on ("auto": float32 on CPU, bf16 on GPU)
     DEVICE = "auto"

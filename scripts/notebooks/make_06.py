@@ -4,7 +4,7 @@ Execute: python -m course_utils run --inplace notebooks/06_qlora.ipynb   (about 
 """
 from __future__ import annotations
 
-from nbbuild import IGNORE, code_cell as code, colab_badge, markdown_cell as md, write_notebook
+from nbbuild import IGNORE, SETUP_CODE, code_cell as code, colab_badge, markdown_cell as md, write_notebook
 
 NAME = "06_qlora.ipynb"
 
@@ -31,18 +31,8 @@ cells = [
     **Time:** about 1-2 minutes on a CPU with `course-tiny` (bitsandbytes 0.50 runs 4-bit and 8-bit layers on the CPU);
     a few minutes on a Colab GPU, where the memory measurements run too.
     """),
+    code(SETUP_CODE, IGNORE),
     code("""
-    import sys
-
-    IN_COLAB = "google.colab" in sys.modules
-    if IN_COLAB:
-        %pip install -q "peft-course @ git+https://github.com/peft-course/peft-course"
-
-    from course_utils.notebook import setup
-    """, IGNORE),
-    code("""
-    from course_utils.loading import model_from_env
-
     MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
     DTYPE = "auto"        # dtype of the unquantized comparison model ("auto": float32 on CPU, bf16 on GPU)
     DEVICE = "auto"

@@ -16,6 +16,25 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 ROOT = Path(__file__).resolve().parents[2]
 IGNORE = "nbval-ignore-output"  # tag: nbval runs the cell but does not compare its output
 
+# Every notebook's first code cell: installs the course only on Colab (never an interactive login), quiets
+# bitsandbytes' machine-dependent log lines before peft imports it, and imports what the next cells use.
+SETUP_CODE = '''
+import sys
+
+IN_COLAB = "google.colab" in sys.modules
+if IN_COLAB:  # install the course (and its pinned libraries) only on Colab
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "peft-course @ git+https://github.com/peft-course/peft-course"], check=True)
+
+import logging
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel messages differ between machines
+from course_utils.loading import model_from_env
+from course_utils.notebook import setup
+'''
+
 
 def colab_badge(name: str) -> str:
     return ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
