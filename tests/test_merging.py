@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from adapter_factory import make_adapter
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
@@ -25,21 +26,6 @@ from course_utils.merging import (  # noqa: E402
 from course_utils.validation import capture_reference, compare_to_reference  # noqa: E402
 
 TEXTS = ["The capital of France is Paris.", "Alice has three apples and gives one to Bob."]
-
-
-def make_adapter(model, dtype=torch.float32, seed=1, r=16):
-    from peft import LoraConfig, get_peft_model
-
-    base = copy.deepcopy(model)
-    if dtype is not None:  # a bitsandbytes model can't be cast
-        base = base.to(dtype)
-    torch.manual_seed(seed)
-    pm = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear"))
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
-    return pm.eval()
 
 
 def weights(model) -> dict[str, torch.Tensor]:

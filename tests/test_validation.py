@@ -12,6 +12,7 @@ import logging
 
 import pytest
 import torch
+from adapter_factory import make_adapter
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
@@ -38,20 +39,6 @@ TEXTS = [
     "Water boils at one hundred degrees.",
     "The quick brown fox jumps over the lazy dog, twice.",
 ]
-
-
-def make_adapter(model, dtype=torch.float32, seed=1, r=16):
-    """An all-linear r=16 LoRA with lora_B ~ N(0, 0.02) on a deep copy of `model` in `dtype`."""
-    from peft import LoraConfig, get_peft_model
-
-    base = copy.deepcopy(model).to(dtype)
-    torch.manual_seed(seed)
-    pm = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear"))
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
-    return pm.eval()
 
 
 def lora_deltas(pm) -> dict[str, torch.Tensor]:
