@@ -1,61 +1,70 @@
-"""Generate notebooks/02_adapters.ipynb (run from anywhere; ~0.1 s). Then execute it:
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python -m course_utils run --inplace notebooks/02_adapters.ipynb
-"""
-from __future__ import annotations
+# %% [markdown]
+# # 02 · Loading, switching and combining adapters
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/02_adapters.ipynb)
+#
+# One base model, many small adapters: this is what makes LoRA practical. You keep one copy of the model in memory
+# and switch the adapter per request.
+#
+# **What you will learn**
+# - load a base model and an adapter from disk (`PeftModel.from_pretrained`), then a second one (`load_adapter`);
+# - switch adapters (`set_adapter`, and why `inference_mode=True` matters), run the base model without unloading
+#   anything (`with model.disable_adapter():`), delete an adapter, and get the untouched base back (`unload()`);
+# - measure which adapter does what (an accuracy matrix), and try it yourself with a small switcher widget;
+# - how much faster a switch is than reloading, and how `add_weighted_adapter` combines two adapters;
+# - which calls of the tutorial we started from do not exist (`load_adaptors()`, `set_adapters()`).
+#
+# **Time:** about 1 minute on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU.
 
-from nbbuild import IGNORE, SETUP_CODE, NotebookBuilder
+# %% tags=["nbval-ignore-output"]
+# Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
+import importlib.util
+import subprocess
+import sys
 
-NAME = "02_adapters.ipynb"
-_notebook = NotebookBuilder(NAME)
-md, code = _notebook.md, _notebook.code
+if importlib.util.find_spec("google.colab"):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
 
+from course_utils.loading import model_from_env
+from course_utils.notebook import setup
 
-md(f"""
-# 02 · Loading, switching and combining adapters
-
-[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/{NAME})
-
-One base model, many small adapters: this is what makes LoRA practical. You keep one copy of the model in memory
-and switch the adapter per request.
-
-**What you will learn**
-- load a base model and an adapter from disk (`PeftModel.from_pretrained`), then a second one (`load_adapter`);
-- switch adapters (`set_adapter`, and why `inference_mode=True` matters), run the base model without unloading
-  anything (`with model.disable_adapter():`), delete an adapter, and get the untouched base back (`unload()`);
-- measure which adapter does what (an accuracy matrix), and try it yourself with a small switcher widget;
-- how much faster a switch is than reloading, and how `add_weighted_adapter` combines two adapters;
-- which calls of the tutorial we started from do not exist (`load_adaptors()`, `set_adapters()`).
-
-**Time:** about 1 minute on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU.
-""")
-
-code(SETUP_CODE, IGNORE)
-
-code('''
+# %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
 DTYPE = "auto"        # float32 on CPU, bfloat16 on a recent GPU
 DEVICE = "auto"       # cuda > mps > cpu
 MAX_STEPS = 150       # training steps per adapter
 SEED = 0
 RANKS = {"shout": 4, "topic": 8}  # different ranks on purpose: see section 7
-''', ["parameters"])
 
-code("info = setup(SEED, model=MODEL)", IGNORE)
+# %% tags=["nbval-ignore-output"]
+info = setup(SEED, model=MODEL)
 
-# --------------------------------------------------------------------------- 1. train two adapters
-md("""
-## 1. Two adapters to play with
+# %% [markdown]
+# ## 1. Two adapters to play with
+#
+# This notebook is self-contained: it trains the two adapters it needs, `shout` (answer in CAPITALS) and `topic`
+# (name the topic of a sentence: `kind`, `color`, `home` or `food`), with `train_lora` (notebook 01 wrote this loop
+# out), and saves each to a fresh folder.
+#
+# (Two tasks as different as possible: one changes the style of every answer, the other asks a new question. Try
+# `RANKS = {"shout": 4, "terse": 8}` for two style adapters and see what `add_weighted_adapter` makes of them.)
 
-This notebook is self-contained: it trains the two adapters it needs, `shout` (answer in CAPITALS) and `topic`
-(name the topic of a sentence: `kind`, `color`, `home` or `food`), with `train_lora` (notebook 01 wrote this loop
-out), and saves each to a fresh folder.
-
-(Two tasks as different as possible: one changes the style of every answer, the other asks a new question. Try
-`RANKS = {"shout": 4, "terse": 8}` for two style adapters and see what `add_weighted_adapter` makes of them.)
-""")
-
-code('''
+# %%
 import contextlib
 import io
 import time
@@ -87,19 +96,17 @@ for name, r in RANKS.items():
     print(f"{name}: r={r} on {targets}, last loss {run.losses[-1]:.3f}, saved {size / 1024:.0f} KiB "
           f"to {ADAPTER_DIRS[name].relative_to(RUN_DIR.parent)}")
 del base, run
-''')
 
-code('print("training seconds:", {k: round(v, 1) for k, v in train_seconds.items()})', IGNORE)
+# %% tags=["nbval-ignore-output"]
+print("training seconds:", {k: round(v, 1) for k, v in train_seconds.items()})
 
-# --------------------------------------------------------------------------- 2. load
-md("""
-## 2. Load the base model and the adapters from disk
+# %% [markdown]
+# ## 2. Load the base model and the adapters from disk
+#
+# `PeftModel.from_pretrained(base, folder)` wraps the base model and loads one adapter (we name it). Further
+# adapters go in with `load_adapter(folder, adapter_name=...)`: they are loaded, **not** activated.
 
-`PeftModel.from_pretrained(base, folder)` wraps the base model and loads one adapter (we name it). Further
-adapters go in with `load_adapter(folder, adapter_name=...)`: they are loaded, **not** activated.
-""")
-
-code('''
+# %%
 from peft import PeftModel
 
 base_model = load_model(MODEL, dtype=DTYPE, device=DEVICE)
@@ -107,46 +114,40 @@ model = PeftModel.from_pretrained(base_model, ADAPTER_DIRS["shout"], adapter_nam
 model.load_adapter(ADAPTER_DIRS["topic"], adapter_name="topic")
 print("loaded adapters:", list(model.peft_config))
 print("active adapter:", model.active_adapter)
-''')
 
-md("""
-The tutorial calls `load_adaptors()` and `set_adapters()`. Neither exists on a `PeftModel` (nor on a transformers
-model): the names are `load_adapter` and `set_adapter` (singular).
-""")
+# %% [markdown]
+# The tutorial calls `load_adaptors()` and `set_adapters()`. Neither exists on a `PeftModel` (nor on a transformers
+# model): the names are `load_adapter` and `set_adapter` (singular).
 
-code('''
+# %%
 for name in ("load_adaptors", "set_adapters", "load_adapter", "set_adapter"):
     print(f"{name:<14} exists: {hasattr(model, name)}")
 try:
     model.load_adaptors(ADAPTER_DIRS["topic"])
 except AttributeError as err:
     print(f"AttributeError: {str(err).splitlines()[0]}")
-''')
 
-md("""
-transformers models also have adapter methods of their own (`model.load_adapter`, `set_adapter`,
-`disable_adapters`, ...). With the peft release we use (0.21) most of them refuse to run: they need peft >= 0.22.
-So this course uses the `PeftModel` API throughout.
-""")
+# %% [markdown]
+# transformers models also have adapter methods of their own (`model.load_adapter`, `set_adapter`,
+# `disable_adapters`, ...). With the peft release we use (0.21) most of them refuse to run: they need peft >= 0.22.
+# So this course uses the `PeftModel` API throughout.
 
-code('''
+# %%
 plain = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 try:
     plain.set_adapter("shout")
 except ValueError as err:
     print(f"transformers' set_adapter: ValueError: {str(err).splitlines()[0]}")
 del plain
-''')
 
-# --------------------------------------------------------------------------- 3. switch
-md("""
-## 3. Switching adapters, and the trainability trap
 
-`set_adapter(name)` activates an adapter, and **also marks it trainable** (peft assumes you switch to train it).
-For serving, pass `inference_mode=True`: the adapter is used but its weights stay frozen.
-""")
+# %% [markdown]
+# ## 3. Switching adapters, and the trainability trap
+#
+# `set_adapter(name)` activates an adapter, and **also marks it trainable** (peft assumes you switch to train it).
+# For serving, pass `inference_mode=True`: the adapter is used but its weights stay frozen.
 
-code('''
+# %%
 def n_trainable(m):
     return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
@@ -156,9 +157,8 @@ model.set_adapter("topic")
 print(f"after set_adapter('topic'):            active {model.active_adapter!r}, trainable {n_trainable(model):,}")
 model.set_adapter("topic", inference_mode=True)
 print(f"after set_adapter('topic', inference_mode=True): trainable {n_trainable(model):,}")
-''')
 
-code('''
+# %% tags=["nbval-ignore-output"]
 from course_utils.evaluation import generate_answers
 
 question = [{"role": "user", "content": "What color is the fox?"}]
@@ -168,13 +168,11 @@ for name in ("shout", "topic"):
 with model.disable_adapter():  # every adapter off inside the block, back on after it
     print(f"{'base':<6} -> {generate_answers(model, tokenizer, [question], progress=False)[0]}")
 print("active after the block:", model.active_adapter)
-''', IGNORE)
 
-md("""
-`disable_adapter()` gives exactly the base model's outputs: we compare the logits with a freshly loaded base.
-""")
+# %% [markdown]
+# `disable_adapter()` gives exactly the base model's outputs: we compare the logits with a freshly loaded base.
 
-code('''
+# %%
 import torch
 
 reference_base = load_model(MODEL, dtype=DTYPE, device=DEVICE)
@@ -187,29 +185,24 @@ with torch.no_grad():
     adapted_logits = model(**inputs).logits
 print(f"max |logit difference|, disable_adapter() vs fresh base: {(disabled_logits - fresh_base_logits).abs().max().item()}")
 print(f"max |logit difference|, adapter 'topic' vs fresh base:   {(adapted_logits - fresh_base_logits).abs().max().item():.2f}")
-''')
 
-md("""
-A second trap of the same kind: leaving the `disable_adapter()` block switches the adapter back on **and marks it
-trainable**, even after `set_adapter(..., inference_mode=True)` (peft 0.21). Harmless for inference; before you
-train or count parameters, set the adapter again with `inference_mode=True` (or load it with `is_trainable=False`
-and re-check).
-""")
+# %% [markdown]
+# A second trap of the same kind: leaving the `disable_adapter()` block switches the adapter back on **and marks it
+# trainable**, even after `set_adapter(..., inference_mode=True)` (peft 0.21). Harmless for inference; before you
+# train or count parameters, set the adapter again with `inference_mode=True` (or load it with `is_trainable=False`
+# and re-check).
 
-code('''
+# %%
 print(f"trainable after the disable_adapter() blocks above: {n_trainable(model):,}")
 model.set_adapter(model.active_adapter, inference_mode=True)
 print(f"after set_adapter(model.active_adapter, inference_mode=True): {n_trainable(model):,}")
-''')
 
-# --------------------------------------------------------------------------- 4. accuracy matrix
-md("""
-## 4. Which adapter does what: an accuracy matrix
+# %% [markdown]
+# ## 4. Which adapter does what: an accuracy matrix
+#
+# Each row a model (the base, then each adapter), each column a task's held-out split.
 
-Each row a model (the base, then each adapter), each column a task's held-out split.
-""")
-
-code('''
+# %%
 from course_utils.evaluation import evaluate_task
 
 matrix = {}
@@ -224,9 +217,8 @@ for name in RANKS:
 print(f"{'model':<8}" + "".join(f"{'task ' + t:>12}" for t in TASKS))
 for row, accs in matrix.items():
     print(f"{row:<8}" + "".join(f"{accs[t]:>12.1%}" for t in TASKS))
-''')
 
-code('''
+# %%
 import matplotlib.pyplot as plt
 
 from course_utils.plotting import plot_heatmap
@@ -235,37 +227,31 @@ rows = ["base (no adapter)", *[f"adapter {n}" for n in RANKS]]
 plot_heatmap([[matrix[r][t] for t in TASKS] for r in matrix], rows, [f"task {t}" for t in TASKS],
              title="Exact-match accuracy on held-out questions", cbar_label="accuracy (fraction correct)")
 plt.show()
-''')
 
-md("""
-Each adapter does its own task and nothing else; the base model does neither. The adapters are specialists.
-""")
+# %% [markdown]
+# Each adapter does its own task and nothing else; the base model does neither. The adapters are specialists.
 
-# --------------------------------------------------------------------------- 5. widget
-md("""
-## 5. Try it: an adapter switcher
+# %% [markdown]
+# ## 5. Try it: an adapter switcher
+#
+# `course_utils.widgets.adapter_switcher` shows a dropdown (every adapter, plus the base model with adapters
+# disabled) and a prompt box; change either and the answer updates. Where widgets are not rendered (a static
+# HTML export, a test run) the cell still shows a table of every adapter's answer to the default prompt.
 
-`course_utils.widgets.adapter_switcher` shows a dropdown (every adapter, plus the base model with adapters
-disabled) and a prompt box; change either and the answer updates. Where widgets are not rendered (a static
-HTML export, a test run) the cell still shows a table of every adapter's answer to the default prompt.
-""")
-
-code('''
+# %% tags=["nbval-ignore-output"]
 from course_utils.widgets import adapter_switcher
 
 switcher = adapter_switcher(model, tokenizer, "What does the owl eat?")
 switcher
-''', IGNORE)
 
-# --------------------------------------------------------------------------- 6. timing
-md("""
-## 6. A switch costs almost nothing
 
-Switching changes which `A`, `B` the LoRA layers use; reloading reads the model and the adapter from disk again.
-(Timings vary between machines and runs; the ratio is what matters.)
-""")
+# %% [markdown]
+# ## 6. A switch costs almost nothing
+#
+# Switching changes which `A`, `B` the LoRA layers use; reloading reads the model and the adapter from disk again.
+# (Timings vary between machines and runs; the ratio is what matters.)
 
-code('''
+# %% tags=["nbval-ignore-output"]
 def best_ms(fn, repeat=5):
     times = []
     for _ in range(repeat):
@@ -280,20 +266,17 @@ switch_ms = best_ms(lambda: model.set_adapter("shout" if model.active_adapter ==
 reload_ms = best_ms(lambda: PeftModel.from_pretrained(load_model(MODEL, dtype=DTYPE, device=DEVICE),
                                                       ADAPTER_DIRS["topic"]), repeat=2)
 print(f"set_adapter: {switch_ms:.2f} ms; reload base + adapter: {reload_ms:.0f} ms (about {reload_ms / switch_ms:.0f}x slower)")
-''', IGNORE)
 
-# --------------------------------------------------------------------------- 7. combine
-md("""
-## 7. Combining adapters with `add_weighted_adapter`
+# %% [markdown]
+# ## 7. Combining adapters with `add_weighted_adapter`
+#
+# `add_weighted_adapter` builds a new adapter from existing ones. Its `combination_type` sets the rules:
+# - `"linear"` (also `ties`, `dare_*`) adds the `A` and `B` matrices themselves, so all adapters must have the
+#   **same rank**. Ours have r=8 and r=4 on purpose;
+# - `"cat"` concatenates them (rank = sum of ranks: the update is exactly the weighted sum of the updates);
+# - `"svd"` computes the weighted sum of the full updates and compresses it back to a chosen rank with an SVD.
 
-`add_weighted_adapter` builds a new adapter from existing ones. Its `combination_type` sets the rules:
-- `"linear"` (also `ties`, `dare_*`) adds the `A` and `B` matrices themselves, so all adapters must have the
-  **same rank**. Ours have r=8 and r=4 on purpose;
-- `"cat"` concatenates them (rank = sum of ranks: the update is exactly the weighted sum of the updates);
-- `"svd"` computes the weighted sum of the full updates and compresses it back to a chosen rank with an SVD.
-""")
-
-code('''
+# %%
 try:
     model.add_weighted_adapter(["shout", "topic"], [1.0, 1.0], adapter_name="mix_linear", combination_type="linear")
 except ValueError as err:
@@ -304,50 +287,44 @@ model.add_weighted_adapter(["shout", "topic"], [1.0, 1.0], adapter_name="mix_svd
                            svd_rank=max(RANKS.values()))
 print("adapters now:", list(model.peft_config))
 print("ranks:", {name: model.peft_config[name].r for name in model.peft_config})
-''')
 
-md("What does the combination do on both tasks?")
+# %% [markdown]
+# What does the combination do on both tasks?
 
-code('''
+# %%
 for name in ("mix_cat", "mix_svd"):
     model.set_adapter(name, inference_mode=True)
     matrix[name] = {task: evaluate_task(model, tokenizer, TASKS[task]["eval"], progress=False).accuracy
                     for task in TASKS}
     print(f"{name:<8}" + "".join(f"{'task ' + t:>12}: {matrix[name][t]:>6.1%}" for t in TASKS))
-''')
 
-code('''
+# %% tags=["nbval-ignore-output"]
 model.set_adapter("mix_cat", inference_mode=True)
 examples = [TASKS["shout"]["eval"][i]["messages"][:-1] for i in range(3)]
 for prompt, answer in zip(examples, generate_answers(model, tokenizer, examples, progress=False)):
     print(f"{prompt[-1]['content']!r:<36} -> {answer!r}")
-''', IGNORE)
 
-md("""
-Adding two updates does not add two skills: both updates act on every question at once, and the exact-match
-accuracy above shows how much of each skill survives the sum. `cat` keeps each update exactly (rank 8 + 4 = 12);
-`svd` approximates their sum at rank 8. Try other weights (e.g. `[1.0, 0.5]`) to see the balance shift: combining
-works best for adapters trained to be combined, or that change different layers.
+# %% [markdown]
+# Adding two updates does not add two skills: both updates act on every question at once, and the exact-match
+# accuracy above shows how much of each skill survives the sum. `cat` keeps each update exactly (rank 8 + 4 = 12);
+# `svd` approximates their sum at rank 8. Try other weights (e.g. `[1.0, 0.5]`) to see the balance shift: combining
+# works best for adapters trained to be combined, or that change different layers.
+#
+# Remove what you no longer need with `delete_adapter` (you cannot delete the active one: switch first):
 
-Remove what you no longer need with `delete_adapter` (you cannot delete the active one: switch first):
-""")
-
-code('''
+# %%
 model.set_adapter("shout", inference_mode=True)
 for name in ("mix_cat", "mix_svd"):
     model.delete_adapter(name)
 print("adapters now:", list(model.peft_config), "| active:", model.active_adapter)
-''')
 
-# --------------------------------------------------------------------------- 8. unload
-md("""
-## 8. Back to the base model: `unload()`
+# %% [markdown]
+# ## 8. Back to the base model: `unload()`
+#
+# `unload()` removes every LoRA layer and returns the base model, **without** merging anything into it (merging is
+# notebook 03's `merge_and_unload`). The result is the untouched base: its logits equal a freshly loaded copy's.
 
-`unload()` removes every LoRA layer and returns the base model, **without** merging anything into it (merging is
-notebook 03's `merge_and_unload`). The result is the untouched base: its logits equal a freshly loaded copy's.
-""")
-
-code('''
+# %%
 restored = model.unload()
 with torch.no_grad():
     restored_logits = restored(**inputs).logits
@@ -355,12 +332,11 @@ print(f"unload() returned a {type(restored).__name__}; LoRA layers left: "
       f"{sum('lora_' in n for n, _ in restored.named_modules())}")
 print(f"max |logit difference| vs a freshly loaded base: {(restored_logits - fresh_base_logits).abs().max().item()}")
 assert torch.equal(restored_logits, fresh_base_logits)
-''')
 
-# --------------------------------------------------------------------------- summary
-md("## What we measured")
+# %% [markdown]
+# ## What we measured
 
-code('''
+# %%
 from IPython.display import Markdown, display
 
 rows = [(f"accuracy of `{row}` on {', '.join(TASKS)}", " / ".join(f"{matrix[row][t]:.1%}" for t in TASKS))
@@ -373,29 +349,24 @@ rows += [
     ("`add_weighted_adapter` linear, ranks " + " and ".join(str(r) for r in RANKS.values()),
      "ValueError (needs equal ranks); cat and svd work"),
 ]
-display(Markdown("| quantity | measured |\\n|---|---|\\n" + "\\n".join(f"| {k} | {v} |" for k, v in rows)))
-''')
+display(Markdown("| quantity | measured |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
 
-code('''
+# %% tags=["nbval-ignore-output"]
 print(f"set_adapter {switch_ms:.2f} ms vs reload {reload_ms:.0f} ms; training seconds per adapter:",
       {k: round(v, 1) for k, v in train_seconds.items()})
-''', IGNORE)
 
-code('''
+# %%
 from course_utils.notebook import record_metrics
 
 _ = record_metrics(model=MODEL, accuracy_matrix=matrix, switch_ms=round(switch_ms, 3), reload_ms=round(reload_ms, 1),
                    train_seconds={k: round(v, 2) for k, v in train_seconds.items()})
-''')
 
-# --------------------------------------------------------------------------- exercises
-md("""
-## Exercises
+# %% [markdown]
+# ## Exercises
+#
+# We load the two adapters again into a fresh model for the exercises.
 
-We load the two adapters again into a fresh model for the exercises.
-""")
-
-code('''
+# %%
 from course_utils.checks.adapters import check_active_adapter, check_base_outputs, check_diagonal
 
 ex_model = PeftModel.from_pretrained(load_model(MODEL, dtype=DTYPE, device=DEVICE), ADAPTER_DIRS["shout"],
@@ -403,69 +374,63 @@ ex_model = PeftModel.from_pretrained(load_model(MODEL, dtype=DTYPE, device=DEVIC
 _ = ex_model.load_adapter(ADAPTER_DIRS["topic"], adapter_name="topic")
 ex_model.set_adapter("topic", inference_mode=True)
 _ = ex_model.load_adapter(ADAPTER_DIRS["shout"], adapter_name="shout_copy")  # returns a load report
-''')
 
-md("""
-### Exercise 1: which adapter is active?
-After the cell above (`from_pretrained` with `shout`, `load_adapter` topic, `set_adapter("topic")`,
-`load_adapter` shout_copy), which adapter answers? Predict first, then check.
-""")
+# %% [markdown]
+# ### Exercise 1: which adapter is active?
+# After the cell above (`from_pretrained` with `shout`, `load_adapter` topic, `set_adapter("topic")`,
+# `load_adapter` shout_copy), which adapter answers? Predict first, then check.
 
-code('''
+# %%
 answer = None  # an adapter name, e.g. "shout"
 check_active_adapter(answer, ex_model)
-''')
 
-md("#### Solution (skip if you want to try first)")
+# %% [markdown]
+# #### Solution (skip if you want to try first)
 
-code('''
+# %%
 answer = "topic"  # load_adapter loads; only set_adapter activates
 check_active_adapter(answer, ex_model)
-''')
 
-md("""
-### Exercise 2: base-model outputs without unloading
-Complete `base_logits` so it returns the base model's logits from `ex_model`, and leaves the active adapter as
-it was (no `unload`, no `delete_adapter`).
-""")
 
-code('''
+# %% [markdown]
+# ### Exercise 2: base-model outputs without unloading
+# Complete `base_logits` so it returns the base model's logits from `ex_model`, and leaves the active adapter as
+# it was (no `unload`, no `delete_adapter`).
+
+# %%
 def base_logits(peft_model, inputs):
     return None  # your code: return the logits of the base model
 
 
 check_base_outputs(base_logits, ex_model, inputs, fresh_base_logits)
-''')
 
-md("#### Solution (skip if you want to try first)")
 
-code('''
+# %% [markdown]
+# #### Solution (skip if you want to try first)
+
+# %%
 def base_logits(peft_model, inputs):
     with peft_model.disable_adapter():
         return peft_model(**inputs).logits
 
 
 check_base_outputs(base_logits, ex_model, inputs, fresh_base_logits)
-''')
 
-md("""
-### Exercise 3: the diagonal
-From `matrix` (section 4), give each adapter's accuracy on the task it was trained for, as a dict
-`{task: accuracy}`.
-""")
+# %% [markdown]
+# ### Exercise 3: the diagonal
+# From `matrix` (section 4), give each adapter's accuracy on the task it was trained for, as a dict
+# `{task: accuracy}`.
 
-code('''
+# %%
 answer = None  # e.g. {"shout": ..., "topic": ...}
 check_diagonal(answer, matrix)
-''')
 
-md("#### Solution (skip if you want to try first)")
+# %% [markdown]
+# #### Solution (skip if you want to try first)
 
-code('''
+# %%
 answer = {task: matrix[task][task] for task in RANKS}
 check_diagonal(answer, matrix)
-''')
 
-md("**Next:** notebook 03 merges an adapter into the base model, and checks the merged model before you ship it.")
-
-print(f"wrote {_notebook.write()}")
+# %% [markdown]
+# **Next:** notebook 03 merges an adapter into the base model, and checks the merged model before you ship it.

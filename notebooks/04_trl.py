@@ -1,37 +1,48 @@
-"""Generate notebooks/04_trl.ipynb (run from anywhere; ~0.1 s). Then execute it:
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python -m course_utils run --inplace notebooks/04_trl.ipynb
-"""
-from __future__ import annotations
+# %% [markdown]
+# # 04 · TRL with PEFT: SFTTrainer and DPOTrainer with LoRA
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/04_trl.ipynb)
+#
+# **What you will learn**
+# - why the tutorial's `from_pretrained(..., load_in_8bit=True, peft_config=...)` fails today, and the way that works
+#   (`BitsAndBytesConfig` + `get_peft_model`, or the trainer's `peft_config`);
+# - supervised fine-tuning with TRL's `SFTTrainer` and a LoRA `peft_config`, with the loss on the answer only
+#   (completion-only vs assistant-only loss), and the config flags a CPU run needs;
+# - preference tuning with `DPOTrainer` and LoRA, where `ref_model=None` makes the reference model *free*: it is the
+#   same network with the adapter switched off. We measure the memory it saves, plot rewards and margins, and score
+#   held-out preference pairs before and after.
+#
+# **Time:** about 1-2 minutes on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU
+# with `MODEL = "smollm2-135m"`.
 
-from nbbuild import IGNORE, SETUP_CODE, NotebookBuilder
+# %% tags=["nbval-ignore-output"]
+# Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
+import importlib.util
+import subprocess
+import sys
 
-NAME = "04_trl.ipynb"
-_notebook = NotebookBuilder(NAME)
-md, code = _notebook.md, _notebook.code
+if importlib.util.find_spec("google.colab"):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
 
+from course_utils.loading import model_from_env
+from course_utils.notebook import setup
 
-md(f"""
-# 04 · TRL with PEFT: SFTTrainer and DPOTrainer with LoRA
-
-[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/{NAME})
-
-**What you will learn**
-- why the tutorial's `from_pretrained(..., load_in_8bit=True, peft_config=...)` fails today, and the way that works
-  (`BitsAndBytesConfig` + `get_peft_model`, or the trainer's `peft_config`);
-- supervised fine-tuning with TRL's `SFTTrainer` and a LoRA `peft_config`, with the loss on the answer only
-  (completion-only vs assistant-only loss), and the config flags a CPU run needs;
-- preference tuning with `DPOTrainer` and LoRA, where `ref_model=None` makes the reference model *free*: it is the
-  same network with the adapter switched off. We measure the memory it saves, plot rewards and margins, and score
-  held-out preference pairs before and after.
-
-**Time:** about 1-2 minutes on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU
-with `MODEL = "smollm2-135m"`.
-""")
-
-code(SETUP_CODE, IGNORE)
-
-code('''
+# %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
 DTYPE = "auto"        # float32 on CPU, bfloat16 on a recent GPU
 DEVICE = "auto"       # cuda > mps > cpu
@@ -42,25 +53,23 @@ DPO_LR = 1e-3
 DPO_BETA = 0.1        # strength of the pull towards the reference model
 GRADIENT_CHECKPOINTING = False  # saves activation memory at ~30% more compute; not needed for a small model
 SEED = 0
-''', ["parameters"])
 
-code("info = setup(SEED, model=MODEL)", IGNORE)
+# %% tags=["nbval-ignore-output"]
+info = setup(SEED, model=MODEL)
 
-# --------------------------------------------------------------------------- 1. old snippet
-md("""
-## 1. The tutorial's snippet, today
+# %% [markdown]
+# ## 1. The tutorial's snippet, today
+#
+# The tutorial we started from loads a model for TRL like this:
+#
+# ```python
+# model = AutoModelForCausalLM.from_pretrained("your-model-name", load_in_8bit=True, device_map="auto",
+#                                              peft_config=lora_config)
+# ```
+#
+# We run it on our model (a local folder, nothing is downloaded) and print what happens.
 
-The tutorial we started from loads a model for TRL like this:
-
-```python
-model = AutoModelForCausalLM.from_pretrained("your-model-name", load_in_8bit=True, device_map="auto",
-                                             peft_config=lora_config)
-```
-
-We run it on our model (a local folder, nothing is downloaded) and print what happens.
-""")
-
-code('''
+# %%
 import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
@@ -74,16 +83,14 @@ try:
     print("loaded (this library version still accepts the old arguments)")
 except TypeError as err:
     print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
-''')
 
-md("""
-transformers 5 dropped `load_in_8bit=` (and `load_in_4bit=`): quantization goes through a `BitsAndBytesConfig`
-passed as `quantization_config=`. `from_pretrained` never took a `peft_config`: the adapter is added afterwards with
-`get_peft_model`, or by the TRL trainer when you give it `peft_config=` (next sections). And `torch_dtype=` is now
-`dtype=`. bitsandbytes runs on CPU too, so this cell works here:
-""")
+# %% [markdown]
+# transformers 5 dropped `load_in_8bit=` (and `load_in_4bit=`): quantization goes through a `BitsAndBytesConfig`
+# passed as `quantization_config=`. `from_pretrained` never took a `peft_config`: the adapter is added afterwards with
+# `get_peft_model`, or by the TRL trainer when you give it `peft_config=` (next sections). And `torch_dtype=` is now
+# `dtype=`. bitsandbytes runs on CPU too, so this cell works here:
 
-code('''
+# %%
 from peft import get_peft_model
 from transformers import BitsAndBytesConfig
 
@@ -98,17 +105,14 @@ breakdown = model_memory_breakdown(peft_8bit)
 print("weight storage:", {k: f"{v / 2**20:.2f} MiB" for k, v in sorted(breakdown.weights_by_dtype.items())})
 print(f"trainable: {breakdown.trainable_params:,} of {breakdown.total_params:,} parameters")
 del model_8bit, peft_8bit
-''')
 
-# --------------------------------------------------------------------------- 2. SFT
-md("""
-## 2. SFTTrainer with a LoRA `peft_config`
+# %% [markdown]
+# ## 2. SFTTrainer with a LoRA `peft_config`
+#
+# The task: answer tersely, subject and value only (`terse`: `"What color is the mole?"` -> `"The mole: gold."`).
+# The base model answers with a full sentence (`"The mole is gold."`), so it scores 0%.
 
-The task: answer tersely, subject and value only (`terse`: `"What color is the mole?"` -> `"The mole: gold."`).
-The base model answers with a full sentence (`"The mole is gold."`), so it scores 0%.
-""")
-
-code('''
+# %%
 from course_utils.data import load_task, to_prompt_completion
 from course_utils.evaluation import evaluate_task
 
@@ -117,20 +121,18 @@ model = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 terse = load_task("terse")
 sft_before = evaluate_task(model, tokenizer, terse["eval"], progress=False, name="base model")
 sft_before
-''')
 
-md("""
-### Which tokens carry the loss?
+# %% [markdown]
+# ### Which tokens carry the loss?
+#
+# We want the loss on the answer only, not on the system prompt and question. TRL offers two ways:
+# - **completion-only loss**: give the dataset as `prompt` / `completion` pairs; `SFTTrainer` masks the prompt
+#   (`completion_only_loss` defaults to on for this format). Works with any model and chat template.
+# - **assistant-only loss**: keep `messages` and set `assistant_only_loss=True`; TRL then needs the chat template to
+#   mark assistant text with `{% generation %}` ... `{% endgeneration %}`. SmolLM2's template (which `course-tiny`
+#   uses) has no such markers, so it fails:
 
-We want the loss on the answer only, not on the system prompt and question. TRL offers two ways:
-- **completion-only loss**: give the dataset as `prompt` / `completion` pairs; `SFTTrainer` masks the prompt
-  (`completion_only_loss` defaults to on for this format). Works with any model and chat template.
-- **assistant-only loss**: keep `messages` and set `assistant_only_loss=True`; TRL then needs the chat template to
-  mark assistant text with `{% generation %}` ... `{% endgeneration %}`. SmolLM2's template (which `course-tiny`
-  uses) has no such markers, so it fails:
-""")
-
-code('''
+# %%
 import tempfile
 
 from trl import SFTConfig, SFTTrainer
@@ -142,39 +144,35 @@ try:
     print("accepted: this tokenizer's chat template has generation markers")
 except ValueError as err:
     print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
-''')
 
-md("So we convert the conversations to prompt/completion pairs (`course_utils.data.to_prompt_completion`):")
+# %% [markdown]
+# So we convert the conversations to prompt/completion pairs (`course_utils.data.to_prompt_completion`):
 
-code('''
+# %%
 train_pc = to_prompt_completion(terse["train"])
 print(train_pc[0])
-''')
 
-md("""
-### A config that works on a CPU
+# %% [markdown]
+# ### A config that works on a CPU
+#
+# TRL's configs set `bf16=True` when you leave it unset, and turn gradient checkpointing on. On a machine without a
+# GPU the default config fails straight away:
 
-TRL's configs set `bf16=True` when you leave it unset, and turn gradient checkpointing on. On a machine without a
-GPU the default config fails straight away:
-""")
-
-code('''
+# %%
 try:
     SFTConfig(output_dir=tempfile.mkdtemp())
     print("no error: this machine has a GPU with bf16")
 except ValueError as err:
     print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
-''')
 
-md("""
-Every flag that matters, set explicitly (they are right on a GPU too): fp32 on CPU and bf16 on a GPU that has it;
-`use_cpu` only without an accelerator; gradient checkpointing decided by us; no pinned memory (its warning on CPU);
-no reporting and no checkpoints; `max_length` caps the tokenized rows. `peft_config=` makes the trainer wrap the
-model with LoRA (`"all-linear"`: every linear layer, so this works for any architecture). `MemoryCallback` adds
-the peak memory to each log.
-""")
+# %% [markdown]
+# Every flag that matters, set explicitly (they are right on a GPU too): fp32 on CPU and bf16 on a GPU that has it;
+# `use_cpu` only without an accelerator; gradient checkpointing decided by us; no pinned memory (its warning on CPU);
+# no reporting and no checkpoints; `max_length` caps the tokenized rows. `peft_config=` makes the trainer wrap the
+# model with LoRA (`"all-linear"`: every linear layer, so this works for any architecture). `MemoryCallback` adds
+# the peak memory to each log.
 
-code('''
+# %%
 from transformers import PrinterCallback
 
 from course_utils.memory import MemoryCallback
@@ -204,11 +202,11 @@ sft_trainer = SFTTrainer(model=model, args=sft_args, train_dataset=train_pc, pro
 sft_trainer.remove_callback(PrinterCallback)  # we plot the log instead of printing a dict per log step
 print(type(sft_trainer.model).__name__)
 sft_trainer.model.print_trainable_parameters()
-''')
 
-md("The first training row, as the trainer sees it: the labels are `-100` (ignored) on the whole prompt.")
+# %% [markdown]
+# The first training row, as the trainer sees it: the labels are `-100` (ignored) on the whole prompt.
 
-code('''
+# %%
 row = sft_trainer.train_dataset[0]
 if "labels" in row:
     n_masked = sum(1 for label in row["labels"] if label == -100)
@@ -217,9 +215,8 @@ else:  # other TRL versions store a completion mask and build the labels in the 
     n_masked = sum(1 for m in row["completion_mask"] if m == 0)
     answer_ids = [t for t, m in zip(row["input_ids"], row["completion_mask"]) if m]
 print(f"{len(row['input_ids'])} tokens, {n_masked} in the prompt (no loss), loss on: {tokenizer.decode(answer_ids)!r}")
-''')
 
-code('''
+# %% tags=["nbval-ignore-output"]
 import time
 
 start = time.perf_counter()
@@ -227,9 +224,8 @@ sft_trainer.train()
 sft_seconds = time.perf_counter() - start
 sft_peak = max(p for _, p in sft_memory.steps)
 print(f"{sft_trainer.state.global_step} steps in {sft_seconds:.1f} s; peak memory {sft_peak:.0f} MiB ({sft_memory.tracker.what})")
-''', IGNORE)
 
-code('''
+# %%
 import matplotlib.pyplot as plt
 
 from course_utils.plotting import plot_loss
@@ -240,40 +236,36 @@ plot_loss(sft_trainer.state.log_history, title="SFT loss (answer tokens only), L
 sft_memory.plot(ax=ax_mem)
 plt.show()
 print(f"loss: first log {sft_losses[0]:.3f} -> last log {sft_losses[-1]:.3f}")
-''')
 
-code('''
+# %%
 sft_model = sft_trainer.model
 sft_after = evaluate_task(sft_model, tokenizer, terse["eval"], progress=False, name=f"after {MAX_STEPS} SFT steps")
 print(f"terse eval accuracy: {sft_before.accuracy:.1%} -> {sft_after.accuracy:.1%} ({sft_after.correct}/{sft_after.total})")
-''')
 
-code("sft_after", IGNORE)
+# %% tags=["nbval-ignore-output"]
+sft_after
 
-md("""
-**Reading the result.** The loss is computed on the answer tokens only and falls as the adapter learns the
-form; the held-out accuracy counts answers that are
-right to the last character, on questions the adapter never saw. The adapter learned a *form*; the facts were
-already in the base model (it knows all 192 of them), which is why a few dozen steps suffice.
-""")
+# %% [markdown]
+# **Reading the result.** The loss is computed on the answer tokens only and falls as the adapter learns the
+# form; the held-out accuracy counts answers that are
+# right to the last character, on questions the adapter never saw. The adapter learned a *form*; the facts were
+# already in the base model (it knows all 192 of them), which is why a few dozen steps suffice.
 
-# --------------------------------------------------------------------------- 3. DPO
-md("""
-## 3. DPO with LoRA: the reference model for free
+# %% [markdown]
+# ## 3. DPO with LoRA: the reference model for free
+#
+# DPO trains on preference pairs: a prompt, a `chosen` and a `rejected` answer. Its loss compares how much more likely
+# the trained model (the *policy*) makes each answer than a frozen *reference* model does:
+# `reward(answer) = beta * (log p_policy(answer) - log p_ref(answer))`, and the loss pushes
+# `reward(chosen) - reward(rejected)` (the *margin*) up.
+#
+# Classic DPO keeps two full models: the policy and a frozen copy. With a LoRA adapter the reference is the
+# same network with the adapter switched off, so `DPOTrainer(ref_model=None, peft_config=...)` loads one model.
+#
+# Our pairs (`prefs`): the chosen answer is in capitals, the rejected one a normal sentence. On held-out pairs, how
+# often does the base model give the chosen answer the higher log-probability?
 
-DPO trains on preference pairs: a prompt, a `chosen` and a `rejected` answer. Its loss compares how much more likely
-the trained model (the *policy*) makes each answer than a frozen *reference* model does:
-`reward(answer) = beta * (log p_policy(answer) - log p_ref(answer))`, and the loss pushes
-`reward(chosen) - reward(rejected)` (the *margin*) up.
-
-Classic DPO keeps two full models: the policy and a frozen copy. With a LoRA adapter the reference is the
-same network with the adapter switched off, so `DPOTrainer(ref_model=None, peft_config=...)` loads one model.
-
-Our pairs (`prefs`): the chosen answer is in capitals, the rejected one a normal sentence. On held-out pairs, how
-often does the base model give the chosen answer the higher log-probability?
-""")
-
-code('''
+# %%
 from course_utils.evaluation import preference_accuracy
 
 prefs = load_task("prefs")
@@ -281,9 +273,8 @@ print(prefs["train"][0])
 dpo_base = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 pref_before = preference_accuracy(dpo_base, tokenizer, prefs["eval"])
 print(f"held-out preference accuracy of the base model: {pref_before:.1%}")
-''')
 
-code('''
+# %%
 from trl import DPOConfig, DPOTrainer
 
 
@@ -303,16 +294,15 @@ dpo_trainer = DPOTrainer(model=dpo_base, ref_model=None, args=dpo_args(), train_
                          processing_class=tokenizer, peft_config=dpo_lora, callbacks=[dpo_memory])
 dpo_trainer.remove_callback(PrinterCallback)
 print("policy:", type(dpo_trainer.model).__name__, "| separate reference model:", dpo_trainer.ref_model)
-''')
 
-md("""
-### What a separate reference model would cost
 
-We build a second trainer the classic way, with `ref_model=` a second copy of the model (not trained), and count
-the bytes of the distinct parameters each trainer holds.
-""")
+# %% [markdown]
+# ### What a separate reference model would cost
+#
+# We build a second trainer the classic way, with `ref_model=` a second copy of the model (not trained), and count
+# the bytes of the distinct parameters each trainer holds.
 
-code('''
+# %%
 def held_bytes(*models):
     """Bytes of the distinct parameter tensors held by the given models (shared tensors counted once)."""
     seen = {}
@@ -332,14 +322,12 @@ ref_copy_bytes = model_memory_breakdown(classic.ref_model).weights_bytes
 print(f"ref_model=None:      {shared_bytes / 2**20:7.2f} MiB of parameters")
 print(f"separate ref_model:  {classic_bytes / 2**20:7.2f} MiB of parameters (+{ref_copy_bytes / 2**20:.2f} MiB: a second copy of the weights)")
 del classic
-''')
 
-md("""
-For our tiny model that is a few MiB. The same arithmetic for SmolLM2-1.7B (its shipped config, nothing is
-downloaded), with the course's memory planner for the LoRA training step itself (bf16, batch 8 x 512 tokens):
-""")
+# %% [markdown]
+# For our tiny model that is a few MiB. The same arithmetic for SmolLM2-1.7B (its shipped config, nothing is
+# downloaded), with the course's memory planner for the LoRA training step itself (bf16, batch 8 x 512 tokens):
 
-code('''
+# %%
 from course_utils.planner import Recipe, estimate_training_memory
 
 plan = estimate_training_memory("smollm2-1.7b", Recipe(method="lora", dtype="bfloat16", r=8, lora_alpha=16,
@@ -348,25 +336,22 @@ ref_gib = plan.n_params * 2 / 2**30  # a bf16 copy of every weight
 print(f"SmolLM2-1.7B: {plan.n_params:,} parameters; LoRA training step peak {plan.peak_gib:.1f} GiB")
 print(f"a separate bf16 reference model adds {ref_gib:.1f} GiB -> {plan.peak_gib + ref_gib:.1f} GiB "
       f"(+{100 * ref_gib / plan.peak_gib:.0f}%); with ref_model=None it adds nothing")
-''')
 
-md("""
-### Train
+# %% [markdown]
+# ### Train
+#
+# Each log row of `DPOTrainer` holds `rewards/chosen`, `rewards/rejected`, `rewards/margins` and `rewards/accuracies`
+# (the fraction of pairs in the batch whose chosen reward is higher). At step 0 the adapter is zero, the policy *is*
+# the reference, every reward is 0 and the loss is `log 2 = 0.6931`.
 
-Each log row of `DPOTrainer` holds `rewards/chosen`, `rewards/rejected`, `rewards/margins` and `rewards/accuracies`
-(the fraction of pairs in the batch whose chosen reward is higher). At step 0 the adapter is zero, the policy *is*
-the reference, every reward is 0 and the loss is `log 2 = 0.6931`.
-""")
-
-code('''
+# %% tags=["nbval-ignore-output"]
 start = time.perf_counter()
 dpo_trainer.train()
 dpo_seconds = time.perf_counter() - start
 dpo_peak = max(p for _, p in dpo_memory.steps)
 print(f"{dpo_trainer.state.global_step} DPO steps in {dpo_seconds:.1f} s; peak memory {dpo_peak:.0f} MiB")
-''', IGNORE)
 
-code('''
+# %%
 logs = [r for r in dpo_trainer.state.log_history if "rewards/margins" in r]
 steps = [r["step"] for r in logs]
 fig, (ax_r, ax_a) = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -384,36 +369,33 @@ first, last = logs[0], logs[-1]
 print(f"step {first['step']}: loss {first['loss']:.3f}, margin {first['rewards/margins']:.3f}; "
       f"step {last['step']}: loss {last['loss']:.3f}, margin {last['rewards/margins']:.3f}, "
       f"chosen {last['rewards/chosen']:+.3f}, rejected {last['rewards/rejected']:+.3f}")
-''')
 
-md("The measure that counts is on pairs the adapter never trained on:")
+# %% [markdown]
+# The measure that counts is on pairs the adapter never trained on:
 
-code('''
+# %%
 dpo_model = dpo_trainer.model
 pref_after = preference_accuracy(dpo_model, tokenizer, prefs["eval"])
 with dpo_model.disable_adapter():  # the reference: the same network, adapter off
     pref_ref = preference_accuracy(dpo_model, tokenizer, prefs["eval"])
 print(f"held-out preference accuracy: {pref_before:.1%} before -> {pref_after:.1%} after {DPO_STEPS} DPO steps "
       f"(adapter disabled again: {pref_ref:.1%})")
-''')
 
-md("""
-And the generations? DPO only ever compares two given answers; it never asks the model to *write* one. Alone, at
-these learning rates, it pushes the rejected answers far down (see the rewards: the rejected one falls much further
-than the chosen one rises), and the text the model writes can get worse rather than better. Look, but don't score
-DPO by this (in practice one runs SFT first, then DPO):
-""")
+# %% [markdown]
+# And the generations? DPO only ever compares two given answers; it never asks the model to *write* one. Alone, at
+# these learning rates, it pushes the rejected answers far down (see the rewards: the rejected one falls much further
+# than the chosen one rises), and the text the model writes can get worse rather than better. Look, but don't score
+# DPO by this (in practice one runs SFT first, then DPO):
 
-code('''
+# %% tags=["nbval-ignore-output"]
 shout_eval = load_task("shout", "eval")
 dpo_gen = evaluate_task(dpo_model, tokenizer, shout_eval, progress=False, name="after DPO, answers in capitals?")
 dpo_gen
-''', IGNORE)
 
-# --------------------------------------------------------------------------- summary
-md("## What we measured")
+# %% [markdown]
+# ## What we measured
 
-code('''
+# %%
 from IPython.display import Markdown, display
 
 rows = [
@@ -427,15 +409,13 @@ rows = [
     (f"DPO held-out preference accuracy, {DPO_STEPS} steps", f"{pref_before:.1%} -> {pref_after:.1%}"),
     ("DPO margin, first -> last log", f"{first['rewards/margins']:.3f} -> {last['rewards/margins']:.3f}"),
 ]
-display(Markdown("| quantity | measured |\\n|---|---|\\n" + "\\n".join(f"| {k} | {v} |" for k, v in rows)))
-''')
+display(Markdown("| quantity | measured |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
 
-code('''
+# %% tags=["nbval-ignore-output"]
 print(f"SFT: {sft_seconds:.1f} s, peak {sft_peak:.0f} MiB; DPO: {dpo_seconds:.1f} s, peak {dpo_peak:.0f} MiB "
       f"({sft_memory.tracker.what})")
-''', IGNORE)
 
-code('''
+# %%
 from course_utils.notebook import record_metrics
 
 _ = record_metrics(model=MODEL, accuracy_before=sft_before.accuracy, accuracy_after=sft_after.accuracy,
@@ -443,71 +423,60 @@ _ = record_metrics(model=MODEL, accuracy_before=sft_before.accuracy, accuracy_af
                    preference_accuracy_before=pref_before, preference_accuracy_after=pref_after,
                    dpo_seconds=round(dpo_seconds, 2), dpo_peak_mem_MiB=round(dpo_peak, 1),
                    reference_copy_MiB=round(ref_copy_bytes / 2**20, 2))
-''')
 
-# --------------------------------------------------------------------------- exercises
-md("""
-## Exercises
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 1: the CPU flag
+# Which `SFTConfig` argument makes the default config work on a machine without a GPU? Answer with a dict of keyword
+# arguments, e.g. `{"some_flag": value}`.
 
-### Exercise 1: the CPU flag
-Which `SFTConfig` argument makes the default config work on a machine without a GPU? Answer with a dict of keyword
-arguments, e.g. `{"some_flag": value}`.
-""")
-
-code('''
+# %%
 from course_utils.checks.trl import check_cpu_flag, check_dpo_reward, check_reference_bytes
 
 answer = None  # e.g. {"flag": value}
 check_cpu_flag(answer)
-''')
 
-md("#### Solution (skip if you want to try first)")
+# %% [markdown]
+# #### Solution (skip if you want to try first)
 
-code('''
+# %%
 answer = {"bf16": False}  # {"use_cpu": True} works as well
 check_cpu_flag(answer)
-''')
 
-md("""
-### Exercise 2: the sign of the implicit reward
-After training, the policy gives a chosen answer a log-probability of -10.0; the reference (adapter off) gives it
--12.0. With `beta=0.1`, what does DPO log as `rewards/chosen` for it?
-""")
+# %% [markdown]
+# ### Exercise 2: the sign of the implicit reward
+# After training, the policy gives a chosen answer a log-probability of -10.0; the reference (adapter off) gives it
+# -12.0. With `beta=0.1`, what does DPO log as `rewards/chosen` for it?
 
-code('''
+# %%
 answer = None  # a number
 check_dpo_reward(answer, policy_logp=-10.0, ref_logp=-12.0, beta=0.1)
-''')
 
-md("#### Solution (skip if you want to try first)")
+# %% [markdown]
+# #### Solution (skip if you want to try first)
 
-code('''
+# %%
 answer = 0.1 * (-10.0 - (-12.0))  # beta * (policy - reference): positive, the answer became more likely
 check_dpo_reward(answer, policy_logp=-10.0, ref_logp=-12.0, beta=0.1)
-''')
 
-md("""
-### Exercise 3: what `ref_model=None` saves
-How many bytes would a separate reference copy of this notebook's model take? Work it out from the number of
-parameters and their dtype.
-""")
+# %% [markdown]
+# ### Exercise 3: what `ref_model=None` saves
+# How many bytes would a separate reference copy of this notebook's model take? Work it out from the number of
+# parameters and their dtype.
 
-code('''
+# %%
 reference = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 answer = None  # bytes
 check_reference_bytes(answer, reference)
-''')
 
-md("#### Solution (skip if you want to try first)")
+# %% [markdown]
+# #### Solution (skip if you want to try first)
 
-code('''
+# %%
 answer = sum(p.numel() * p.element_size() for p in reference.parameters())
 check_reference_bytes(answer, reference)
-''')
 
-md("""
-**Next:** notebook 05 trains only a handful of input vectors (prompt tuning) and compares it with LoRA, prefix
-tuning and IA3.
-""")
-
-print(f"wrote {_notebook.write()}")
+# %% [markdown]
+# **Next:** notebook 05 trains only a handful of input vectors (prompt tuning) and compares it with LoRA, prefix
+# tuning and IA3.

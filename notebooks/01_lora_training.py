@@ -1,36 +1,47 @@
-"""Generate notebooks/01_lora_training.ipynb (run from anywhere; ~0.1 s). Then execute it:
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python -m course_utils run --inplace notebooks/01_lora_training.ipynb
-"""
-from __future__ import annotations
+# %% [markdown]
+# # 01 · LoRA: the idea, the layer, the training
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/01_lora_training.ipynb)
+#
+# **What you will learn**
+# - why parameter-efficient fine-tuning: how many parameters and how much GPU memory LoRA saves, *measured* for
+#   this model and planned for SmolLM2-1.7B (the tutorial we started from says "about 90%" and "3x": we check);
+# - what a LoRA layer computes, by writing one (`W x + (alpha/r) · B A x`) and matching peft's layer to the last digit;
+# - `LoraConfig`, argument by argument, `get_peft_model` and where the trainable parameters sit;
+# - training an adapter with the plain `transformers.Trainer` (loss on the answer only), with memory tracked;
+# - how accuracy depends on the rank and on which layers you adapt.
+#
+# **Time:** about 1-2 minutes on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU
+# with `MODEL = "smollm2-135m"`.
 
-from nbbuild import IGNORE, SETUP_CODE, NotebookBuilder
+# %% tags=["nbval-ignore-output"]
+# Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
+import importlib.util
+import subprocess
+import sys
 
-NAME = "01_lora_training.ipynb"
-_notebook = NotebookBuilder(NAME)
-md, code = _notebook.md, _notebook.code
+if importlib.util.find_spec("google.colab"):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
 
+from course_utils.loading import model_from_env
+from course_utils.notebook import setup
 
-md(f"""
-# 01 · LoRA: the idea, the layer, the training
-
-[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/{NAME})
-
-**What you will learn**
-- why parameter-efficient fine-tuning: how many parameters and how much GPU memory LoRA saves, *measured* for
-  this model and planned for SmolLM2-1.7B (the tutorial we started from says "about 90%" and "3x": we check);
-- what a LoRA layer computes, by writing one (`W x + (alpha/r) · B A x`) and matching peft's layer to the last digit;
-- `LoraConfig`, argument by argument, `get_peft_model` and where the trainable parameters sit;
-- training an adapter with the plain `transformers.Trainer` (loss on the answer only), with memory tracked;
-- how accuracy depends on the rank and on which layers you adapt.
-
-**Time:** about 1-2 minutes on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU
-with `MODEL = "smollm2-135m"`.
-""")
-
-code(SETUP_CODE, IGNORE)
-
-code('''
+# %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
 DTYPE = "auto"        # float32 on CPU, bfloat16 on a recent GPU
 DEVICE = "auto"       # cuda > mps > cpu
@@ -39,22 +50,20 @@ SEED = 0
 SWEEP_RANKS = [1, 2, 8]  # ranks of the small experiment
 SWEEP_STEPS = 60      # steps of each experiment run
 SWEEP_BATCH = 8       # its batch size (smaller than the main run's: the sweep has to be quick)
-''', ["parameters"])
 
-code("info = setup(SEED, model=MODEL)", IGNORE)
+# %% tags=["nbval-ignore-output"]
+info = setup(SEED, model=MODEL)
 
-# --------------------------------------------------------------------------- 1. why PEFT
-md("""
-## 1. Why parameter-efficient fine-tuning, in numbers
+# %% [markdown]
+# ## 1. Why parameter-efficient fine-tuning, in numbers
+#
+# Full fine-tuning updates every weight: you need gradients and optimizer state for all of them, and every task
+# gets its own full copy of the model. LoRA freezes the model and trains two small matrices per adapted layer.
+# The tutorial this course grew from claims LoRA "typically reduces trainable parameters by about 90%" and cuts
+# "GPU memory requirements by 3x". Let's count, for the model we use and for SmolLM2-1.7B (its shipped config:
+# nothing is downloaded), with the course's memory planner (`course_utils.planner`, checked against an H200).
 
-Full fine-tuning updates every weight: you need gradients and optimizer state for all of them, and every task
-gets its own full copy of the model. LoRA freezes the model and trains two small matrices per adapted layer.
-The tutorial this course grew from claims LoRA "typically reduces trainable parameters by about 90%" and cuts
-"GPU memory requirements by 3x". Let's count, for the model we use and for SmolLM2-1.7B (its shipped config:
-nothing is downloaded), with the course's memory planner (`course_utils.planner`, checked against an H200).
-""")
-
-code('''
+# %%
 import torch
 
 from course_utils.data import load_task
@@ -67,9 +76,8 @@ model = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 ATTENTION = attention_projection_names(model)  # read from the model, e.g. ['q_proj', 'k_proj', 'v_proj', 'o_proj']
 n_params = sum(p.numel() for p in model.parameters())
 print(f"{MODEL}: {n_params:,} parameters; attention projections: {ATTENTION}")
-''')
 
-code('''
+# %%
 # The same training step, full fine-tuning vs LoRA (the tutorial's r=16 on the attention projections).
 full = Recipe(method="full", dtype="bfloat16", batch_size=8, seq_len=512)
 lora = Recipe(method="lora", dtype="bfloat16", r=16, lora_alpha=32, target_modules=ATTENTION, batch_size=8, seq_len=512)
@@ -83,9 +91,8 @@ for label, (full_est, lora_est) in plans.items():
     fewer = 100 * (1 - lora_est.trainable_params / full_est.trainable_params)
     print(f"{label:<14} {full_est.n_params:>14,} {lora_est.trainable_params:>15,} {fewer:>7.2f}% "
           f"{full_est.peak_gib:>12.2f} {lora_est.peak_gib:>9.2f} {full_est.peak_gib / lora_est.peak_gib:>5.1f}x")
-''')
 
-code('''
+# %%
 import matplotlib.pyplot as plt
 
 full_est, lora_est = plans["SmolLM2-1.7B"]
@@ -101,36 +108,31 @@ for part, key in parts.items():
 ax.set(title="Planned peak training memory, SmolLM2-1.7B (bf16, batch 8 x 512 tokens)", ylabel="memory (GiB)")
 ax.legend(fontsize=8)
 plt.show()
-''')
 
-code('''
+# %%
 print(f"SmolLM2-1.7B: LoRA trains {100 * lora_est.trainable_params / full_est.n_params:.2f}% of the parameters "
       f"({100 * (1 - lora_est.trainable_params / full_est.n_params):.2f}% fewer, not 'about 90%'),")
 print(f"and the planned peak memory falls from {full_est.peak_gib:.1f} to {lora_est.peak_gib:.1f} GiB "
       f"({full_est.peak_gib / lora_est.peak_gib:.1f}x, not '3x').")
-''')
 
-md("""
-**What this shows.** LoRA cuts the *trainable* parameters by more than the tutorial's "about 90%": over 99% for
-SmolLM2-1.7B, and less for a tiny model, whose layers are so narrow that a rank-16 update is not small next to
-them (the update grows with the layer width, the layer with its square). Memory falls by less than the parameter
-count suggests: the frozen weights still have to sit in memory and the activations of
-the forward pass are the same, so what LoRA removes is the gradients and optimizer state of the frozen weights.
-The "3x" of the tutorial is a figure for GPT-3 175B; for a 1.7B model at this batch the planner gives the ratio
-printed above. Batch size and sequence length move it a lot (activations grow with them; LoRA does not shrink them).
-""")
+# %% [markdown]
+# **What this shows.** LoRA cuts the *trainable* parameters by more than the tutorial's "about 90%": over 99% for
+# SmolLM2-1.7B, and less for a tiny model, whose layers are so narrow that a rank-16 update is not small next to
+# them (the update grows with the layer width, the layer with its square). Memory falls by less than the parameter
+# count suggests: the frozen weights still have to sit in memory and the activations of
+# the forward pass are the same, so what LoRA removes is the gradients and optimizer state of the frozen weights.
+# The "3x" of the tutorial is a figure for GPT-3 175B; for a 1.7B model at this batch the planner gives the ratio
+# printed above. Batch size and sequence length move it a lot (activations grow with them; LoRA does not shrink them).
 
-# --------------------------------------------------------------------------- 2. from scratch
-md("""
-## 2. A LoRA layer from scratch
+# %% [markdown]
+# ## 2. A LoRA layer from scratch
+#
+# A LoRA layer keeps the frozen weight `W` and adds a low-rank update: `y = W x + (alpha / r) · B (A x)`, with
+# `A` of shape `(r, in)` and `B` of shape `(out, r)`. `B` starts at zero, so before training the layer computes
+# exactly what the frozen layer did; `A` starts random (peft uses `kaiming_uniform_(a=sqrt(5))`, the default init
+# of `nn.Linear`). Here it is in a dozen lines.
 
-A LoRA layer keeps the frozen weight `W` and adds a low-rank update: `y = W x + (alpha / r) · B (A x)`, with
-`A` of shape `(r, in)` and `B` of shape `(out, r)`. `B` starts at zero, so before training the layer computes
-exactly what the frozen layer did; `A` starts random (peft uses `kaiming_uniform_(a=sqrt(5))`, the default init
-of `nn.Linear`). Here it is in a dozen lines.
-""")
-
-code('''
+# %%
 import math
 
 from torch import nn
@@ -149,11 +151,12 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         return self.base_layer(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
-''')
 
-md("We wrap a copy of the model's first attention projection and check that the output is unchanged at start.")
 
-code('''
+# %% [markdown]
+# We wrap a copy of the model's first attention projection and check that the output is unchanged at start.
+
+# %%
 import copy
 
 layer_name, first_proj = next((n, m) for n, m in model.named_modules() if n.endswith(ATTENTION[0]))
@@ -165,14 +168,12 @@ print(f"wrapped {layer_name}: in {base_linear.in_features}, out {base_linear.out
 print("output unchanged at start (B = 0):", torch.equal(mine(x), base_linear(x)))
 print("trainable parameters:", sum(p.numel() for p in mine.parameters() if p.requires_grad),
       f"= r * (in + out) = 4 * ({base_linear.in_features} + {base_linear.out_features})")
-''')
 
-md("""
-Now the same layer through peft: `inject_adapter_in_model` puts peft's LoRA layer into any `nn.Module`. We give
-its `B` non-zero values (as after training), copy peft's `A` and `B` into our layer, and compare the outputs.
-""")
+# %% [markdown]
+# Now the same layer through peft: `inject_adapter_in_model` puts peft's LoRA layer into any `nn.Module`. We give
+# its `B` non-zero values (as after training), copy peft's `A` and `B` into our layer, and compare the outputs.
 
-code('''
+# %%
 from collections import OrderedDict
 
 from peft import LoraConfig, inject_adapter_in_model
@@ -192,30 +193,25 @@ print(f"peft scaling {peft_layer.scaling['default']} == ours {mine.scaling}")
 print(f"update changes the output by up to {(theirs - base_linear(x)).abs().max().item():.3f}")
 print(f"max |ours - peft| < 1e-6: {diff < 1e-6}")
 assert torch.allclose(ours, theirs, atol=1e-6)
-''')
 
-md("""
-The course keeps this layer in `course_utils.lora_scratch.LoRALinear` (with dropout, `delta_weight()` and
-`from_peft()`), tested against peft in `tests/`. It gives the same numbers:
-""")
+# %% [markdown]
+# The course keeps this layer in `course_utils.lora_scratch.LoRALinear` (with dropout, `delta_weight()` and
+# `from_peft()`), tested against peft in `tests/`. It gives the same numbers:
 
-code('''
+# %%
 from course_utils.lora_scratch import LoRALinear as CourseLoRALinear
 
 with torch.no_grad():
     print("course_utils LoRALinear matches peft:",
           torch.allclose(CourseLoRALinear.from_peft(peft_layer)(x), theirs, atol=1e-6))
-''')
 
-# --------------------------------------------------------------------------- 3. peft
-md("""
-## 3. LoRA with peft: `LoraConfig` and `get_peft_model`
+# %% [markdown]
+# ## 3. LoRA with peft: `LoraConfig` and `get_peft_model`
+#
+# The tutorial's configuration, one argument at a time. `target_modules` comes from the model (the attention
+# projections we read above), so the same cell works for any architecture.
 
-The tutorial's configuration, one argument at a time. `target_modules` comes from the model (the attention
-projections we read above), so the same cell works for any architecture.
-""")
-
-code('''
+# %%
 from peft import get_peft_model
 
 lora_config = LoraConfig(
@@ -228,23 +224,20 @@ lora_config = LoraConfig(
 )
 peft_model = get_peft_model(model, lora_config)  # wraps `model` in place; the base weights are frozen
 peft_model.print_trainable_parameters()
-''')
 
-code('''
+# %%
 from course_utils.memory import trainable_parameter_table
 
 table = trainable_parameter_table(peft_model)
 print(table)
 print(f"planner's count for this config: {plans[MODEL][1].trainable_params:,}")
-''')
 
-md("""
-The tutorial also loads the model with `peft_config=` and `load_in_8bit=True` in `from_pretrained`. Neither
-argument exists in transformers 5: the call fails. Quantized loading takes a `BitsAndBytesConfig` (notebook 06)
-and LoRA is added with `get_peft_model`, as above.
-""")
+# %% [markdown]
+# The tutorial also loads the model with `peft_config=` and `load_in_8bit=True` in `from_pretrained`. Neither
+# argument exists in transformers 5: the call fails. Quantized loading takes a `BitsAndBytesConfig` (notebook 06)
+# and LoRA is added with `get_peft_model`, as above.
 
-code('''
+# %%
 from transformers import AutoModelForCausalLM
 
 from course_utils.loading import resolve_model_path
@@ -253,35 +246,30 @@ try:
     AutoModelForCausalLM.from_pretrained(resolve_model_path(MODEL), load_in_8bit=True, peft_config=lora_config)
 except TypeError as err:
     print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
-''')
 
-# --------------------------------------------------------------------------- 4. training
-md("""
-## 4. Train the adapter on the `shout` task
+# %% [markdown]
+# ## 4. Train the adapter on the `shout` task
+#
+# The task: answer questions about the small world in capitals (`"What color is the fox?"` -> `"THE FOX IS
+# GOLD."`). The base model answers in a normal sentence, so it scores 0%. A freshly wrapped model has `B = 0`: it
+# still answers like the base model.
 
-The task: answer questions about the small world in capitals (`"What color is the fox?"` -> `"THE FOX IS
-GOLD."`). The base model answers in a normal sentence, so it scores 0%. A freshly wrapped model has `B = 0`: it
-still answers like the base model.
-""")
-
-code('''
+# %%
 from course_utils.evaluation import evaluate_task
 
 shout = load_task("shout")
 before = evaluate_task(peft_model, tokenizer, shout["eval"], progress=False, name="before training")
 print(f"shout eval accuracy before training: {before.accuracy:.1%} ({before.correct}/{before.total})")
-''')
 
-md("""
-Every step of the training, written out with the plain `Trainer`:
-- `tokenize_for_sft` renders each conversation with the chat template and sets the labels of the prompt to
-  `-100`, so the loss is computed on the answer only;
-- `DataCollatorForSeq2Seq` pads `input_ids` and `labels` (with `-100`) to the longest row of each batch;
-- `cpu_friendly_args` are `TrainingArguments` that work on a CPU and a GPU alike (fp32 on CPU, bf16 on GPU, no
-  pinned memory, no checkpoints, fixed seed); `MemoryCallback` adds the peak memory to each log.
-""")
+# %% [markdown]
+# Every step of the training, written out with the plain `Trainer`:
+# - `tokenize_for_sft` renders each conversation with the chat template and sets the labels of the prompt to
+#   `-100`, so the loss is computed on the answer only;
+# - `DataCollatorForSeq2Seq` pads `input_ids` and `labels` (with `-100`) to the longest row of each batch;
+# - `cpu_friendly_args` are `TrainingArguments` that work on a CPU and a GPU alike (fp32 on CPU, bf16 on GPU, no
+#   pinned memory, no checkpoints, fixed seed); `MemoryCallback` adds the peak memory to each log.
 
-code('''
+# %% tags=["nbval-ignore-output"]
 import time
 
 from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
@@ -303,9 +291,8 @@ trainer.train()
 train_seconds = time.perf_counter() - start
 peak_mib = max(p for _, p in memory.steps)
 print(f"{trainer.state.global_step} steps in {train_seconds:.1f} s; peak memory {peak_mib:.0f} MiB ({memory.tracker.what})")
-''', IGNORE)
 
-code('''
+# %%
 from course_utils.plotting import plot_loss
 
 losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
@@ -314,26 +301,25 @@ plot_loss(trainer.state.log_history, title="Training loss, LoRA r=16 on shout", 
 memory.plot(ax=ax_mem)
 plt.show()
 print(f"loss: first log {losses[0]:.3f} -> last log {losses[-1]:.3f}")
-''')
 
-code('''
+# %%
 after = evaluate_task(peft_model, tokenizer, shout["eval"], progress=False, name="after training")
 print(f"shout eval accuracy: {before.accuracy:.1%} before -> {after.accuracy:.1%} after "
       f"({after.correct}/{after.total} held-out questions)")
-''')
 
-md("A few held-out questions and the answers (generated text can differ in the last token between machines):")
+# %% [markdown]
+# A few held-out questions and the answers (generated text can differ in the last token between machines):
 
-code("after", IGNORE)
+# %% tags=["nbval-ignore-output"]
+after
 
-md("""
-### Save the adapter
+# %% [markdown]
+# ### Save the adapter
+#
+# `save_pretrained` on a `PeftModel` writes only the adapter: `A`, `B` and its config. We save into a fresh,
+# time-stamped folder so a re-run never overwrites an earlier adapter.
 
-`save_pretrained` on a `PeftModel` writes only the adapter: `A`, `B` and its config. We save into a fresh,
-time-stamped folder so a re-run never overwrites an earlier adapter.
-""")
-
-code('''
+# %%
 from pathlib import Path
 
 RUN_DIR = Path("outputs") / "01_lora_training" / time.strftime("%Y%m%d-%H%M%S")
@@ -347,19 +333,16 @@ model_bytes = sum(p.numel() * p.element_size() for p in peft_model.get_base_mode
 print(f"saved to {ADAPTER_DIR}: {sorted(p.name for p in ADAPTER_DIR.iterdir())}")
 print(f"adapter on disk: {adapter_bytes / 1024:.0f} KiB; the model's weights: {model_bytes / 2**20:.1f} MiB "
       f"({model_bytes / adapter_bytes:.0f}x larger)")
-''')
 
-# --------------------------------------------------------------------------- 5. experiment
-md(f"""
-## 5. Experiment: rank and target layers
+# %% [markdown]
+# ## 5. Experiment: rank and target layers
+#
+# How small can the adapter be? We train 3 adapters of growing rank on the attention projections
+# and two on every linear layer (`"all-linear"`), each for `SWEEP_STEPS` steps of `SWEEP_BATCH` examples with `lora_alpha = 2 r` (the same
+# scaling), and plot accuracy against the number of trainable parameters. `train_lora` is the training loop of
+# section 4 in one call.
 
-How small can the adapter be? We train {len([1, 2, 8])} adapters of growing rank on the attention projections
-and two on every linear layer (`"all-linear"`), each for `SWEEP_STEPS` steps of `SWEEP_BATCH` examples with `lora_alpha = 2 r` (the same
-scaling), and plot accuracy against the number of trainable parameters. `train_lora` is the training loop of
-section 4 in one call.
-""")
-
-code('''
+# %%
 import contextlib
 import io
 
@@ -381,9 +364,8 @@ for label, r, targets in experiments:
 print(f"{'targets':<11} {'r':>3} {'trainable':>10} {'last loss':>10} {'accuracy':>9}")
 for row in sweep:
     print(f"{row['targets']:<11} {row['r']:>3} {row['trainable']:>10,} {row['loss']:>10.3f} {row['accuracy']:>9.1%}")
-''')
 
-code('''
+# %%
 from course_utils.plotting import plot_xy
 
 series = {}
@@ -396,26 +378,23 @@ for row in sweep:
     ax.annotate(f"r={row['r']}", (row["trainable"], 100 * row["accuracy"]), textcoords="offset points",
                 xytext=(4, -10), fontsize=8)
 plt.show()
-''')
 
-code('''
+# %% tags=["nbval-ignore-output"]
 print("seconds per experiment run:", ", ".join(f"{row['targets']} r={row['r']}: {row['seconds']:.1f} s" for row in sweep))
-''', IGNORE)
 
-md("""
-**Reading the plot.** On this short budget (`SWEEP_STEPS` steps of `SWEEP_BATCH` examples) accuracy climbs
-with the rank: the smallest adapters have not learned the style yet. Adapting every linear layer multiplies the
-parameters (the MLP matrices are larger) and, at the same rank, does not do better than the attention projections
-on this task. The budget matters as much as the rank: in a longer run while writing this notebook (100 steps of
-16 examples) r=2 on the attention projections already reached 94%, so a small rank needs more steps rather than
-more parameters. Differences of two or three questions out of 48 are within what another seed would change; on a
-real model, run the same sweep before picking `r`.
-""")
+# %% [markdown]
+# **Reading the plot.** On this short budget (`SWEEP_STEPS` steps of `SWEEP_BATCH` examples) accuracy climbs
+# with the rank: the smallest adapters have not learned the style yet. Adapting every linear layer multiplies the
+# parameters (the MLP matrices are larger) and, at the same rank, does not do better than the attention projections
+# on this task. The budget matters as much as the rank: in a longer run while writing this notebook (100 steps of
+# 16 examples) r=2 on the attention projections already reached 94%, so a small rank needs more steps rather than
+# more parameters. Differences of two or three questions out of 48 are within what another seed would change; on a
+# real model, run the same sweep before picking `r`.
 
-# --------------------------------------------------------------------------- summary
-md("## What we measured")
+# %% [markdown]
+# ## What we measured
 
-code('''
+# %%
 from IPython.display import Markdown, display
 
 f17, l17 = plans["SmolLM2-1.7B"]
@@ -433,89 +412,76 @@ rows = [
     (f"sweep: best accuracy after {SWEEP_STEPS} steps", f"{best['accuracy']:.1%} ({best['targets']}, r={best['r']}, "
      f"{best['trainable']:,} parameters)"),
 ]
-display(Markdown("| quantity | measured |\\n|---|---|\\n" + "\\n".join(f"| {k} | {v} |" for k, v in rows)))
-''')
+display(Markdown("| quantity | measured |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
 
-code('''
+# %% tags=["nbval-ignore-output"]
 print(f"main run: {train_seconds:.1f} s of training, peak memory {peak_mib:.0f} MiB ({memory.tracker.what})")
-''', IGNORE)
 
-code('''
+# %%
 from course_utils.notebook import record_metrics
 
 _ = record_metrics(model=MODEL, accuracy_before=before.accuracy, accuracy_after=after.accuracy,
                    train_seconds=round(train_seconds, 2), peak_mem_MiB=round(peak_mib, 1),
                    trainable_params=table.trainable, adapter_KiB=round(adapter_bytes / 1024, 1),
                    sweep={f"{row['targets']} r={row['r']}": row["accuracy"] for row in sweep})
-''')
 
-# --------------------------------------------------------------------------- exercises
-md("""
-## Exercises
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise has a cell for your answer, a check, and a solution you can skip.
+#
+# ### Exercise 1: count before you train
+# How many trainable parameters does `LoraConfig(r=8, target_modules=["q_proj", "v_proj"])` add to this model?
+# Work it out from the layer shapes (`r * (in + out)` per adapted layer), not by wrapping the model.
 
-Each exercise has a cell for your answer, a check, and a solution you can skip.
-
-### Exercise 1: count before you train
-How many trainable parameters does `LoraConfig(r=8, target_modules=["q_proj", "v_proj"])` add to this model?
-Work it out from the layer shapes (`r * (in + out)` per adapted layer), not by wrapping the model.
-""")
-
-code('''
+# %%
 from course_utils.checks.lora import check_lora_parameter_count, check_mlp_targets, check_scaling
 
 EX_TARGETS = [n for n in ATTENTION if n[0] in "qv"] or ATTENTION[:2]  # q_proj and v_proj in Llama-style models
 answer = None  # your number
 check_lora_parameter_count(answer, model=peft_model.get_base_model(), r=8, target_modules=EX_TARGETS)
-''')
 
-md("#### Solution (skip if you want to try first)")
+# %% [markdown]
+# #### Solution (skip if you want to try first)
 
-code('''
+# %%
 base = peft_model.get_base_model()
 layers = [m for n, m in base.named_modules() if n.rsplit(".", 1)[-1] in EX_TARGETS]  # every q_proj, v_proj
 answer = sum(8 * (m.in_features + m.out_features) for m in layers)
 check_lora_parameter_count(answer, model=base, r=8, target_modules=EX_TARGETS)
-''')
 
-md("""
-### Exercise 2: the scaling factor
-peft multiplies the update `B A x` by a scaling factor. What is it for `r=32, lora_alpha=32`? (Look at
-`peft_layer.scaling` above if you are unsure how it is computed.)
-""")
+# %% [markdown]
+# ### Exercise 2: the scaling factor
+# peft multiplies the update `B A x` by a scaling factor. What is it for `r=32, lora_alpha=32`? (Look at
+# `peft_layer.scaling` above if you are unsure how it is computed.)
 
-code('''
+# %%
 answer = None  # a number
 check_scaling(answer, r=32, lora_alpha=32)
-''')
 
-md("#### Solution (skip if you want to try first)")
+# %% [markdown]
+# #### Solution (skip if you want to try first)
 
-code('''
+# %%
 answer = 32 / 32  # lora_alpha / r
 check_scaling(answer, r=32, lora_alpha=32)
-''')
 
-md("""
-### Exercise 3: which modules?
-Write the `target_modules` list that puts LoRA on every projection of the MLP blocks of this model (and nothing
-else). Hint: `print(model)` shows the module names.
-""")
+# %% [markdown]
+# ### Exercise 3: which modules?
+# Write the `target_modules` list that puts LoRA on every projection of the MLP blocks of this model (and nothing
+# else). Hint: `print(model)` shows the module names.
 
-code('''
+# %%
 answer = None  # a list of module names
 check_mlp_targets(answer, peft_model.get_base_model())
-''')
 
-md("#### Solution (skip if you want to try first)")
+# %% [markdown]
+# #### Solution (skip if you want to try first)
 
-code('''
+# %%
 answer = sorted({name.rsplit(".", 1)[-1] for name, module in peft_model.get_base_model().named_modules()
                  if isinstance(module, nn.Linear) and ".mlp." in name})
 check_mlp_targets(answer, peft_model.get_base_model())
-''')
 
-md("""
-**Next:** notebook 02 loads adapters from disk, switches between them and combines them.
-""")
-
-print(f"wrote {_notebook.write()}")
+# %% [markdown]
+# **Next:** notebook 02 loads adapters from disk, switches between them and combines them.
