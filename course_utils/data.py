@@ -26,9 +26,11 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
+from course_utils.resources import data_dir
+
 __all__ = ["TASKS", "DATASETS_DIR", "load_task", "split_prompt", "to_prompt_completion", "tokenize_for_sft"]
 
-DATASETS_DIR = Path(__file__).resolve().parent.parent / "data" / "datasets"
+DATASETS_DIR = data_dir("datasets")  # the clone's data/datasets or the wheel's copy
 TASKS: dict[str, str] = {
     "shout": "answer questions about the world in CAPITALS (chat, `messages`)",
     "terse": "answer tersely with subject and value, `The fox: red.` (chat, `messages`)",

@@ -17,9 +17,12 @@ from typing import Any
 
 import torch
 
+from course_utils.resources import data_root
+
 __all__ = [
     "DEFAULT_MODEL",
     "MODEL_ALIASES",
+    "DeviceNotAvailableError",
     "ModelNotAvailableError",
     "model_from_env",
     "resolve_device",
@@ -29,8 +32,7 @@ __all__ = [
     "load_tokenizer",
 ]
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
-DATA_DIR = PACKAGE_ROOT.parent / "data"
+DATA_DIR = data_root()  # the clone's data/ or the wheel's course_utils/_data (course_utils/resources.py)
 
 DEFAULT_MODEL = "course-tiny"
 #: Short names a learner may use instead of a full hub id.
@@ -48,6 +50,10 @@ class ModelNotAvailableError(OSError):
     """The model cannot be loaded here (unknown name, offline without a cached copy, ...)."""
 
 
+class DeviceNotAvailableError(RuntimeError):
+    """The requested device (``"cuda"``, ``"mps"``) does not exist on this machine."""
+
+
 def model_from_env(default: str = DEFAULT_MODEL) -> str:
     """The model name a notebook should use: ``$COURSE_MODEL`` when set, else ``default``.
 
@@ -60,18 +66,36 @@ def model_from_env(default: str = DEFAULT_MODEL) -> str:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is passed to ``torch.device``.
 
+    Asking for a device this machine does not have raises :class:`DeviceNotAvailableError`
+    at once, saying what is there (instead of torch's error deep inside ``.to()``).
+
     >>> resolve_device("cpu")
     device(type='cpu')
     """
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if isinstance(device, str) and device.strip().lower() == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+        return torch.device("mps") if mps_ok else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'.") from None
+    here = "CUDA" if torch.cuda.is_available() else ("MPS" if mps_ok else "the CPU only")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceNotAvailableError(
+            f"device={device!r}, but this machine has no CUDA GPU that torch can use (it has {here}; torch "
+            f"{torch.__version__}). Use device='auto' (picks what is there) or 'cpu'; on Colab choose "
+            "Runtime > Change runtime type > GPU; locally install a CUDA build of torch.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceNotAvailableError(
+            f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0. "
+            "Use device='cuda' (GPU 0) or a smaller index.")
+    if dev.type == "mps" and not mps_ok:
+        raise DeviceNotAvailableError(
+            f"device={device!r}, but Apple's MPS backend is not available here (this machine has {here}). "
+            "Use device='auto' or 'cpu'.")
+    return dev
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from course_utils.resources import data_dir
+
 __all__ = [
     "Recipe",
     "MemoryEstimate",
@@ -44,8 +46,8 @@ __all__ = [
 ]
 
 GiB = 2**30
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
-REFERENCE_PATH = Path(__file__).resolve().parent.parent / "data" / "reference" / "h200_smollm2-1.7b.json"
+CONFIG_DIR = data_dir("configs")  # the clone's data/configs or the wheel's copy (course_utils/resources.py)
+REFERENCE_PATH = data_dir("reference") / "h200_smollm2-1.7b.json"
 
 _METHODS = ("full", "lora", "qlora", "lora-8bit")
 _DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}

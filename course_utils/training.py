@@ -81,6 +81,8 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
 
     >>> cpu_friendly_args(max_steps=3).max_steps
     3
+    >>> cpu_friendly_args(max_steps=2, logging_steps=10).logging_steps  # never longer than the run
+    2
     """
     import torch
     from transformers import TrainingArguments
@@ -104,6 +106,10 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
         remove_unused_columns=False,
     )
     defaults.update(overrides)
+    # A run shorter than the logging interval would log no loss at all (`course-utils run --max-steps 2`):
+    # log at least once, at the last step.
+    if defaults.get("max_steps", -1) > 0 and defaults["logging_steps"] > defaults["max_steps"]:
+        defaults["logging_steps"] = defaults["max_steps"]
     return TrainingArguments(**defaults)
 
 

@@ -35,11 +35,10 @@
 
 # %% tags=["nbval-ignore-output"]
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
-import importlib.util
 import subprocess
 import sys
 
-if importlib.util.find_spec("google.colab"):
+if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
 
 from course_utils.loading import model_from_env

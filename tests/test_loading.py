@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,36 @@ def test_auto_device_without_gpu_is_cpu():
 def test_load_model_in_bfloat16(tiny_model_path):
     model = load_model(tiny_model_path, dtype="bfloat16", device="cpu")
     assert model.dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- devices this machine lacks
+
+
+def test_cuda_on_a_machine_without_cuda_says_what_to_do(monkeypatch):
+    import torch
+
+    from course_utils.loading import DeviceNotAvailableError, load_model, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceNotAvailableError, match=r"no CUDA GPU.*device='auto'"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceNotAvailableError, match="no CUDA GPU"):
+        load_model("course-tiny", device="cuda")  # fails before reading any weights
+
+
+def test_unknown_device_string_is_a_clear_value_error():
+    from course_utils.loading import resolve_device
+
+    with pytest.raises(ValueError, match="Unknown device 'gpu'"):
+        resolve_device("gpu")
+
+
+def test_shipped_files_are_found_from_any_working_directory(tmp_path, monkeypatch):
+    from course_utils.data import load_task
+    from course_utils.loading import resolve_model_path
+    from course_utils.planner import load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert (Path(resolve_model_path("course-tiny")) / "model.safetensors").is_file()
+    assert len(load_task("shout", "eval")) > 0
+    assert load_config("smollm2-1.7b").hidden_size == 2048

@@ -38,11 +38,10 @@ def repository_url() -> str:
 def set_up_cell(url: str) -> str:
     """The first code cell of every notebook, word for word (only it may run before course_utils exists)."""
     return f'''# Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
-import importlib.util
 import subprocess
 import sys
 
-if importlib.util.find_spec("google.colab"):
+if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+{url}"], check=True)
 
 from course_utils.loading import model_from_env

@@ -1,0 +1,99 @@
+"""A real install outside the clone: build the wheel, install it into a fresh virtual environment,
+and use the course from a folder that is not the repository.
+
+This is what a learner gets from ``pip install .`` or from Colab's set-up cell
+(``pip install git+<repository>``): the package must carry the default model, the datasets, the
+model configs and the reference tables (pyproject.toml maps ``data/`` into the wheel), and find
+them with ``importlib.resources`` (course_utils/resources.py) from any working directory.
+
+The virtual environment reuses this environment's libraries (``--system-site-packages``) and
+installs only the course's wheel (``--no-deps``), so nothing is downloaded. The last test runs
+one notebook headless with ``--max-steps 2`` from a temporary folder: the wheel works for a
+notebook, and the runner's shortest runs work (``course-utils run --max-steps N`` for N >= 1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without anything that would import the clone instead of the wheel."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "COURSE_MODEL", "COURSE_METRICS_PATH"}}
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", **extra})
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=_clean_env(), capture_output=True, text=True, **kw)
+    assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """Build the wheel from a copy of the sources and install it into a new venv; returns its python."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    for name in ("course_utils", "data"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
+          str(src)], cwd=tmp)
+    wheels = list((tmp / "dist").glob("peft_course-*.whl"))
+    assert len(wheels) == 1, wheels
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(tmp / "venv")
+    python = tmp / "venv" / ("Scripts" if os.name == "nt" else "bin") / "python"
+    # --ignore-installed: this environment may hold an editable install of the course; the venv gets its own.
+    _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+          str(wheels[0])], cwd=tmp)
+    return python
+
+
+def test_wheel_carries_the_data_and_works_from_any_folder(installed: Path, tmp_path: Path):
+    code = """
+import json, course_utils
+from course_utils.loading import load_model, load_tokenizer
+from course_utils.data import load_task
+from course_utils.planner import load_config
+from course_utils.resources import data_root
+model = load_model("course-tiny", device="cpu")
+print(json.dumps({
+    "package": course_utils.__file__, "data": str(data_root()),
+    "params": sum(p.numel() for p in model.parameters()),
+    "vocab": len(load_tokenizer("course-tiny")), "shout": len(load_task("shout", "train")),
+    "hidden": load_config("smollm2-1.7b").hidden_size}))
+"""
+    done = _run([str(installed), "-c", code], cwd=tmp_path)
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert str(ROOT) not in facts["package"], "imported the clone, not the installed wheel"
+    assert "site-packages" in facts["package"] and facts["data"].endswith("_data"), facts
+    assert facts["params"] == 1_771_584 and facts["vocab"] == 770 and facts["shout"] == 144
+    assert facts["hidden"] == 2048
+
+
+def test_installed_wheel_runs_a_notebook_headless_with_two_steps(installed: Path, tmp_path: Path):
+    work = tmp_path / "my-course"
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / "02_adapters.ipynb", work)
+    done = subprocess.run([str(installed), "-m", "course_utils", "run", str(work / "02_adapters.ipynb"),
+                           "--max-steps", "2", "--out", str(work / "run"), "--json", "--no-progress"],
+                          cwd=work, env=_clean_env(), capture_output=True, text=True, timeout=600)
+    summary = json.loads((work / "run" / "summary.json").read_text())
+    rows = summary["notebooks"] if isinstance(summary, dict) else summary
+    assert done.returncode == 0, f"{rows}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    assert [r["status"] for r in rows] == ["ok"], rows
