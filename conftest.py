@@ -51,7 +51,7 @@ if str(ROOT) not in _paths:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), *_paths] if p)
 
 # Never collect helper scripts that sit next to the notebooks, nor executed copies of runs.
-collect_ignore_glob = ["notebooks/*.py", "notebooks/**/*.py", "runs/*", "runs/**"]
+collect_ignore_glob = ["notebooks/*.py", "notebooks/**/*.py", "runs/*", "runs/**", "course_utils/__main__.py"]
 
 # Output keys nbval must not compare (on top of its own: metadata, traceback, images, widget views).
 NBVAL_SKIP_COMPARE = ("stderr", "application/vnd.jupyter.widget-state+json")

@@ -94,6 +94,6 @@ def test_installed_wheel_runs_a_notebook_headless_with_two_steps(installed: Path
                            "--max-steps", "2", "--out", str(work / "run"), "--json", "--no-progress"],
                           cwd=work, env=_clean_env(), capture_output=True, text=True, timeout=600)
     summary = json.loads((work / "run" / "summary.json").read_text())
-    rows = summary["notebooks"] if isinstance(summary, dict) else summary
+    rows = summary["results"]
     assert done.returncode == 0, f"{rows}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     assert [r["status"] for r in rows] == ["ok"], rows
