@@ -165,6 +165,26 @@ def check_supported(kind: str, method: str, cuda: bool) -> None:
             "fsdp-lora.yaml, or --method qlora with ddp.yaml (each process keeps the whole 4-bit model).")
 
 
+def qlora_config(kind: str, compute_dtype: Any) -> Any:
+    """The QLoRA ``BitsAndBytesConfig`` for a launch of ``kind`` ("fsdp", "multi", "single", "deepspeed").
+
+    FSDP flattens and shards parameters of one floating dtype, so under FSDP the packed 4-bit weights are
+    stored in the compute dtype (``bnb_4bit_quant_storage``; peft's "FSDP + QLoRA" guide); elsewhere they
+    stay uint8.
+
+    >>> import torch
+    >>> qlora_config("fsdp", torch.bfloat16).bnb_4bit_quant_storage
+    torch.bfloat16
+    """
+    from course_utils.quantization import bnb_4bit_config
+
+    device = "cuda" if kind in ("fsdp", "deepspeed") else "cpu"
+    cfg = bnb_4bit_config(device, compute_dtype=compute_dtype)
+    if kind in ("fsdp", "deepspeed"):
+        cfg.bnb_4bit_quant_storage = compute_dtype
+    return cfg
+
+
 def _digest(t: Any) -> str:
     return hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest()[:16]
 
@@ -207,9 +227,6 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     kind = _distributed_kind()
     check_supported(kind, ns.method, cuda)
     out = Path(ns.output_dir)
-    if out.exists() and any(out.iterdir()) and not ns.overwrite:
-        raise FileExistsError(f"{out} already holds files (an earlier adapter?); pass --overwrite to replace them "
-                              "or choose another --output-dir.")
     state = PartialState(cpu=not cuda)
     bf16 = cuda and torch.cuda.is_bf16_supported()
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
@@ -218,13 +235,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     quantization_config = None
     load_kwargs: dict[str, Any] = {}
     if ns.method == "qlora":
-        from course_utils.quantization import bnb_4bit_config
-
-        quantization_config = bnb_4bit_config("cuda" if cuda else "cpu", compute_dtype=compute_dtype)
-        if kind == "fsdp":
-            # FSDP flattens and shards parameters of one floating dtype: store the packed 4-bit weights in
-            # the compute dtype (peft docs, "FSDP + QLoRA"); device placement is left to FSDP.
-            quantization_config.bnb_4bit_quant_storage = compute_dtype
+        quantization_config = qlora_config(kind, compute_dtype)
+        if kind == "fsdp":  # device placement is left to FSDP
             load_kwargs["device_map"] = None
         else:  # one whole 4-bit model per process, on this process's device
             load_kwargs["device_map"] = {"": state.local_process_index if cuda else "cpu"}
@@ -322,9 +334,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.config:
         print(accelerate_config(ns.config))
         return 0
+    out = Path(ns.output_dir)
+    if out.exists() and any(out.iterdir()) and not ns.overwrite:  # checked by every rank, before any work
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"course_utils.distributed: error: {out} already holds files (an earlier adapter?); pass "
+                  "--overwrite to replace them or choose another --output-dir.", file=sys.stderr)
+        return 2
     try:
         facts = run(ns)
-    except (UnsupportedHereError, FileExistsError) as err:
+    except UnsupportedHereError as err:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"course_utils.distributed: error: {err}", file=sys.stderr)
         return 2
