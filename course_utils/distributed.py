@@ -35,8 +35,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = [
     "ACCELERATE_CONFIGS",
@@ -300,6 +301,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         logits = trainer.model_wrapped(**probe).logits.float().cpu()
     facts["probe_logits"] = logits[0, -1].tolist()
 
+    if trainer.is_fsdp_enabled:  # gather the adapter's shards into one file (as peft's examples/sft/train.py does)
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out))  # the adapter only (peft), written by the main process
     state.wait_for_everyone()
     facts["train_seconds"] = round(time.perf_counter() - started, 2)

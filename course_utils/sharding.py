@@ -31,8 +31,8 @@ Activations and logits do not shrink: each GPU runs its own micro-batch (``batch
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 __all__ = ["SHARDINGS", "GPU_COUNTS", "ShardedTerms", "validate_sharding", "per_gpu_terms", "smallest_gpu_count"]
 

@@ -7,7 +7,7 @@ from course_utils.cli import main
 from course_utils.planner import Recipe, estimate_training_memory, fit_table
 from course_utils.sharding import per_gpu_terms, validate_sharding
 
-TERMS = dict(weights=10_000, grads=1_000, opt_state=2_000, opt_temp=1_000, root_weights=2_000, layers=8)
+TERMS = {"weights": 10_000, "grads": 1_000, "opt_state": 2_000, "opt_temp": 1_000, "root_weights": 2_000, "layers": 8}
 
 
 @pytest.mark.parametrize(("n", "sharding", "weights", "grads", "opt", "gathered", "buckets"), [
