@@ -320,7 +320,9 @@ expect("the loss went down", ranks[0]["losses"][-1] < ranks[0]["losses"][0])
 # ## 5. What holds for real models, and how to check
 #
 # - The per-rank **byte counts** are exact on any model: they are tensor sizes, and the launch above measures them
-#   the way a GPU run would (`--facts`). With FSDP they are 1/N of the same numbers, rounded up.
+#   the way a GPU run would (`--facts`). With FSDP they are 1/N of the same numbers, rounded up: torch's own FSDP2
+#   (`fully_shard`) does run on CPU processes, and `tests/test_distributed.py` shards this LoRA model over 2 gloo
+#   processes and finds exactly the planner's `fsdp` column of section 1 on each rank (accelerate's FSDP is GPU-only).
 # - The **peaks** of section 2 are the planner's model of the mechanisms (checked within 15% against an H200 on one
 #   GPU, `data/reference/`); the FSDP and ZeRO-3 extras (gathered units, prefetch) are modelled, not yet measured. One
 #   GPU cannot show sharding across GPUs. On a machine with N GPUs, measure with the same launch and

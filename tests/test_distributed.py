@@ -3,7 +3,8 @@
 One `accelerate launch --config_file ddp.yaml --num_processes 2` (CPU processes, gloo: GPUs are hidden)
 trains course-tiny for a few steps and dumps per-rank facts to JSON; the tests below read them.
 accelerate 1.15 runs FSDP on GPUs only (accelerate/state.py enables it for MULTI_GPU-like types, never for
-MULTI_CPU), so FSDP is covered by parsing its configs and by the refusal the module gives on CPUs.
+MULTI_CPU), so FSDP through accelerate is covered by parsing its configs and by the refusal the module gives on
+CPUs; torch's own FSDP2 does run on CPU processes, and tests/fsdp_cpu_probe.py measures its per-rank shards.
 """
 from __future__ import annotations
 
@@ -147,3 +148,21 @@ def test_config_paths_print_for_the_shell() -> None:
     out = subprocess.run([sys.executable, "-m", "course_utils.distributed", "--config", "fsdp-lora"],
                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0 and Path(out.stdout.strip()).is_file()
+
+
+def test_torch_fsdp_on_two_cpu_processes_holds_the_planners_shards() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(REPO / "tests" / "fsdp_cpu_probe.py")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ranks = [json.loads(line) for line in proc.stdout.replace("}{", "}\n{").splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    recipe = Recipe(method="lora", dtype="float32", r=8, lora_dropout=0.0, n_gpus=2, sharding="fsdp")
+    d = estimate_training_memory(REPO / "data" / "course-tiny", recipe).details
+    one = estimate_training_memory(REPO / "data" / "course-tiny", recipe.replace(n_gpus=1, sharding="none"))
+    for r in ranks:
+        assert (r["weights"], r["grads"], r["opt"]) == (
+            d["per GPU: weights (own shard)"], d["per GPU: grads"], d["per GPU: optimizer state"])
+        assert 2 * r["weights"] == one.weights_bytes  # each rank holds exactly half
