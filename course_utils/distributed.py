@@ -321,8 +321,8 @@ def _evaluate_saved(ns: argparse.Namespace, folder: Path, quantization_config: A
     from course_utils.evaluation import evaluate_task
     from course_utils.loading import load_model, load_tokenizer
 
-    if quantization_config is not None:
-        quantization_config.bnb_4bit_quant_storage = None  # plain 4-bit storage for one process
+    if quantization_config is not None:  # plain uint8 4-bit storage for one process
+        quantization_config = qlora_config("single", dtype)
     base = load_model(ns.model, dtype=dtype, quantization_config=quantization_config)
     tokenizer = load_tokenizer(ns.model)
     model = PeftModel.from_pretrained(base, str(folder))
