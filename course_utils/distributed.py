@@ -100,7 +100,12 @@ def launch_command(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Command-line options of the training module (``python -m course_utils.distributed --help``)."""
+    """Command-line options of the training module (``python -m course_utils.distributed --help``).
+
+    >>> ns = build_parser().parse_args(["--max-steps", "4"])
+    >>> ns.model, ns.method, ns.max_steps, ns.overwrite
+    ('course-tiny', 'lora', 4, False)
+    """
     p = argparse.ArgumentParser(
         prog="course_utils.distributed",
         description="LoRA/QLoRA SFT with TRL on 1 process, N CPU processes or N GPUs (run it with accelerate launch).")
@@ -214,7 +219,10 @@ def _facts_callback(facts: dict[str, Any]) -> Any:
 
 
 def run(ns: argparse.Namespace) -> dict[str, Any]:
-    """Train, save the adapter from the main process, evaluate it; return this rank's facts."""
+    """Train, save the adapter from the main process, evaluate it; return this rank's facts.
+
+    >>> facts = run(build_parser().parse_args(["--max-steps", "2", "--output-dir", "/tmp/a", "--overwrite"]))  # doctest: +SKIP
+    """
     import torch
     from accelerate import PartialState
     from peft import LoraConfig
@@ -332,7 +340,14 @@ def _evaluate_saved(ns: argparse.Namespace, folder: Path, quantization_config: A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (``python -m course_utils.distributed`` / ``accelerate launch -m course_utils.distributed``)."""
+    """Entry point (``python -m course_utils.distributed`` / ``accelerate launch -m course_utils.distributed``).
+
+    Returns the exit code: 0, or 2 when the launch cannot run here (the message says what to use instead).
+
+    >>> main(["--config", "ddp"])  # doctest: +ELLIPSIS
+    /.../course_utils/accelerate_configs/ddp.yaml
+    0
+    """
     ns = build_parser().parse_args(argv)
     if ns.config:
         print(accelerate_config(ns.config))

@@ -368,7 +368,11 @@ def course_here(facts: dict[str, Any]) -> list[Check]:
 
 
 def check_distributed(facts: dict[str, Any]) -> list[Check]:
-    """Can accelerate launch several processes here, and which of DDP / FSDP / DeepSpeed run (notebook 07)?"""
+    """Can accelerate launch several processes here, and which of DDP / FSDP / DeepSpeed run (notebook 07)?
+
+    >>> [c.name for c in check_distributed({"device": "cpu"})]
+    ['multi-process: accelerate', 'multi-process: FSDP', 'multi-process: DeepSpeed']
+    """
     import importlib.util
 
     try:
