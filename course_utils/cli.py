@@ -146,7 +146,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     common = dict(dtype=args.dtype, r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                   target_modules=targets, batch_size=args.batch_size, seq_len=args.seq_len,
-                  gradient_checkpointing=args.gc, optimizer=args.optimizer)
+                  gradient_checkpointing=args.gc, optimizer=args.optimizer,
+                  n_gpus=args.n_gpus, sharding=args.sharding or ("fsdp" if args.n_gpus > 1 else "none"))
     try:
         if args.compare:
             recipes = [planner.Recipe(method=m, **common) for m in ("full", "lora", "qlora")]
@@ -221,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpu", type=float, help="GPU memory in GB: say whether it fits, and which knob would help")
     plan.add_argument("--compare", action="store_true", help="full / lora / qlora side by side on several GPU sizes")
     plan.add_argument("--gpus", type=float, nargs="+", default=[16, 24, 40, 80], help="GPU sizes for --compare")
+    plan.add_argument("--n-gpus", type=int, default=1, help="GPUs trained on together: the estimate is per GPU")
+    plan.add_argument("--sharding", choices=("none", "ddp", "fsdp", "zero3"),
+                      help="how the GPUs share the model (default: fsdp with --n-gpus > 1, else none)")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=_cmd_plan)
     return parser

@@ -367,6 +367,40 @@ def course_here(facts: dict[str, Any]) -> list[Check]:
     return checks
 
 
+def check_distributed(facts: dict[str, Any]) -> list[Check]:
+    """Can accelerate launch several processes here, and which of DDP / FSDP / DeepSpeed run (notebook 07)?
+
+    >>> [c.name for c in check_distributed({"device": "cpu"})]
+    ['multi-process: accelerate', 'multi-process: FSDP', 'multi-process: DeepSpeed']
+    """
+    import importlib.util
+
+    try:
+        import accelerate
+        import torch
+        import torch.distributed as dist
+    except ImportError as err:
+        return [Check("multi-process: accelerate", FAIL, f"cannot import ({err})", 'pip install "accelerate>=1.10"')]
+    cuda = facts.get("device") == "cuda"
+    n = torch.cuda.device_count() if cuda else 0
+    backends = [b for b, ok in (("gloo", dist.is_gloo_available()), ("nccl", dist.is_nccl_available())) if ok]
+    out = [Check("multi-process: accelerate", OK if backends else FAIL,
+                 f"{accelerate.__version__}; backends {', '.join(backends) or 'none'}",
+                 "DDP on CPUs (gloo): accelerate launch --config_file ddp.yaml --num_processes 2 -m course_utils.distributed")]
+    fsdp = importlib.util.find_spec("torch.distributed.fsdp") is not None
+    out.append(Check("multi-process: FSDP", OK if (fsdp and cuda) else INFO,
+                     (f"runs on {n} CUDA GPU(s)" if cuda else "torch has it, but accelerate runs FSDP on GPUs only")
+                     if fsdp else "torch.distributed.fsdp missing", "" if cuda else "on CPUs use the DDP config"))
+    if importlib.util.find_spec("deepspeed") is None:
+        out.append(Check("multi-process: DeepSpeed", INFO, "not installed (optional)",
+                         "pip install deepspeed (CUDA only), or use the FSDP configs"))
+    else:
+        out.append(Check("multi-process: DeepSpeed", OK if cuda else INFO,
+                         "installed" + ("" if cuda else ": ZeRO-3 needs CUDA GPUs, none here"),
+                         "" if cuda else "on CPUs use the DDP config"))
+    return out
+
+
 def _span(names: list[str]) -> str:
     """``["01_a", "02_b", "03_c"]`` -> ``"01-03"``; a single name stays itself."""
     nums = [n.split("_", 1)[0] for n in names]
@@ -378,7 +412,8 @@ def _span(names: list[str]) -> str:
 # --------------------------------------------------------------------------- all together
 
 
-def diagnose(checks: Sequence[str] = ("python", "versions", "bitsandbytes", "disk", "hub", "course")) -> DoctorReport:
+def diagnose(checks: Sequence[str] = ("python", "versions", "bitsandbytes", "disk", "hub", "course", "distributed"),
+             ) -> DoctorReport:
     """Run the chosen checks (all by default) and return a :class:`DoctorReport`."""
     start = time.perf_counter()
     report = DoctorReport()
@@ -391,6 +426,7 @@ def diagnose(checks: Sequence[str] = ("python", "versions", "bitsandbytes", "dis
         "disk": lambda: check_disk(),
         "hub": lambda: check_hub(facts),
         "course": lambda: course_here(facts),
+        "distributed": lambda: check_distributed(facts),
     }
     for name in checks:
         try:

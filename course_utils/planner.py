@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from course_utils.resources import data_dir
+from course_utils.sharding import per_gpu_terms, smallest_gpu_count, validate_sharding
 
 __all__ = [
     "Recipe",
@@ -161,6 +162,11 @@ class Recipe:
         metadata={"help": "Mixed precision (torch.autocast / Trainer bf16=True): matmuls run in 16-bit."},
     )
     name: str | None = field(default=None, metadata={"help": "Label for tables; built from the fields if None."})
+    # Multi-GPU (course_utils/sharding.py): the estimate is then per GPU; batch_size stays per GPU.
+    n_gpus: int = field(default=1, metadata={"help": "GPUs trained on together (data parallel)."})
+    sharding: str = field(
+        default="none", metadata={"help": '"none" (1 GPU), "ddp" (full copy per GPU), "fsdp" or "zero3" (split).'}
+    )
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
@@ -182,6 +188,7 @@ class Recipe:
             self.target_modules = list(self.target_modules)
             if not self.target_modules:
                 raise ValueError('Recipe.target_modules is empty: use "all-linear" or e.g. ["q_proj", "v_proj"].')
+        validate_sharding(self.n_gpus, self.sharding)
         if self.name is None:
             self.name = self._default_name()
 
@@ -198,6 +205,8 @@ class Recipe:
             parts.append("gc")
         if self.optimizer != "adamw":
             parts.append(self.optimizer)
+        if self.sharding != "none":
+            parts.append(f"{self.sharding} x{self.n_gpus}")
         return " ".join(parts)
 
     def replace(self, **changes: Any) -> "Recipe":
@@ -451,6 +460,15 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
         opt_temp = 0
     d["grads"], d["optimizer state"], d["optimizer step temporaries"] = grads, opt_state, opt_temp
 
+    # ---- what ONE of n_gpus GPUs holds under DDP / FSDP / ZeRO-3 (course_utils/sharding.py)
+    if rc.sharding != "none":
+        sh = per_gpu_terms(rc.n_gpus, rc.sharding, weights=weights, grads=grads, opt_state=opt_state,
+                           opt_temp=opt_temp, root_weights=d["weights: embeddings, norms, head"], layers=L)
+        d["per GPU: weights (own shard)"], d["per GPU: grads"], d["per GPU: optimizer state"] = (
+            sh.weights, sh.grads, sh.opt_state)
+        d["per GPU: gathered weights (FSDP/ZeRO-3 units)"], d["per GPU: DDP gradient buckets"] = sh.gathered, sh.buckets
+        weights, grads, opt_state, opt_temp = sh.weights + sh.gathered + sh.buckets, sh.grads, sh.opt_state, sh.opt_temp
+
     # ---- activations saved for backward, bytes per token of one decoder layer
     ab = 2 if (rc.autocast or wb == 2) else 4  # compute dtype of matmuls (autocast bf16/fp16)
     rb = 4 if quantized else wb  # residual stream dtype = embedding output dtype
@@ -593,6 +611,11 @@ def _suggest(s: _Shape, rc: Recipe, gpu_gib: float, model: str) -> list[str]:
         both = rc.replace(gradient_checkpointing=True, method="qlora" if rc.method != "lora-8bit" else rc.method)
         if _estimate(s, both, model).fits(gpu_gib):
             out.append("gradient_checkpointing=True together with method='qlora'")
+    # More GPUs: the smallest count that fits when FSDP splits the model (course_utils/sharding.py).
+    split = rc.sharding if rc.sharding in ("fsdp", "zero3") else "fsdp"
+    n = smallest_gpu_count(lambda k: k > rc.n_gpus and _estimate(s, rc.replace(n_gpus=k, sharding=split), model).fits(gpu_gib))
+    if n is not None:
+        out.append(f"n_gpus={n}, sharding='{split}'")
     return out
 
 

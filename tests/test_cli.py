@@ -77,7 +77,7 @@ def test_plan_compare_json_and_table(capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["plan", "no-such-config"], "Use a shipped name (llama-3.2-1b"),
+        (["plan", "no-such-config"], "Use a shipped name (llama-3.1-8b, llama-3.2-1b"),
         (["plan", "smollm2-135m", "--r", "0"], "Recipe.r must be a positive integer"),
     ],
 )

@@ -18,7 +18,7 @@ from course_utils.planner import (
     reference_recipes,
 )
 
-SHIPPED = ["llama-3.2-1b", "smollm2-1.7b", "smollm2-135m", "smollm2-360m"]
+SHIPPED = ["llama-3.1-8b", "llama-3.2-1b", "smollm2-1.7b", "smollm2-135m", "smollm2-360m"]
 
 
 @pytest.mark.parametrize("row", compare_with_reference(), ids=lambda r: r["name"])
