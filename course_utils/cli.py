@@ -57,13 +57,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from course_utils.loading import ModelNotAvailableError  # imports torch: only when needed
 
         try:
-            runner.check_model(args.model)
+            runner.locate_model(args.model)
         except ModelNotAvailableError as err:
             _err(str(err))
             return EXIT_USAGE
     try:
         out_dir = runner.new_run_dir(args.out, base=args.runs_dir, overwrite=args.overwrite)
-    except runner.OutputExistsError as err:
+    except FileExistsError as err:  # course_utils.merging.OutputExistsError (not imported: it loads torch)
         _err(str(err))
         return EXIT_USAGE
 

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["Check", "DoctorReport", "diagnose", "supported_ranges", "check_versions", "check_bitsandbytes",
-           "check_hub", "FALLBACK_REQUIREMENTS"]
+__all__ = ["Check", "DoctorReport", "diagnose", "supported_ranges", "diagnose_versions", "diagnose_bitsandbytes",
+           "diagnose_hub", "FALLBACK_REQUIREMENTS"]
 
 DIST_NAME = "peft-course"
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -127,7 +127,7 @@ def supported_ranges() -> tuple[list[str], str]:
     return list(FALLBACK_REQUIREMENTS), "built-in table (course_utils.doctor)"
 
 
-def check_versions(requirements: Sequence[str] | None = None) -> list[Check]:
+def diagnose_versions(requirements: Sequence[str] | None = None) -> list[Check]:
     """One check per requirement: installed version inside the supported range?"""
     from packaging.requirements import Requirement
 
@@ -163,7 +163,7 @@ def check_versions(requirements: Sequence[str] | None = None) -> list[Check]:
 # --------------------------------------------------------------------------- torch, devices
 
 
-def check_torch(facts: dict[str, Any]) -> list[Check]:
+def diagnose_torch(facts: dict[str, Any]) -> list[Check]:
     """Python, torch, and which accelerator is available (GPU name and memory)."""
     checks = [Check("python", OK if sys.version_info >= (3, 10) else FAIL, platform.python_version(),
                     "" if sys.version_info >= (3, 10) else "the course needs Python >= 3.10")]
@@ -237,7 +237,7 @@ def start_bitsandbytes_probe() -> Any:
                             text=True)
 
 
-def check_bitsandbytes(facts: dict[str, Any], probe: Any = None, timeout: float = 30.0) -> Check:
+def diagnose_bitsandbytes(facts: dict[str, Any], probe: Any = None, timeout: float = 30.0) -> Check:
     """Import bitsandbytes and round-trip a 64x64 tensor through 4-bit NF4 on CPU (in a child process)."""
     import json
     import subprocess
@@ -278,7 +278,7 @@ def check_bitsandbytes(facts: dict[str, Any], probe: Any = None, timeout: float 
 # --------------------------------------------------------------------------- disk, hub
 
 
-def check_disk(path: str | Path = ".") -> Check:
+def diagnose_disk(path: str | Path = ".") -> Check:
     """Free disk where the course writes (runs/, checkpoints); real models need a few GB."""
     free = shutil.disk_usage(path).free / 2**30
     status = OK if free >= 5 else (WARN if free >= 1 else FAIL)
@@ -290,7 +290,7 @@ def _offline_env() -> bool:
     return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def check_hub(facts: dict[str, Any], url: str = "https://huggingface.co/api/models/HuggingFaceTB/SmolLM2-135M-Instruct",
+def diagnose_hub(facts: dict[str, Any], url: str = "https://huggingface.co/api/models/HuggingFaceTB/SmolLM2-135M-Instruct",
               timeout: float = 1.5) -> Check:
     """Offline mode, else one HTTPS request to the hub that gives up after ``timeout`` seconds.
 
@@ -420,11 +420,11 @@ def diagnose(checks: Sequence[str] = ("python", "versions", "bitsandbytes", "dis
     facts = report.facts
     probe = start_bitsandbytes_probe() if "bitsandbytes" in checks and platform.system() != "Darwin" else None
     steps: dict[str, Callable[[], Any]] = {
-        "python": lambda: check_torch(facts),
-        "versions": lambda: check_versions(),
-        "bitsandbytes": lambda: check_bitsandbytes(facts, probe),
-        "disk": lambda: check_disk(),
-        "hub": lambda: check_hub(facts),
+        "python": lambda: diagnose_torch(facts),
+        "versions": lambda: diagnose_versions(),
+        "bitsandbytes": lambda: diagnose_bitsandbytes(facts, probe),
+        "disk": lambda: diagnose_disk(),
+        "hub": lambda: diagnose_hub(facts),
         "course": lambda: course_here(facts),
         "distributed": lambda: check_distributed(facts),
     }

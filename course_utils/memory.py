@@ -10,7 +10,7 @@
 - `model_memory_breakdown`: bytes of weights by dtype (bitsandbytes 4-bit / 8-bit storage and
   quantization state counted as stored), trainable vs frozen, gradients, AdamW state, buffers.
 - `trainable_parameter_table`: trainable parameters of a PEFT model grouped by target module.
-- `check_gradient_checkpointing`: warns when checkpointing is enabled but cannot act (eval mode).
+- `gradient_checkpointing_active`: warns when checkpointing is enabled but cannot act (eval mode).
 
 >>> tracker = MemoryTracker()              # doctest: +SKIP
 >>> with tracker.phase("forward"):         # doctest: +SKIP
@@ -48,7 +48,7 @@ __all__ = [
     "TrainableTable",
     "model_memory_breakdown",
     "trainable_parameter_table",
-    "check_gradient_checkpointing",
+    "gradient_checkpointing_active",
     "gradient_checkpointing_enabled",
     "resolve_memory_device",
 ]
@@ -75,13 +75,13 @@ def gradient_checkpointing_enabled(model: torch.nn.Module) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
-def check_gradient_checkpointing(model: torch.nn.Module, warn: bool = True) -> bool:
+def gradient_checkpointing_active(model: torch.nn.Module, warn: bool = True) -> bool:
     """Return True if gradient checkpointing will act; warn if it is on but the model is in eval mode.
 
     transformers only checkpoints when ``self.training`` is True, and ``from_pretrained``
     returns a model in eval mode: call ``model.train()`` or checkpointing saves nothing.
 
-    >>> check_gradient_checkpointing(torch.nn.Linear(2, 2))
+    >>> gradient_checkpointing_active(torch.nn.Linear(2, 2))
     False
     """
     if not gradient_checkpointing_enabled(model):
@@ -286,7 +286,7 @@ class MemoryTracker:
         """Measure the enclosed block as phase ``name``; the record is appended on exit."""
         if self.model is not None and not self._gc_checked:
             self._gc_checked = True
-            check_gradient_checkpointing(self.model)
+            gradient_checkpointing_active(self.model)
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -417,7 +417,7 @@ class MemoryCallback(_TrainerCallbackBase):  # type: ignore[misc,valid-type]
         self._since_log.append(peak)
         if model is not None and not self._checked:
             self._checked = True
-            check_gradient_checkpointing(model)
+            gradient_checkpointing_active(model)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not self._since_log or logs is None:

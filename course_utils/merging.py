@@ -6,9 +6,15 @@
 - :func:`dequantize_for_merge` is the right way to merge a QLoRA adapter: dequantize (or reload)
   the base in bfloat16/float32, attach the adapter, merge.
 - :func:`load_adapter_checked` wraps ``PeftModel.from_pretrained`` with a check that the adapter
-  was made for this base (module names and shapes), with an error that says what to do.
-- :func:`save_merged` / :func:`save_adapter` never overwrite an existing folder unless asked,
-  and write to a temporary folder first so a failed save leaves the old one intact.
+  was made for this base (module names and shapes), with an error that says what to do; a
+  damaged ``adapter_config.json`` or a truncated weights file raises :class:`AdapterFileError`
+  naming the file.
+- :func:`save_merged` / :func:`save_adapter` never overwrite an existing folder unless asked
+  (:class:`OutputExistsError`), and write to a temporary folder first so a failed save leaves
+  the old one intact.
+- :func:`validate_merge` captures the adapter model's outputs, merges and compares in one call;
+  :func:`round_trip` saves a model or adapter, reloads it and compares the copy with the
+  original. The measuring itself is :mod:`course_utils.validation`'s job.
 
 >>> from course_utils.merging import safe_merge, save_merged   # doctest: +SKIP
 >>> merged, info = safe_merge(peft_model)                      # doctest: +SKIP
@@ -25,23 +31,37 @@ import shutil
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from course_utils.validation import (
+    ReferenceOutputs,
+    Tolerance,
+    ValidationReport,
+    _describe,
+    _model_dtype,
+    capture_reference,
+    compare_to_reference,
+)
+
 __all__ = [
     "AdapterBaseMismatchError",
+    "AdapterFileError",
     "MergeInfo",
     "OutputExistsError",
     "QuantizedMergeError",
     "dequantize_for_merge",
     "load_adapter_checked",
     "quantization_of",
+    "round_trip",
     "safe_merge",
     "save_adapter",
     "save_merged",
+    "validate_merge",
 ]
 
 
@@ -56,8 +76,14 @@ class QuantizedMergeError(RuntimeError):
     """Merging into a 4-bit/8-bit quantized base would round the adapter's delta away."""
 
 
+class AdapterFileError(ValueError):
+    """A file of an adapter folder can't be read: ``adapter_config.json`` is not valid JSON, or the
+    weights file is truncated or damaged. The message names the file and what to do."""
+
+
 class OutputExistsError(FileExistsError):
-    """The output folder already holds a model or adapter (or other files)."""
+    """The output folder already holds something: a saved model or adapter, other files, or a
+    previous notebook run (:func:`course_utils.runner.new_run_dir` raises it too)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,6 +379,8 @@ def dequantize_for_merge(
 
     state = config = None
     name = "default"
+    if adapter is not None and not _is_peft_model(model):
+        _read_adapter_folder(Path(adapter))  # a damaged adapter fails now, before the base is changed
     if _is_peft_model(model):
         name, config, state = _adapter_state(model)
         base = model.unload()  # type: ignore[operator]
@@ -398,18 +426,85 @@ def dequantize_for_merge(
 # --------------------------------------------------------------------------------------------
 # loading an adapter with a check
 # --------------------------------------------------------------------------------------------
-def _adapter_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    st = path / "adapter_model.safetensors"
-    if st.exists():
-        from safetensors import safe_open
+_RESAVE_HINT = (
+    "Copy or download the adapter again, or save it again from the model you trained "
+    "(save_adapter(peft_model, path, overwrite=True), or peft_model.save_pretrained(path))."
+)
 
-        with safe_open(str(st), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    binf = path / "adapter_model.bin"
-    if binf.exists():
-        sd = torch.load(str(binf), map_location="cpu", weights_only=True, mmap=True)
+
+def _read_adapter_config(path: Path) -> dict[str, Any]:
+    """``adapter_config.json`` of the adapter folder ``path`` as a dict, with errors that name the file.
+
+    peft reads this file with a bare ``json.load``: a damaged file gives a JSONDecodeError that
+    names neither the file nor the fix, so the file is read and checked here first.
+    """
+    cfg_file = path / "adapter_config.json"
+    if not cfg_file.exists():
+        hint = (" It has a config.json: it looks like a full (merged) model; load it with "
+                "AutoModelForCausalLM.from_pretrained." if (path / "config.json").exists() else "")
+        raise FileNotFoundError(f"No adapter_config.json in {path}: not an adapter folder.{hint}")
+    text = cfg_file.read_text(encoding="utf-8", errors="replace")
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AdapterFileError(
+            f"{cfg_file} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}; the "
+            f"file has {len(text)} characters): it is damaged or was cut off while being written or "
+            f"copied. {_RESAVE_HINT}"
+        ) from None
+    if not isinstance(cfg, dict) or "peft_type" not in cfg:
+        seen = f"a JSON {type(cfg).__name__}" if not isinstance(cfg, dict) else f"keys {sorted(cfg)[:6]}"
+        raise AdapterFileError(
+            f"{cfg_file} is not a peft adapter config (expected a JSON object with 'peft_type', "
+            f"got {seen}). {_RESAVE_HINT}"
+        )
+    return cfg
+
+
+def _adapter_weights_file(path: Path) -> Path:
+    """The adapter's weights file (``adapter_model.safetensors``, else ``adapter_model.bin``)."""
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (path / name).exists():
+            return path / name
+    raise AdapterFileError(
+        f"{path} has an adapter_config.json but no adapter_model.safetensors (or adapter_model.bin): "
+        f"the adapter's weights are missing, e.g. a copy or upload that stopped half-way. {_RESAVE_HINT}"
+    )
+
+
+def _adapter_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor in the adapter's weights file, read without loading the tensors.
+
+    A truncated or damaged file raises :class:`AdapterFileError` naming it (safetensors and
+    torch raise errors that name neither the file nor the fix).
+    """
+    import pickle
+
+    from safetensors import SafetensorError, safe_open
+
+    weights = _adapter_weights_file(path)
+    size = weights.stat().st_size
+    try:
+        if weights.suffix == ".safetensors":
+            # safe_open checks the header against the file size: a truncated file fails here
+            with safe_open(str(weights), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        sd = torch.load(str(weights), map_location="cpu", weights_only=True, mmap=True)
         return {k: tuple(v.shape) for k, v in sd.items()}
-    return {}
+    except (SafetensorError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise AdapterFileError(
+            f"{weights} can't be read ({type(err).__name__}: {err}; the file has {size:,} bytes): it is "
+            f"truncated or damaged, e.g. an interrupted download, copy or save (a full disk). {_RESAVE_HINT}"
+        ) from None
+
+
+def _read_adapter_folder(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The adapter's config and tensor shapes; :class:`AdapterFileError` names a damaged file.
+
+    Every place in course_utils that loads an adapter calls this first, so a broken file fails
+    with one clear error instead of a parser's.
+    """
+    return _read_adapter_config(path), _adapter_shapes(path)
 
 
 def _short_name(name: Any) -> str:
@@ -433,6 +528,8 @@ def load_adapter_checked(
 
     Raises:
         FileNotFoundError: ``path`` has no ``adapter_config.json``.
+        AdapterFileError: ``adapter_config.json`` is not valid JSON, or the weights file is
+            missing, truncated or damaged (the message names the file).
         AdapterBaseMismatchError: the adapter was made for another base model.
 
     >>> peft_model = load_adapter_checked(base, "out/my-adapter")   # doctest: +SKIP
@@ -441,19 +538,14 @@ def load_adapter_checked(
     from peft import PeftModel
 
     path = Path(path)
-    cfg_file = path / "adapter_config.json"
-    if not cfg_file.exists():
-        hint = (" It has a config.json: it looks like a full (merged) model; load it with "
-                "AutoModelForCausalLM.from_pretrained." if (path / "config.json").exists() else "")
-        raise FileNotFoundError(f"No adapter_config.json in {path}: not an adapter folder.{hint}")
-    cfg = json.loads(cfg_file.read_text())
+    cfg, shapes = _read_adapter_folder(path)
     target = base_model.get_base_model() if _is_peft_model(base_model) else base_model  # type: ignore[operator]
     expected = cfg.get("base_model_name_or_path")
     given = getattr(getattr(target, "config", None), "_name_or_path", None) or getattr(target, "name_or_path", None)
 
     problems: list[str] = []
     modules = dict(target.named_modules())
-    for key, shape in sorted(_adapter_shapes(path).items()):
+    for key, shape in sorted(shapes.items()):
         mod_key = key.removeprefix("base_model.model.")
         for suffix in (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B", ".weight"):
             if mod_key.endswith(suffix):
@@ -506,6 +598,117 @@ def load_adapter_checked(
         return base_model
     return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                      is_trainable=is_trainable, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# merge and validate; save, reload and validate (the measuring is course_utils.validation's)
+# --------------------------------------------------------------------------------------------
+def validate_merge(
+    peft_model: torch.nn.Module,
+    inputs: Any,
+    tokenizer: Any = None,
+    *,
+    tolerance: Tolerance | str | torch.dtype | None = "auto",
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    max_length: int = 128,
+    max_examples: int = 16,
+    merge_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    verbose: bool = True,
+) -> tuple[torch.nn.Module, ValidationReport]:
+    """Capture the adapter model's outputs, merge it, and compare: the whole workflow in one call.
+
+    :func:`course_utils.validation.capture_reference` runs BEFORE the merge, because
+    ``merge_and_unload()`` changes the base in place. Merges with :func:`safe_merge`
+    (out-of-memory fallback, quantized-base guard) unless ``merge_fn`` is given (it receives the
+    PeftModel and returns the merged model), then judges the merged model with
+    :func:`course_utils.validation.compare_to_reference`. The PeftModel is consumed: its base now
+    holds the merged weights.
+
+    Returns:
+        ``(merged_model, report)``.
+
+    >>> merged, report = validate_merge(peft_model, ["Hello"], tokenizer)   # doctest: +SKIP
+    >>> report.passed                                                       # doctest: +SKIP
+    True
+    """
+    ref = capture_reference(peft_model, inputs, tokenizer, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, max_length=max_length, max_examples=max_examples)
+    notes: list[str] = []
+    if merge_fn is None:
+        merged, info = safe_merge(peft_model, verbose=verbose)
+        notes.append(f"merge: {info.message}")
+    else:
+        merged = merge_fn(peft_model)
+    report = compare_to_reference(merged, ref, tolerance=tolerance, title="merged vs adapter")
+    report.notes = notes + report.notes
+    return merged, report
+
+
+def round_trip(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    inputs: Any,
+    tokenizer: Any = None,
+    *,
+    overwrite: bool = False,
+    tolerance: Tolerance | str | torch.dtype | None = "auto",
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    max_length: int = 128,
+    max_examples: int = 16,
+) -> ValidationReport:
+    """Save ``model`` to ``path``, load it back, and report whether the copy reproduces its outputs.
+
+    A PeftModel is saved with :func:`save_adapter` and reloaded as a second adapter on the same
+    base (no second copy of the base; the round-trip adapter is deleted afterwards). Any other
+    model is saved with :func:`save_merged` and reloaded with
+    ``AutoModelForCausalLM.from_pretrained`` in its dtype, on its device.
+
+    Returns:
+        The :class:`course_utils.validation.ValidationReport` of the reloaded copy against the
+        original (``.passed``; a float32 copy should match exactly).
+
+    Raises:
+        OutputExistsError: ``path`` is not empty and ``overwrite`` is False.
+        AdapterFileError: the saved adapter can't be read back.
+
+    >>> round_trip(merged, "out/merged", ["Hello"], tokenizer).passed   # doctest: +SKIP
+    True
+    """
+    ref: ReferenceOutputs = capture_reference(model, inputs, tokenizer, max_new_tokens=max_new_tokens,
+                                              batch_size=batch_size, max_length=max_length,
+                                              max_examples=max_examples)
+    if _is_peft_model(model):
+        original = model.active_adapter  # type: ignore[attr-defined]
+        save_adapter(model, path, overwrite=overwrite, adapter_name=original)
+        _read_adapter_folder(Path(path))  # a damaged file fails here, naming the file
+        name = "_round_trip"
+        grads = {n: p.requires_grad for n, p in model.named_parameters()}
+        model.load_adapter(str(path), adapter_name=name, is_trainable=False)  # type: ignore[operator]
+        try:
+            model.set_adapter(name, inference_mode=True)  # type: ignore[operator]
+            report = compare_to_reference(model, ref, tolerance=tolerance, title="reloaded adapter vs original")
+        finally:
+            model.set_adapter(original, inference_mode=True)  # type: ignore[operator]
+            model.delete_adapter(name)  # type: ignore[operator]
+            for n, p in model.named_parameters():  # leave trainability exactly as it was
+                p.requires_grad_(grads.get(n, False))
+        report.candidate = f"adapter reloaded from {path}"
+        return report
+
+    from transformers import AutoModelForCausalLM
+
+    save_merged(model, path, overwrite=overwrite, tokenizer=tokenizer)
+    dtype = _model_dtype(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    reloaded.to(_device_of(model))
+    report = compare_to_reference(reloaded, ref, tolerance=tolerance, title="reloaded model vs original")
+    report.candidate = f"{_describe(reloaded)} reloaded from {path}"
+    del reloaded
+    return report
 
 
 # --------------------------------------------------------------------------------------------

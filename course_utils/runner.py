@@ -34,10 +34,9 @@ __all__ = [
     "NotebookResult",
     "RunSummary",
     "UnknownNotebookError",
-    "OutputExistsError",
     "available_notebooks",
     "select_notebooks",
-    "check_model",
+    "locate_model",
     "new_run_dir",
     "kernel_env",
     "clean_notebook",
@@ -64,10 +63,6 @@ _KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 class UnknownNotebookError(ValueError):
     """A notebook name or number that matches none of the course's notebooks."""
-
-
-class OutputExistsError(FileExistsError):
-    """The output folder already holds a previous run (pass ``overwrite=True`` to replace it)."""
 
 
 # --------------------------------------------------------------------------- selection
@@ -130,8 +125,8 @@ def _match(name: str, available: Sequence[Path]) -> Path | None:
     return None
 
 
-def check_model(name: str) -> str:
-    """Check, before running anything, that ``name`` can be loaded here; return its path or hub id.
+def locate_model(name: str) -> str:
+    """Find where ``name`` loads from, before running anything: its folder or (cached) hub id.
 
     Unknown short names, folders without ``config.json`` and hub ids that are neither cached nor
     (when online) on the hub raise :class:`course_utils.loading.ModelNotAvailableError` with a
@@ -165,8 +160,9 @@ def new_run_dir(out: str | Path | None = None, *, base: str | Path = "runs", ove
     """Create and return the folder for a run's executed notebooks and summary.
 
     ``out=None``: a new ``<base>/<YYYYmmdd-HHMMSS>/`` (suffixed ``-2``, ``-3``... if taken).
-    An explicit ``out`` that already holds files raises :class:`OutputExistsError` unless
-    ``overwrite=True`` (then its previous contents are removed).
+    An explicit ``out`` that already holds files raises
+    :class:`course_utils.merging.OutputExistsError` unless ``overwrite=True`` (then its previous
+    contents are removed).
     """
     import shutil
 
@@ -181,6 +177,10 @@ def new_run_dir(out: str | Path | None = None, *, base: str | Path = "runs", ove
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
+            # defined once, in course_utils.merging (the module that saves); imported only here
+            # because merging imports torch, which `course-utils run` itself never needs
+            from course_utils.merging import OutputExistsError
+
             what = "a previous run" if (out / "summary.json").exists() else "files"
             raise OutputExistsError(
                 f"The output folder {out} already holds {what}. Pass --overwrite to replace it, choose "

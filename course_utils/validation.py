@@ -10,10 +10,10 @@ it". This module makes that one call:
   :class:`ValidationReport`: max/mean ``|Δlogit|``, per-token KL divergence, top-1 agreement,
   greedy-generation exact match and perplexity, each with a pass/fail verdict against a
   dtype-aware :class:`Tolerance`.
-- :func:`validate_merge` does capture, merge (:func:`course_utils.merging.safe_merge`) and
-  compare in one call; :func:`compare_models` compares two live models;
-  :func:`check_round_trip` checks that a saved-and-reloaded adapter or merged model reproduces
-  the outputs.
+- :func:`compare_models` compares two live models.
+
+Merging and saving are :mod:`course_utils.merging`'s job: its ``validate_merge`` (capture, merge,
+compare in one call) and ``round_trip`` (save, reload, compare) are built on these functions.
 
 Padding positions are masked out of every metric. All comparisons happen in float32 on the CPU,
 whatever device or dtype the models use.
@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import html
 import math
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,12 +49,10 @@ __all__ = [
     "ValidationReport",
     "VocabularyMismatchError",
     "capture_reference",
-    "check_round_trip",
     "compare_models",
     "compare_to_reference",
     "prepare_inputs",
     "tolerance_for",
-    "validate_merge",
 ]
 
 
@@ -969,103 +965,3 @@ def compare_models(
     ref = capture_reference(reference_model, inputs, tokenizer, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, max_length=max_length, max_examples=max_examples)
     return compare_to_reference(candidate_model, ref, tolerance=tolerance, title=title)
-
-
-def validate_merge(
-    peft_model: torch.nn.Module,
-    inputs: Any,
-    tokenizer: Any = None,
-    *,
-    tolerance: Tolerance | str | torch.dtype | None = "auto",
-    max_new_tokens: int = 16,
-    batch_size: int = 8,
-    max_length: int = 128,
-    max_examples: int = 16,
-    merge_fn: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-    verbose: bool = True,
-) -> tuple[torch.nn.Module, ValidationReport]:
-    """Capture the adapter model's outputs, merge it, and compare: the whole workflow in one call.
-
-    Merges with :func:`course_utils.merging.safe_merge` (out-of-memory fallback, quantized-base
-    guard) unless ``merge_fn`` is given (it receives the PeftModel and returns the merged model).
-    The PeftModel is consumed: its base now holds the merged weights.
-
-    Returns:
-        ``(merged_model, report)``.
-
-    >>> merged, report = validate_merge(peft_model, ["Hello"], tokenizer)   # doctest: +SKIP
-    >>> report.passed                                                       # doctest: +SKIP
-    True
-    """
-    ref = capture_reference(peft_model, inputs, tokenizer, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, max_length=max_length, max_examples=max_examples)
-    notes: list[str] = []
-    if merge_fn is None:
-        from course_utils.merging import safe_merge
-
-        merged, info = safe_merge(peft_model, verbose=verbose)
-        notes.append(f"merge: {info.message}")
-    else:
-        merged = merge_fn(peft_model)
-    report = compare_to_reference(merged, ref, tolerance=tolerance, title="merged vs adapter")
-    report.notes = notes + report.notes
-    return merged, report
-
-
-def check_round_trip(
-    model: torch.nn.Module,
-    path: str | Path,
-    inputs: Any,
-    tokenizer: Any = None,
-    *,
-    overwrite: bool = False,
-    tolerance: Tolerance | str | torch.dtype | None = "auto",
-    max_new_tokens: int = 16,
-    batch_size: int = 8,
-    max_length: int = 128,
-    max_examples: int = 16,
-) -> ValidationReport:
-    """Save ``model`` to ``path``, load it back, and check that the copy reproduces the outputs.
-
-    A PeftModel is saved with :func:`course_utils.merging.save_adapter` and reloaded as a second
-    adapter on the same base (no second copy of the base; the round-trip adapter is deleted
-    afterwards). Any other model is saved with :func:`course_utils.merging.save_merged` and
-    reloaded with ``AutoModelForCausalLM.from_pretrained`` in its dtype, on its device.
-    Refuses to overwrite an existing folder unless ``overwrite=True``.
-
-    >>> check_round_trip(merged, "out/merged", ["Hello"], tokenizer).passed   # doctest: +SKIP
-    True
-    """
-    from course_utils.merging import _is_peft_model, save_adapter, save_merged
-
-    ref = capture_reference(model, inputs, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            max_length=max_length, max_examples=max_examples)
-    if _is_peft_model(model):
-        original = model.active_adapter  # type: ignore[attr-defined]
-        save_adapter(model, path, overwrite=overwrite, adapter_name=original)
-        name = "_round_trip"
-        grads = {n: p.requires_grad for n, p in model.named_parameters()}
-        model.load_adapter(str(path), adapter_name=name, is_trainable=False)  # type: ignore[operator]
-        try:
-            model.set_adapter(name, inference_mode=True)  # type: ignore[operator]
-            report = compare_to_reference(model, ref, tolerance=tolerance, title="reloaded adapter vs original")
-        finally:
-            model.set_adapter(original, inference_mode=True)  # type: ignore[operator]
-            model.delete_adapter(name)  # type: ignore[operator]
-            for n, p in model.named_parameters():  # leave trainability exactly as it was
-                p.requires_grad_(grads.get(n, False))
-        report.candidate = f"adapter reloaded from {path}"
-        return report
-
-    from transformers import AutoModelForCausalLM
-
-    save_merged(model, path, overwrite=overwrite, tokenizer=tokenizer)
-    dtype = _model_dtype(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    reloaded.to(_input_device(model))
-    report = compare_to_reference(reloaded, ref, tolerance=tolerance, title="reloaded model vs original")
-    report.candidate = f"{_describe(reloaded)} reloaded from {path}"
-    del reloaded
-    return report

@@ -1,4 +1,5 @@
-"""Test helper shared by test_validation.py and test_merging.py: a LoRA adapter with non-trivial weights."""
+"""Test helpers shared by test_validation.py and test_merging.py: a LoRA adapter with non-trivial weights,
+in memory or written to a folder as ``save_pretrained`` writes it."""
 from __future__ import annotations
 
 import copy
@@ -24,3 +25,11 @@ def make_adapter(model, dtype=torch.float32, seed=1, r=16):
             if "lora_B" in n:
                 p.normal_(0, 0.02)
     return pm.eval()
+
+
+def write_adapter(model, folder, r=4):
+    """Write a real adapter for ``model`` (rank ``r``, float32) to ``folder`` with
+    course_utils.merging.save_adapter; returns the folder (adapter_config.json + adapter_model.safetensors)."""
+    from course_utils.merging import save_adapter
+
+    return save_adapter(make_adapter(model, r=r), folder)

@@ -22,8 +22,8 @@ def test_fallback_table_matches_pyproject() -> None:
     assert [d.replace(" ", "") for d in deps] == [d.replace(" ", "") for d in doctor.FALLBACK_REQUIREMENTS]
 
 
-def test_check_versions_flags_missing_and_out_of_range() -> None:
-    checks = {c.name: c for c in doctor.check_versions([
+def test_diagnose_versions_flags_missing_and_out_of_range() -> None:
+    checks = {c.name: c for c in doctor.diagnose_versions([
         "pytest>=1", "pytest-but-not-installed-xyz>=1", "packaging<1", "nbval>=0.1; sys_platform == 'nonexistent'",
     ])}
     assert checks["pytest"].status == doctor.OK
@@ -40,12 +40,12 @@ def test_hub_check_never_hangs(monkeypatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: time.sleep(30))  # a network that never answers
     start = time.perf_counter()
-    check = doctor.check_hub({}, timeout=0.5)
+    check = doctor.diagnose_hub({}, timeout=0.5)
     assert time.perf_counter() - start < 5  # bounded by the timeout (not asserting an exact time)
     assert check.status == doctor.WARN and "no answer in 0.5 s" in check.found
     assert "HF_HUB_OFFLINE=1" in check.advice
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert doctor.check_hub({}).status == doctor.INFO
+    assert doctor.diagnose_hub({}).status == doctor.INFO
 
 
 def test_doctor_json_full_run(capsys) -> None:

@@ -11,7 +11,7 @@ from course_utils.memory import (
     MemoryCallback,
     MemoryTracker,
     MemoryWarning,
-    check_gradient_checkpointing,
+    gradient_checkpointing_active,
     model_memory_breakdown,
     resolve_memory_device,
     trainable_parameter_table,
@@ -94,19 +94,19 @@ def test_gradient_checkpointing_in_eval_mode_warns(model):
     model.activation_checkpointing_enable({"use_reentrant": False})  # gradient_checkpointing_enable before 5.2x
     model.eval()
     with pytest.warns(MemoryWarning, match="eval mode"):
-        assert check_gradient_checkpointing(model) is False
+        assert gradient_checkpointing_active(model) is False
     with pytest.warns(MemoryWarning, match="eval mode"):  # the tracker checks once, at its first phase
         tracker = MemoryTracker("cpu", model=model)
         with tracker.phase("forward"):
             pass
     tracker.close()
     model.train()
-    assert check_gradient_checkpointing(model) is True
+    assert gradient_checkpointing_active(model) is True
 
 
 def test_no_warning_without_checkpointing(model, recwarn):
     model.eval()
-    assert check_gradient_checkpointing(model) is False
+    assert gradient_checkpointing_active(model) is False
     assert not [w for w in recwarn if issubclass(w.category, MemoryWarning)]
 
 

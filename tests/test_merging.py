@@ -7,18 +7,20 @@ import logging
 
 import pytest
 import torch
-from adapter_factory import make_adapter
+from adapter_factory import make_adapter, write_adapter
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 from course_utils.merging import (  # noqa: E402
     AdapterBaseMismatchError,
+    AdapterFileError,
     MergeInfo,
     OutputExistsError,
     QuantizedMergeError,
     dequantize_for_merge,
     load_adapter_checked,
     quantization_of,
+    round_trip,
     safe_merge,
     save_adapter,
     save_merged,
@@ -166,6 +168,52 @@ def test_load_adapter_checked_explains_a_non_adapter_folder(tiny_model, tiny_mod
         load_adapter_checked(tiny_model, tiny_model_path)
 
 
+def _corrupt_config(folder):  # cut off mid-file, as an interrupted copy leaves it
+    cfg = folder / "adapter_config.json"
+    cfg.write_text(cfg.read_text()[:120])
+    return cfg, ["adapter_config.json", "not valid JSON", "line"]
+
+
+def _truncate_weights(folder):  # half the bytes, as an interrupted download leaves it
+    st = folder / "adapter_model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    return st, ["adapter_model.safetensors", "truncated or damaged", "bytes"]
+
+
+def _drop_weights(folder):
+    (folder / "adapter_model.safetensors").unlink()
+    return folder, ["no adapter_model.safetensors", "weights are missing"]
+
+
+DAMAGE = {"corrupted config": _corrupt_config, "truncated weights": _truncate_weights,
+          "missing weights": _drop_weights}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_adapter_folder_gives_one_clear_error(tiny_model, tmp_path, damage):
+    folder = write_adapter(tiny_model, tmp_path / "adapter")
+    damaged, needles = DAMAGE[damage](folder)
+    with pytest.raises(AdapterFileError) as err:
+        load_adapter_checked(copy.deepcopy(tiny_model), folder)
+    msg = str(err.value)
+    assert str(damaged) in msg  # names the file (or folder)
+    for needle in needles:
+        assert needle in msg, msg
+    assert "save_adapter(peft_model, path, overwrite=True)" in msg  # and the fix
+    assert err.value.__cause__ is None  # one error, not the parser's traceback above it
+    assert err.value.__context__ is None or err.value.__suppress_context__
+
+
+@pytest.mark.parametrize("damage", ["corrupted config", "truncated weights"])
+def test_dequantize_for_merge_checks_the_adapter_before_touching_the_base(tiny_model, tmp_path, damage):
+    folder = write_adapter(tiny_model, tmp_path / "adapter")
+    DAMAGE[damage](folder)
+    base = copy.deepcopy(tiny_model)
+    with pytest.raises(AdapterFileError, match="adapter_"):
+        dequantize_for_merge(base, folder, dtype=torch.bfloat16, verbose=False)
+    assert next(base.parameters()).dtype == torch.float32  # failed before casting the base
+
+
 # ------------------------------------------------------------------------------------------
 # save helpers
 # ------------------------------------------------------------------------------------------
@@ -203,3 +251,24 @@ def test_save_merged_refuses_an_unmerged_peft_model(tiny_model, tmp_path):
         save_merged(make_adapter(tiny_model), tmp_path / "m")
     with pytest.raises(TypeError, match="save_merged"):
         save_adapter(tiny_model, tmp_path / "a")
+
+
+# ------------------------------------------------------------------------------------------
+# round trip through save / load
+# ------------------------------------------------------------------------------------------
+def test_round_trip_of_adapter_and_merged_model(tiny_model, tiny_tokenizer, tmp_path):
+    pm = make_adapter(tiny_model)
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
+    report = round_trip(pm, tmp_path / "adapter", TEXTS, tiny_tokenizer, max_new_tokens=4)
+    assert report.passed, report
+    assert report["max_abs_logit_diff"].value == 0.0
+    assert list(pm.peft_config) == ["default"]  # the round-trip adapter was removed
+    assert pm.active_adapter == "default"
+    assert {n for n, p in pm.named_parameters() if p.requires_grad} == trainable  # untouched
+
+    merged, _ = safe_merge(pm, verbose=False)
+    report = round_trip(merged, tmp_path / "merged", TEXTS, tiny_tokenizer, max_new_tokens=4)
+    assert report.passed, report
+    assert (tmp_path / "merged" / "config.json").exists()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        round_trip(merged, tmp_path / "merged", TEXTS, tiny_tokenizer)

@@ -16,7 +16,7 @@ from adapter_factory import make_adapter
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
-from course_utils.merging import safe_merge  # noqa: E402
+from course_utils.merging import safe_merge, validate_merge  # noqa: E402
 from course_utils.validation import (  # noqa: E402
     DEFAULT_TOLERANCES,
     PreparedInputs,
@@ -25,12 +25,10 @@ from course_utils.validation import (  # noqa: E402
     ValidationReport,
     VocabularyMismatchError,
     capture_reference,
-    check_round_trip,
     compare_models,
     compare_to_reference,
     prepare_inputs,
     tolerance_for,
-    validate_merge,
 )
 
 TEXTS = [
@@ -278,24 +276,3 @@ def test_reference_is_small_and_on_cpu(tiny_model, tiny_tokenizer):
     assert len(ref.generations) == len(TEXTS) and all(len(g) <= 4 for g in ref.generations)
     assert "MiB" in repr(ref)
     assert isinstance(ref.inputs, PreparedInputs)
-
-
-# ------------------------------------------------------------------------------------------
-# round trip through save / load
-# ------------------------------------------------------------------------------------------
-def test_round_trip_of_adapter_and_merged_model(tiny_model, tiny_tokenizer, tmp_path):
-    pm = make_adapter(tiny_model)
-    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
-    report = check_round_trip(pm, tmp_path / "adapter", TEXTS, tiny_tokenizer, max_new_tokens=4)
-    assert report.passed, report
-    assert report["max_abs_logit_diff"].value == 0.0
-    assert list(pm.peft_config) == ["default"]  # the round-trip adapter was removed
-    assert pm.active_adapter == "default"
-    assert {n for n, p in pm.named_parameters() if p.requires_grad} == trainable  # untouched
-
-    merged, _ = safe_merge(pm, verbose=False)
-    report = check_round_trip(merged, tmp_path / "merged", TEXTS, tiny_tokenizer, max_new_tokens=4)
-    assert report.passed, report
-    assert (tmp_path / "merged" / "config.json").exists()
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        check_round_trip(merged, tmp_path / "merged", TEXTS, tiny_tokenizer)
