@@ -367,10 +367,10 @@ def course_here(facts: dict[str, Any]) -> list[Check]:
     return checks
 
 
-def check_distributed(facts: dict[str, Any]) -> list[Check]:
+def diagnose_distributed(facts: dict[str, Any]) -> list[Check]:
     """Can accelerate launch several processes here, and which of DDP / FSDP / DeepSpeed run (notebook 07)?
 
-    >>> [c.name for c in check_distributed({"device": "cpu"})]
+    >>> [c.name for c in diagnose_distributed({"device": "cpu"})]
     ['multi-process: accelerate', 'multi-process: FSDP', 'multi-process: DeepSpeed']
     """
     import importlib.util
@@ -426,7 +426,7 @@ def diagnose(checks: Sequence[str] = ("python", "versions", "bitsandbytes", "dis
         "disk": lambda: diagnose_disk(),
         "hub": lambda: diagnose_hub(facts),
         "course": lambda: course_here(facts),
-        "distributed": lambda: check_distributed(facts),
+        "distributed": lambda: diagnose_distributed(facts),
     }
     for name in checks:
         try:
