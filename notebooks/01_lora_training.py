@@ -19,8 +19,9 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/01_lora_training.ipynb)
 #
 # **What you will learn**
-# - why parameter-efficient fine-tuning: how many parameters and how much GPU memory LoRA saves, *measured* for
-#   this model and planned for SmolLM2-1.7B (the tutorial we started from says "about 90%" and "3x": we check);
+# - why parameter-efficient fine-tuning: how many parameters and how much GPU memory LoRA saves, counted and
+#   planned for this model and SmolLM2-1.7B and set beside an H200 measurement (the tutorial we started from says
+#   "about 90%" and "3x": we check each against the setting it was made in);
 # - what a LoRA layer computes, by writing one (`W x + (alpha/r) · B A x`) and matching peft's layer to the last digit;
 # - `LoraConfig`, argument by argument, `get_peft_model` and where the trainable parameters sit;
 # - training an adapter with the plain `transformers.Trainer` (loss on the answer only), with memory tracked;
@@ -83,7 +84,8 @@ print(f"{MODEL}: {n_params:,} parameters; attention projections: {ATTENTION}")
 # %% [markdown]
 # ### Trainable parameters: "about 90%"?
 #
-# The tutorial's setting, LoRA r=16 on the attention projections, counted by the planner from each config.
+# LoRA r=16 on the attention projections (the tutorial: LoRA "injects trainable matrices into the model's attention
+# layers"), counted by the planner from each config.
 
 # %%
 LLAMA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]  # SmolLM2 is a Llama-architecture model
@@ -115,8 +117,9 @@ for label, est in counts.items():
 # Mixed precision is what `Trainer(bf16=True)` does with a model loaded with `dtype=torch.float32`. Pure bf16 is
 # what you get by loading with `dtype=torch.bfloat16` and training every weight; note that transformers 5 loads a
 # checkpoint in its own dtype by default (`dtype="auto"`: bf16 for SmolLM2), so a plain `from_pretrained(name)`
-# followed by full fine-tuning is pure bf16. LoRA on q and v is the LoRA paper's own GPT-3 setting, and the row
-# the H200 reference measured. Each recipe planned at batch 8 x 512 tokens, beside the H200's measurement of the
+# followed by full fine-tuning is pure bf16. LoRA on q and v is the LoRA paper's own GPT-3 setting, what peft
+# picks for Llama models when `target_modules` is left out (as in the tutorial's `LoraConfig`), and the row the
+# H200 reference measured. Each recipe planned at batch 8 x 512 tokens, beside the H200's measurement of the
 # same step:
 
 # %%
@@ -335,7 +338,7 @@ from course_utils.memory import trainable_parameter_table
 table = trainable_parameter_table(peft_model)
 print(table)
 print(f"planner's count for this config (section 1): {counts[MODEL].trainable_params:,}")
-# The table divides by all parameters, adapter included; section 1 divides by the base model's, as the tutorial does.
+# The table divides by all parameters, adapter included; section 1 divides by the base model's (what full FT trains).
 print(f"as a share of the base model's {n_params:,} parameters: {table.trainable / n_params:.2%}")
 
 # %% [markdown]
@@ -542,15 +545,15 @@ expect(f"on this budget, r={SWEEP_RANKS[-1]} on attention beats r={SWEEP_RANKS[0
 # linear layer multiplies the parameters (the MLP matrices are larger) and, at the same rank, did not do better
 # than the attention projections on this task in our run (see the table above). The budget matters as much as
 # the rank: set `SWEEP_STEPS = 100` and `SWEEP_BATCH = 16`, the main run's budget, and small ranks catch up
-# (with this model and `SEED = 0`, r=2 on the attention projections then reached 94%). Differences of two or
-# three questions out of 48 are within what another seed would change.
+# (when this notebook was written, r=2 on the attention projections reached 94% with that budget). Differences
+# of two or three questions out of 48 are within what another seed would change.
 #
 # **Does this hold for a real model?** Not as a rule. Our model's layers are 192 wide; in a model of 2048 the
 # same rank is a far smaller share of the layer, and a style change needs little of it: the LoRA paper found
-# r=1 on W_q and W_v about as good as r=64 for GPT-3 175B (its Table 6). To check on your model, run this
-# notebook with `MODEL = "smollm2-135m"` (or `course-utils run 01 --model smollm2-135m` on a GPU) and compare the
-# sweep. Memory is no reason to pick a small rank: the planner gives SmolLM2-1.7B's step
-# (LoRA on q, v, batch 8 x 512) at the same size for r=1 and r=64, within 1%:
+# r=1 on W_q and W_v about as good as r=64 for GPT-3 175B on WikiSQL and MultiNLI (its Table 6). To check on your
+# model, run this notebook with `MODEL = "smollm2-135m"` (or `course-utils run 01 --model smollm2-135m` on a GPU)
+# and compare the sweep. Memory is no reason to pick a small rank: the planner gives SmolLM2-1.7B's step (LoRA on
+# q, v, batch 8 x 512) at the same size for r=1 and r=64, within 1%:
 
 # %%
 for r in (1, 16, 64):

@@ -260,7 +260,8 @@ expect("terse accuracy after SFT >= 75% (held-out questions)", sft_after.accurac
 # **Reading the result.** The loss is computed on the answer tokens only and falls as the adapter learns the
 # form; the held-out accuracy counts answers that are
 # right to the last character, on questions the adapter never saw. The adapter learned a *form*; the facts were
-# already in the base model (it knows all 192 of them), which is why a few dozen steps suffice.
+# already in the base model (it was pretrained on all 192 of them: `data/datasets/README.md`), which is why a
+# few dozen steps suffice.
 
 # %% [markdown]
 # ## 3. DPO with LoRA: the reference model for free
@@ -340,7 +341,8 @@ print(f"separate ref_model:  {classic_bytes / 2**20:7.2f} MiB of parameters (+{r
 del classic
 
 # %% [markdown]
-# For our tiny model that is a few MiB. The same arithmetic for SmolLM2-1.7B (its shipped config, nothing is
+# For our tiny model that is a few MiB. The tutorial says PEFT with TRL "reduces memory requirements" for RLHF;
+# this is one place where it does. The same arithmetic for SmolLM2-1.7B (its shipped config, nothing is
 # downloaded), with the course's memory planner for the training step itself: this notebook's `dpo_lora` on a
 # bf16 base, 8 pairs of 512 tokens per step, i.e. 16 sequences (DPO runs the chosen and the rejected answer).
 # The reference's own forward pass runs without gradients, so it keeps no activations: what a separate reference
