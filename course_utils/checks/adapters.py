@@ -91,7 +91,7 @@ def check_diagonal(answer: Mapping[str, float] | Sequence[float] | None,
     if not wrong:
         # No numbers in the verdict: accuracies after training differ between CPU families, and the
         # notebook's checked outputs must not (the learner sees them in the matrix).
-        return CheckResult(name, True, f"Correct: each of {', '.join(tasks)} on its own task.")
+        return CheckResult(name, True, f"Correct: each adapter's accuracy on its own task ({', '.join(tasks)}).")
     base_row = matrix.get("base")
     base_like = [t for t in wrong if base_row is not None and abs(float(answer[t]) - base_row[t]) < 1e-9]
     if base_like:
