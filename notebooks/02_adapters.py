@@ -79,7 +79,7 @@ from course_utils.training import train_lora
 tokenizer = load_tokenizer(MODEL)
 TASKS = {name: load_task(name) for name in RANKS}
 RUN_DIR = Path("outputs") / "02_adapters" / time.strftime("%Y%m%d-%H%M%S")
-ADAPTER_DIRS, train_seconds = {}, {}
+ADAPTER_DIRS, train_seconds, last_loss = {}, {}, {}
 for name, r in RANKS.items():
     base = load_model(MODEL, dtype=DTYPE, device=DEVICE)
     attention = attention_projection_names(base)
@@ -90,13 +90,15 @@ for name, r in RANKS.items():
     ADAPTER_DIRS[name] = RUN_DIR / name
     ADAPTER_DIRS[name].mkdir(parents=True, exist_ok=False)  # a fresh folder: never overwrite
     run.model.save_pretrained(ADAPTER_DIRS[name])
-    train_seconds[name] = run.seconds
-    size = sum(p.stat().st_size for p in ADAPTER_DIRS[name].iterdir())
-    print(f"{name}: r={r} on {targets}, last loss {run.losses[-1]:.3f}, saved {size / 1024:.0f} KiB "
+    train_seconds[name], last_loss[name] = run.seconds, run.losses[-1]
+    size = (ADAPTER_DIRS[name] / "adapter_model.safetensors").stat().st_size  # the weights (A and B) only
+    print(f"{name}: r={r} on {targets}, saved {size / 1024:.0f} KiB of weights "
           f"to {ADAPTER_DIRS[name].relative_to(RUN_DIR.parent)}")
 del base, run
 
 # %% tags=["nbval-ignore-output"]
+# Losses and timings differ in their last digits between machines: shown here, in a cell the tests do not compare.
+print("last training loss:", {k: round(v, 3) for k, v in last_loss.items()})
 print("training seconds:", {k: round(v, 1) for k, v in train_seconds.items()})
 
 # %% [markdown]
@@ -182,8 +184,12 @@ with torch.no_grad():
     with model.disable_adapter():
         disabled_logits = model(**inputs).logits
     adapted_logits = model(**inputs).logits
+adapter_shift = (adapted_logits - fresh_base_logits).abs().max().item()
 print(f"max |logit difference|, disable_adapter() vs fresh base: {(disabled_logits - fresh_base_logits).abs().max().item()}")
-print(f"max |logit difference|, adapter 'topic' vs fresh base:   {(adapted_logits - fresh_base_logits).abs().max().item():.2f}")
+print(f"the adapter 'topic' moves the logits (max |difference| vs fresh base > 1): {adapter_shift > 1}")
+
+# %% tags=["nbval-ignore-output"]
+print(f"max |logit difference|, adapter 'topic' vs fresh base: {adapter_shift:.2f}")
 
 # %% [markdown]
 # A second trap of the same kind: leaving the `disable_adapter()` block switches the adapter back on **and marks it
@@ -213,9 +219,22 @@ for name in RANKS:
     matrix[name] = {task: evaluate_task(model, tokenizer, TASKS[task]["eval"], progress=False).accuracy
                     for task in TASKS}
 
+# %% tags=["nbval-ignore-output"]
 print(f"{'model':<8}" + "".join(f"{'task ' + t:>12}" for t in TASKS))
 for row, accs in matrix.items():
     print(f"{row:<8}" + "".join(f"{accs[t]:>12.1%}" for t in TASKS))
+
+# %% [markdown]
+# Accuracies after training differ by a question or two between CPU families, so the table is shown in a cell the
+# tests do not compare, and what the lesson claims is checked here with a margin:
+
+# %%
+from course_utils.notebook import expect
+
+others = {name: [t for t in TASKS if t != name] for name in RANKS}
+expect("each adapter scores >= 50% on its own task", all(matrix[name][name] >= 0.5 for name in RANKS))
+expect("each adapter scores <= 10% on the other task", all(matrix[name][t] <= 0.1 for name in RANKS for t in others[name]))
+expect("the base model scores <= 10% on every task", all(acc <= 0.1 for acc in matrix["base"].values()))
 
 # %%
 import matplotlib.pyplot as plt
@@ -229,6 +248,8 @@ plt.show()
 
 # %% [markdown]
 # Each adapter does its own task and nothing else; the base model does neither. The adapters are specialists.
+# On a real model the base may already do part of a task, and an adapter may carry over to a related one: run the
+# notebook with `MODEL = "smollm2-135m"` to see its matrix.
 
 # %% [markdown]
 # ## 5. Try it: an adapter switcher
@@ -248,7 +269,9 @@ switcher
 # ## 6. A switch costs almost nothing
 #
 # Switching changes which `A`, `B` the LoRA layers use; reloading reads the model and the adapter from disk again.
-# (Timings vary between machines and runs; the ratio is what matters.)
+# (Timings vary between machines and runs; the ratio is what matters. A switch touches every adapted layer, so it
+# grows with the model: the H200 reference in `data/reference/` measured 18 ms to switch between two all-linear
+# adapters on SmolLM2-1.7B, still far less than reading 3.4 GB of weights again.)
 
 # %% tags=["nbval-ignore-output"]
 def best_ms(fn, repeat=5):
@@ -295,7 +318,14 @@ for name in ("mix_cat", "mix_svd"):
     model.set_adapter(name, inference_mode=True)
     matrix[name] = {task: evaluate_task(model, tokenizer, TASKS[task]["eval"], progress=False).accuracy
                     for task in TASKS}
+
+# %% tags=["nbval-ignore-output"]
+for name in ("mix_cat", "mix_svd"):
     print(f"{name:<8}" + "".join(f"{'task ' + t:>12}: {matrix[name][t]:>6.1%}" for t in TASKS))
+
+# %%
+expect("each combination keeps less than 50% on both tasks (the single adapters: >= 50% on their own)",
+       all(matrix[name][t] < 0.5 for name in ("mix_cat", "mix_svd") for t in TASKS))
 
 # %% tags=["nbval-ignore-output"]
 model.set_adapter("mix_cat", inference_mode=True)
@@ -308,6 +338,11 @@ for prompt, answer in zip(examples, generate_answers(model, tokenizer, examples,
 # accuracy above shows how much of each skill survives the sum. `cat` keeps each update exactly (rank 8 + 4 = 12);
 # `svd` approximates their sum at rank 8. Try other weights (e.g. `[1.0, 0.5]`) to see the balance shift: combining
 # works best for adapters trained to be combined, or that change different layers.
+#
+# On our 1.8M-parameter model the sum keeps almost nothing of either skill. That is not a law: how much survives
+# depends on how much the two updates interfere, which differs between models and tasks, and `ties` / `dare_*`
+# were designed to reduce it. To see it for a real model, run this notebook with `MODEL = "smollm2-135m"` and
+# compare the rows `mix_cat` and `mix_svd` with the single adapters.
 #
 # Remove what you no longer need with `delete_adapter` (you cannot delete the active one: switch first):
 
@@ -335,7 +370,7 @@ assert torch.equal(restored_logits, fresh_base_logits)
 # %% [markdown]
 # ## What we measured
 
-# %%
+# %% tags=["nbval-ignore-output"]
 from IPython.display import Markdown, display
 
 rows = [(f"accuracy of `{row}` on {', '.join(TASKS)}", " / ".join(f"{matrix[row][t]:.1%}" for t in TASKS))

@@ -111,15 +111,24 @@ del model_8bit, peft_8bit
 # The task: answer tersely, subject and value only (`terse`: `"What color is the mole?"` -> `"The mole: gold."`).
 # The base model answers with a full sentence (`"The mole is gold."`), so it scores 0%.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 from course_utils.data import load_task, to_prompt_completion
 from course_utils.evaluation import evaluate_task
+from course_utils.notebook import expect
 
 tokenizer = load_tokenizer(MODEL)
 model = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 terse = load_task("terse")
 sft_before = evaluate_task(model, tokenizer, terse["eval"], progress=False, name="base model")
 sft_before
+
+# %% [markdown]
+# Generated text and the accuracies computed from it can differ in a token between CPU families, so they are shown
+# in cells the course's tests do not compare; each claim the lesson rests on is checked in the next cell, with a
+# margin:
+
+# %%
+expect("the base model scores below 10% on terse", sft_before.accuracy < 0.10)
 
 # %% [markdown]
 # ### Which tokens carry the loss?
@@ -224,7 +233,7 @@ sft_seconds = time.perf_counter() - start
 sft_peak = max(p for _, p in sft_memory.steps)
 print(f"{sft_trainer.state.global_step} steps in {sft_seconds:.1f} s; peak memory {sft_peak:.0f} MiB ({sft_memory.tracker.what})")
 
-# %%
+# %% tags=["nbval-ignore-output"]
 import matplotlib.pyplot as plt
 
 from course_utils.plotting import plot_loss
@@ -236,19 +245,22 @@ sft_memory.plot(ax=ax_mem)
 plt.show()
 print(f"loss: first log {sft_losses[0]:.3f} -> last log {sft_losses[-1]:.3f}")
 
-# %%
+# %% tags=["nbval-ignore-output"]
 sft_model = sft_trainer.model
 sft_after = evaluate_task(sft_model, tokenizer, terse["eval"], progress=False, name=f"after {MAX_STEPS} SFT steps")
 print(f"terse eval accuracy: {sft_before.accuracy:.1%} -> {sft_after.accuracy:.1%} ({sft_after.correct}/{sft_after.total})")
-
-# %% tags=["nbval-ignore-output"]
 sft_after
+
+# %%
+expect("the SFT loss fell to less than half of its first logged value", sft_losses[-1] < 0.5 * sft_losses[0])
+expect("terse accuracy after SFT >= 75% (held-out questions)", sft_after.accuracy >= 0.75)
 
 # %% [markdown]
 # **Reading the result.** The loss is computed on the answer tokens only and falls as the adapter learns the
 # form; the held-out accuracy counts answers that are
 # right to the last character, on questions the adapter never saw. The adapter learned a *form*; the facts were
-# already in the base model (it knows all 192 of them), which is why a few dozen steps suffice.
+# already in the base model (it was pretrained on all 192 of them: `data/datasets/README.md`), which is why a
+# few dozen steps suffice.
 
 # %% [markdown]
 # ## 3. DPO with LoRA: the reference model for free
@@ -269,9 +281,14 @@ from course_utils.evaluation import preference_accuracy
 
 prefs = load_task("prefs")
 print(prefs["train"][0])
+
+# %% tags=["nbval-ignore-output"]
 dpo_base = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 pref_before = preference_accuracy(dpo_base, tokenizer, prefs["eval"])
 print(f"held-out preference accuracy of the base model: {pref_before:.1%}")
+
+# %%
+expect("the base model prefers the chosen (capitalised) answer in <= 10% of held-out pairs", pref_before <= 0.10)
 
 # %%
 from trl import DPOConfig, DPOTrainer
@@ -323,16 +340,21 @@ print(f"separate ref_model:  {classic_bytes / 2**20:7.2f} MiB of parameters (+{r
 del classic
 
 # %% [markdown]
-# For our tiny model that is a few MiB. The same arithmetic for SmolLM2-1.7B (its shipped config, nothing is
-# downloaded), with the course's memory planner for the LoRA training step itself (bf16, batch 8 x 512 tokens):
+# For our tiny model that is a few MiB. The tutorial says PEFT with TRL "reduces memory requirements" for RLHF;
+# this is one place where it does. The same arithmetic for SmolLM2-1.7B (its shipped config, nothing is
+# downloaded), with the course's memory planner for the training step itself: this notebook's `dpo_lora` on a
+# bf16 base, 8 pairs of 512 tokens per step, i.e. 16 sequences (DPO runs the chosen and the rejected answer).
+# The reference's own forward pass runs without gradients, so it keeps no activations: what a separate reference
+# adds is its weights.
 
 # %%
 from course_utils.planner import Recipe, estimate_training_memory
 
-plan = estimate_training_memory("smollm2-1.7b", Recipe(method="lora", dtype="bfloat16", r=8, lora_alpha=16,
-                                                       batch_size=8, seq_len=512))
+plan = estimate_training_memory("smollm2-1.7b", Recipe(method="lora", dtype="bfloat16", r=dpo_lora.r,
+                                                       lora_alpha=dpo_lora.lora_alpha, lora_dropout=dpo_lora.lora_dropout,
+                                                       target_modules="all-linear", batch_size=2 * 8, seq_len=512))
 ref_gib = plan.n_params * 2 / 2**30  # a bf16 copy of every weight
-print(f"SmolLM2-1.7B: {plan.n_params:,} parameters; LoRA training step peak {plan.peak_gib:.1f} GiB")
+print(f"SmolLM2-1.7B: {plan.n_params:,} parameters; planned peak of the LoRA DPO step {plan.peak_gib:.1f} GiB")
 print(f"a separate bf16 reference model adds {ref_gib:.1f} GiB -> {plan.peak_gib + ref_gib:.1f} GiB "
       f"(+{100 * ref_gib / plan.peak_gib:.0f}%); with ref_model=None it adds nothing")
 
@@ -350,7 +372,7 @@ dpo_seconds = time.perf_counter() - start
 dpo_peak = max(p for _, p in dpo_memory.steps)
 print(f"{dpo_trainer.state.global_step} DPO steps in {dpo_seconds:.1f} s; peak memory {dpo_peak:.0f} MiB")
 
-# %%
+# %% tags=["nbval-ignore-output"]
 logs = [r for r in dpo_trainer.state.log_history if "rewards/margins" in r]
 steps = [r["step"] for r in logs]
 fig, (ax_r, ax_a) = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -369,10 +391,16 @@ print(f"step {first['step']}: loss {first['loss']:.3f}, margin {first['rewards/m
       f"step {last['step']}: loss {last['loss']:.3f}, margin {last['rewards/margins']:.3f}, "
       f"chosen {last['rewards/chosen']:+.3f}, rejected {last['rewards/rejected']:+.3f}")
 
+# %%
+expect("the DPO loss fell below 0.3 (it starts at log 2 = 0.693)", last["loss"] < 0.3)
+expect("the last logged margin is above 1", last["rewards/margins"] > 1.0)
+expect("the rejected answers' reward fell further than the chosen answers' rose",
+       -last["rewards/rejected"] > last["rewards/chosen"])
+
 # %% [markdown]
 # The measure that counts is on pairs the adapter never trained on:
 
-# %%
+# %% tags=["nbval-ignore-output"]
 dpo_model = dpo_trainer.model
 pref_after = preference_accuracy(dpo_model, tokenizer, prefs["eval"])
 with dpo_model.disable_adapter():  # the reference: the same network, adapter off
@@ -380,11 +408,15 @@ with dpo_model.disable_adapter():  # the reference: the same network, adapter of
 print(f"held-out preference accuracy: {pref_before:.1%} before -> {pref_after:.1%} after {DPO_STEPS} DPO steps "
       f"(adapter disabled again: {pref_ref:.1%})")
 
+# %%
+expect("held-out preference accuracy after DPO >= 80%", pref_after >= 0.80)
+expect("with the adapter disabled it is the base model's again", pref_ref == pref_before)
+
 # %% [markdown]
 # And the generations? DPO only ever compares two given answers; it never asks the model to *write* one. Alone, at
-# these learning rates, it pushes the rejected answers far down (see the rewards: the rejected one falls much further
-# than the chosen one rises), and the text the model writes can get worse rather than better. Look, but don't score
-# DPO by this (in practice one runs SFT first, then DPO):
+# this notebook's learning rate, it pushes the rejected answers far down (see the rewards: the rejected one falls
+# further than the chosen one rises), and the text our tiny model writes can get worse rather than better. Look,
+# but don't score DPO by this (in practice one runs SFT first, then DPO):
 
 # %% tags=["nbval-ignore-output"]
 shout_eval = load_task("shout", "eval")
@@ -392,9 +424,17 @@ dpo_gen = evaluate_task(dpo_model, tokenizer, shout_eval, progress=False, name="
 dpo_gen
 
 # %% [markdown]
+# **Does DPO damage a real model's generations?** Not as a rule, and this notebook cannot tell. We use a
+# 1.8M-parameter model, no SFT first, and a learning rate of 1e-3 so that 30 steps show an effect; TRL's own
+# `DPOConfig` defaults to 1e-6, and DPO is usually run on a model that has had SFT. What does
+# carry over is the mechanism: the loss only asks for a larger margin, and lowering the rejected answer is one way
+# to get it, so watch `rewards/chosen` as well as the margin. To check on a real model, run this notebook with
+# `MODEL = "smollm2-135m"`, a smaller `DPO_LR` and more `DPO_STEPS` (on a GPU), and read the generations above.
+
+# %% [markdown]
 # ## What we measured
 
-# %%
+# %% tags=["nbval-ignore-output"]
 from IPython.display import Markdown, display
 
 rows = [
@@ -404,7 +444,8 @@ rows = [
     ("SFT loss, first -> last log", f"{sft_losses[0]:.3f} -> {sft_losses[-1]:.3f}"),
     ("parameters held by the DPO trainer, ref_model=None vs separate",
      f"{shared_bytes / 2**20:.2f} vs {classic_bytes / 2**20:.2f} MiB"),
-    ("separate bf16 reference for SmolLM2-1.7B (planner)", f"+{ref_gib:.1f} GiB on a {plan.peak_gib:.1f} GiB LoRA step"),
+    ("separate bf16 reference for SmolLM2-1.7B, 8 pairs x 512 tokens (planner)",
+     f"+{ref_gib:.1f} GiB on a {plan.peak_gib:.1f} GiB LoRA DPO step"),
     (f"DPO held-out preference accuracy, {DPO_STEPS} steps", f"{pref_before:.1%} -> {pref_after:.1%}"),
     ("DPO margin, first -> last log", f"{first['rewards/margins']:.3f} -> {last['rewards/margins']:.3f}"),
 ]

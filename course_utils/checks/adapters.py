@@ -89,8 +89,9 @@ def check_diagonal(answer: Mapping[str, float] | Sequence[float] | None,
         return CheckResult(name, False, f"Expected one entry per task {tasks}, got {sorted(answer)}.", hints)
     wrong = [t for t in tasks if abs(float(answer[t]) - expected[t]) > 1e-9]
     if not wrong:
-        shown = ", ".join(f"{t}: {expected[t]:.1%}" for t in tasks)
-        return CheckResult(name, True, f"Correct: {shown}.")
+        # No numbers in the verdict: accuracies after training differ between CPU families, and the
+        # notebook's checked outputs must not (the learner sees them in the matrix).
+        return CheckResult(name, True, f"Correct: each adapter's accuracy on its own task ({', '.join(tasks)}).")
     base_row = matrix.get("base")
     base_like = [t for t in wrong if base_row is not None and abs(float(answer[t]) - base_row[t]) < 1e-9]
     if base_like:
