@@ -3,7 +3,8 @@
 `diagnose()` checks Python, torch and its accelerator (CUDA / MPS, GPU name and memory), the
 installed libraries against the ranges the course supports (read from the installed package's
 metadata, else from ``pyproject.toml``), bitsandbytes (import plus a tiny 4-bit
-quantize/dequantize round trip on CPU), free disk, hub access (``HF_HUB_OFFLINE`` and a
+quantize/dequantize round trip on CPU; on AVX-512-BF16 CPUs, its eval-time repack of 4-bit
+weights and that course_utils prevents it), free disk, hub access (``HF_HUB_OFFLINE`` and a
 connection attempt that gives up after ~1.5 s), and says what of the course runs here.
 It takes a few seconds (importing torch and bitsandbytes is most of it) and never hangs.
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 __all__ = ["Check", "DoctorReport", "diagnose", "supported_ranges", "diagnose_versions", "diagnose_bitsandbytes",
-           "diagnose_hub", "FALLBACK_REQUIREMENTS"]
+           "diagnose_hub", "diagnose_cpu_repack", "FALLBACK_REQUIREMENTS"]
 
 DIST_NAME = "peft-course"
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -180,7 +181,7 @@ def diagnose_torch(facts: dict[str, Any]) -> list[Check]:
         props = torch.cuda.get_device_properties(0)
         gib = props.total_memory / 2**30
         facts.update(device="cuda", gpu=props.name, gpu_memory_GiB=round(gib, 1),
-                     cuda=torch.version.cuda, bf16=torch.cuda.is_bf16_supported())
+                     cuda=torch.version.cuda, bf16=tuple(torch.cuda.get_device_capability(0)) >= (8, 0))
         checks.append(Check("accelerator", OK, f"CUDA {torch.version.cuda}: {props.name}, {gib:.1f} GiB"
                             f" ({torch.cuda.device_count()} GPU(s))"))
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -218,9 +219,32 @@ try:
     w = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
     q, state = F.quantize_4bit(w, quant_type="nf4", blocksize=64)
     out["rel_error"] = float((F.dequantize_4bit(q, state) - w).norm() / w.norm())
+    out["avx512bf16"] = bool(F.has_avx512bf16())
 except Exception as err:
     out["error"] = f"{type(err).__name__}: {str(err)[:120]}"
     out["stage"] = "round trip" if "version" in out else "import"
+if out.get("avx512bf16"):
+    # does a Linear4bit repack its weight at an eval pass, and does course_utils keep it portable?
+    try:
+        def layer():
+            lin = bitsandbytes.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+            lin.weight = bitsandbytes.nn.Params4bit(w.clone(), requires_grad=False, quant_type="nf4")
+            return lin.to("cpu").eval()
+        raw = layer()
+        with torch.no_grad():
+            raw(torch.randn(2, 64))
+        out["repacks"] = bool(getattr(raw.weight.quant_state, "packing_format_for_cpu", False))
+        from course_utils.quantization import prevent_cpu_repack, repacked_layers
+        fixed = layer()
+        prevent_cpu_repack(fixed)
+        with torch.no_grad():
+            fixed(torch.randn(2, 64))
+        undone = prevent_cpu_repack(raw)
+        deq = F.dequantize_4bit(raw.weight.data, raw.weight.quant_state)
+        out["undo_rel_error"] = float((deq - w).norm() / w.norm())
+        out["course_prevents"] = not repacked_layers(fixed) and undone == int(out["repacks"])
+    except Exception as err:
+        out["repack_error"] = f"{type(err).__name__}: {str(err)[:120]}"
 print(json.dumps(out))
 """
 
@@ -237,8 +261,12 @@ def start_bitsandbytes_probe() -> Any:
                             text=True)
 
 
-def diagnose_bitsandbytes(facts: dict[str, Any], probe: Any = None, timeout: float = 30.0) -> Check:
-    """Import bitsandbytes and round-trip a 64x64 tensor through 4-bit NF4 on CPU (in a child process)."""
+def diagnose_bitsandbytes(facts: dict[str, Any], probe: Any = None, timeout: float = 30.0) -> Check | list[Check]:
+    """Import bitsandbytes and round-trip a 64x64 tensor through 4-bit NF4 on CPU (in a child process).
+
+    On a CPU with AVX-512-BF16 a second line says whether bitsandbytes repacks 4-bit weights
+    there and that course_utils prevents it (:func:`diagnose_cpu_repack`).
+    """
     import json
     import subprocess
 
@@ -271,8 +299,43 @@ def diagnose_bitsandbytes(facts: dict[str, Any], probe: Any = None, timeout: flo
     rel = out["rel_error"]
     good = rel < 0.2  # NF4 keeps ~10% relative error on Gaussian weights
     facts["bitsandbytes"] = good
-    return Check("bitsandbytes", OK if good else FAIL, f"{out['version']}: 4-bit CPU round trip, rel. error {rel:.3f}",
-                 "" if good else "4-bit dequantization is wrong here: QLoRA results will be meaningless")
+    facts["bnb_cpu_repack"] = {k: out[k] for k in ("avx512bf16", "repacks", "course_prevents", "undo_rel_error")
+                               if k in out}
+    check = Check("bitsandbytes", OK if good else FAIL, f"{out['version']}: 4-bit CPU round trip, rel. error {rel:.3f}",
+                  "" if good else "4-bit dequantization is wrong here: QLoRA results will be meaningless")
+    repack = diagnose_cpu_repack(out)
+    return [check] if repack is None else [check, repack]
+
+
+_REPACK_ADVICE = ("own code: course_utils.quantization.prevent_cpu_repack(model) after loading, "
+                  "else QLoRA gradients and 4-bit merges are wrong")
+
+
+def diagnose_cpu_repack(probe: dict[str, Any]) -> Check | None:
+    """The AVX-512-BF16 repack line of the report, from the probe's answer; None where the CPU is not affected.
+
+    bitsandbytes >= 0.50 repacks a 4-bit weight into a CPU-only layout at its first eval pass on
+    such CPUs; afterwards gradients through the layer and ``dequantize_4bit`` are wrong
+    (course_utils/quantization.py). The probe checks that ``prevent_cpu_repack`` keeps a layer
+    portable and converts a repacked one back.
+
+    >>> diagnose_cpu_repack({"avx512bf16": False}) is None
+    True
+    """
+    if not probe.get("avx512bf16"):
+        return None
+    name = "bitsandbytes CPU repack"
+    if "repack_error" in probe:
+        return Check(name, WARN, f"AVX-512-BF16 CPU; the repack probe failed: {probe['repack_error'][:80]}",
+                     _REPACK_ADVICE)
+    if not probe.get("repacks"):
+        return Check(name, OK, "AVX-512-BF16 CPU, but this bitsandbytes keeps 4-bit weights portable")
+    hazard = "AVX-512-BF16: 4-bit weights get repacked at eval"
+    if probe.get("course_prevents"):
+        return Check(name, INFO, f"{hazard}; course_utils prevents and undoes it (checked)", _REPACK_ADVICE)
+    return Check(name, FAIL, f"{hazard}; course_utils could NOT undo it here",
+                 "QLoRA training and 4-bit merging will be wrong on this machine: report this with "
+                 "`course-utils doctor --json`")
 
 
 # --------------------------------------------------------------------------- disk, hub

@@ -25,6 +25,7 @@ __all__ = [
     "DeviceNotAvailableError",
     "ModelNotAvailableError",
     "model_from_env",
+    "native_bf16",
     "resolve_device",
     "resolve_dtype",
     "resolve_model_path",
@@ -102,10 +103,27 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``"auto"``: bfloat16 on a CUDA GPU that supports it, float16 on other GPUs, float32 on CPU.
+def native_bf16(device: str | torch.device = "cuda") -> bool:
+    """True when a CUDA GPU computes bfloat16 in hardware: compute capability 8.0 or newer (A100, RTX 30xx on).
 
-    float32 on CPU because bf16 matmuls crawl on CPUs without AVX-512/AMX (FIELD-NOTES).
+    Deliberately not ``torch.cuda.is_bf16_supported()``: it counts emulation and says True on a
+    T4 (compute capability 7.5, Colab's free GPU), where bf16 runs slowly in software.
+    False on a CPU, on MPS and without CUDA.
+
+    >>> native_bf16("cpu")
+    False
+    """
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return tuple(torch.cuda.get_device_capability(dev)) >= (8, 0)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 on a CUDA GPU with native bf16, float16 on older GPUs and MPS, float32 on CPU.
+
+    Native bf16 means compute capability >= 8.0 (:func:`native_bf16`); a T4 or V100 gets float16.
+    float32 on CPU because bf16 matmuls crawl on CPUs without AVX-512-BF16/AMX.
 
     >>> resolve_dtype("auto", torch.device("cpu"))
     torch.float32
@@ -116,7 +134,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return dtype
     if dtype is None or dtype == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if native_bf16(device) else torch.float16
         if device.type == "mps":
             return torch.float16
         return torch.float32
@@ -213,10 +231,13 @@ def load_model(
     Args:
         name: ``"course-tiny"`` (default, ships with the course), a short name such as
             ``"smollm2-135m"``, a hub id, or a local folder.
-        dtype: ``"auto"`` (float32 on CPU, bf16/fp16 on GPUs), ``"float32"``, ``"bfloat16"``, ...
+        dtype: ``"auto"`` (float32 on CPU, bf16 on GPUs of compute capability >= 8.0, fp16 on
+            older ones), ``"float32"``, ``"bfloat16"``, ...
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         quantization_config: a ``transformers.BitsAndBytesConfig`` for 4-bit/8-bit loading.
-            Quantized models are placed with ``device_map`` (bitsandbytes also runs on CPU).
+            Quantized models are placed with ``device_map`` (bitsandbytes also runs on CPU), and
+            their 4-bit layers never switch to bitsandbytes' CPU-only layout
+            (:func:`course_utils.quantization.prevent_cpu_repack`).
         **kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
 
     Returns:
@@ -234,6 +255,9 @@ def load_model(
         kwargs.setdefault("device_map", {"": dev.index or 0} if dev.type == "cuda" else {"": str(dev)})
         model = _from_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype,
                                  quantization_config=quantization_config, **kwargs)
+        from course_utils.quantization import prevent_cpu_repack
+
+        prevent_cpu_repack(model)  # else training and merging go wrong on AVX-512-BF16 CPUs
         return model
     model = _from_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype, **kwargs)
     return model.to(dev)

@@ -11,6 +11,10 @@
   quantization state counted as stored), trainable vs frozen, gradients, AdamW state, buffers.
 - `trainable_parameter_table`: trainable parameters of a PEFT model grouped by target module.
 - `gradient_checkpointing_active`: warns when checkpointing is enabled but cannot act (eval mode).
+- `measure_training_peak`: peak CUDA memory of a few training steps of a recipe (full
+  fine-tuning, LoRA, QLoRA, with or without gradient checkpointing), like the H200 reference;
+  `requires_cuda`: ``False`` plus ONE printed sentence when there is no CUDA GPU, so GPU-only
+  notebook cells skip with a deterministic message.
 
 >>> tracker = MemoryTracker()              # doctest: +SKIP
 >>> with tracker.phase("forward"):         # doctest: +SKIP
@@ -761,3 +765,115 @@ def trainable_parameter_table(model: torch.nn.Module) -> TrainableTable:
     ]
     return TrainableTable(rows=rows, trainable=trainable, total=total)
 
+
+# --------------------------------------------------------------------------- GPU peak of a training recipe
+# (moved here from course_utils/quantization.py: measurement lives in this module)
+__all__ += ["measure_training_peak", "requires_cuda"]
+
+
+def requires_cuda(what: str) -> bool:
+    """``True`` if a CUDA GPU is available; otherwise print ONE sentence saying what is skipped.
+
+    The sentence is the same on every CPU machine, so notebooks stay deterministic under nbval.
+
+    >>> requires_cuda("Measuring GPU memory")   # doctest: +SKIP
+    Skipped: Measuring GPU memory needs a CUDA GPU (torch.cuda.is_available() is False here).
+    False
+    """
+    if torch.cuda.is_available():
+        return True
+    print(f"Skipped: {what} needs a CUDA GPU (torch.cuda.is_available() is False here).")
+    return False
+
+
+_RECIPE_METHODS = ("full", "lora", "qlora")
+
+
+def _build_for_recipe(name: str, method: str, *, r: int, target_modules: Any, gradient_checkpointing: bool,
+                      device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from course_utils.loading import load_model
+
+    if method == "qlora":
+        from course_utils.quantization import bnb_4bit_config
+
+        model = load_model(name, device=device, dtype=dtype, quantization_config=bnb_4bit_config(device))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model = load_model(name, device=device, dtype=dtype)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if method != "full":
+                model.enable_input_require_grads()
+    if method != "full":
+        cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=target_modules,
+                         task_type="CAUSAL_LM")
+        model = get_peft_model(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, params
+
+
+def measure_training_peak(
+    name: str,
+    method: str,
+    *,
+    gradient_checkpointing: bool = False,
+    batch_size: int = 8,
+    seq_len: int = 512,
+    r: int = 16,
+    target_modules: Any = "all-linear",
+    steps: int = 3,
+    device: str | torch.device = "auto",
+) -> dict[str, Any]:
+    """Peak CUDA memory (GiB) of ``steps`` AdamW training steps on random tokens, like the H200 reference.
+
+    ``method`` is ``"full"`` (all weights trainable), ``"lora"`` or ``"qlora"`` (4-bit NF4 base,
+    ``prepare_model_for_kbit_training``); weights in the GPU's 16-bit dtype (bf16 from compute
+    capability 8.0 on, fp16 below), autocast in the same dtype.
+    Needs CUDA for the peak reading (on a CPU the steps run and ``peak_GiB`` is NaN).
+
+    >>> measure_training_peak("course-tiny", "qlora", gradient_checkpointing=True)["peak_GiB"]   # doctest: +SKIP
+    0.01
+    """
+    import gc
+    import time
+
+    from course_utils.loading import resolve_device
+    from course_utils.quantization import compute_dtype_for
+
+    if method not in _RECIPE_METHODS:
+        raise ValueError(f"method must be one of {_RECIPE_METHODS}, got {method!r}.")
+    dev = resolve_device(device)
+    dtype = compute_dtype_for(dev)
+    on_cuda = dev.type == "cuda"
+    gc.collect()
+    if on_cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model, params = _build_for_recipe(name, method, r=r, target_modules=target_modules,
+                                      gradient_checkpointing=gradient_checkpointing, device=dev, dtype=dtype)
+    model.train()
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        with torch.autocast(dev.type, dtype=dtype, enabled=on_cuda):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if on_cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else float("nan")
+    trainable = sum(p.numel() for p in params)
+    del model, params, opt, x
+    gc.collect()
+    if on_cuda:
+        torch.cuda.empty_cache()
+    return {"method": method, "gradient_checkpointing": gradient_checkpointing, "peak_GiB": peak,
+            "step_s": seconds / steps, "trainable": trainable, "loss": float(loss)}

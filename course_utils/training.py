@@ -23,7 +23,7 @@ from datasets import Dataset
 
 from course_utils.data import tokenize_for_sft
 
-__all__ = ["TimeBudget", "TrainRun", "cpu_friendly_args", "train_lora"]
+__all__ = ["TimeBudget", "TrainRun", "cpu_friendly_args", "mixed_precision_flags", "train_lora"]
 
 
 @dataclass
@@ -71,11 +71,32 @@ def TimeBudget(seconds: float) -> Any:  # noqa: N802 - reads like a class at the
     return _time_budget_callback(seconds)
 
 
+def mixed_precision_flags(device: Any = "auto") -> dict[str, bool]:
+    """The Trainer's ``bf16``/``fp16`` flags that match ``load_model(..., dtype="auto")`` on ``device``.
+
+    ``bf16=True`` on a CUDA GPU with native bf16 (compute capability >= 8.0), ``fp16=True`` on an
+    older CUDA GPU (T4, V100), both False on a CPU and on MPS (the model trains in its own dtype).
+    Follows :func:`course_utils.loading.resolve_dtype`, so a model and its Trainer never disagree.
+
+    >>> mixed_precision_flags("cpu")
+    {'bf16': False, 'fp16': False}
+    """
+    import torch
+
+    from course_utils.loading import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    dtype = resolve_dtype("auto", dev)
+    on_cuda = dev.type == "cuda"
+    return {"bf16": on_cuda and dtype == torch.bfloat16, "fp16": on_cuda and dtype == torch.float16}
+
+
 def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
     """``TrainingArguments`` that work the same on a CPU, Colab and a local GPU.
 
     - ``use_cpu`` only when there is no accelerator; fp32 on CPU (bf16 matmuls crawl on
-      CPUs without AVX-512/AMX), bf16 on a GPU that supports it;
+      CPUs without AVX-512-BF16/AMX); on a CUDA GPU bf16 from compute capability 8.0 on and
+      fp16 below it (a T4, a V100), like ``dtype="auto"`` (:func:`mixed_precision_flags`);
     - ``dataloader_pin_memory=False`` (its warning on CPU breaks nbval), no checkpoints,
       no reporting, a fixed seed.
 
@@ -100,7 +121,7 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
         seed=0,
         data_seed=0,
         use_cpu=not on_gpu and not torch.backends.mps.is_available(),
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        **mixed_precision_flags("cuda" if on_gpu else "cpu"),
         dataloader_pin_memory=False,
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -130,6 +151,8 @@ def train_lora(
     """Wrap ``model`` with ``lora_config`` (``get_peft_model``) and train it on a ``messages`` dataset.
 
     The loss is computed on the assistant's answer only (:func:`course_utils.data.tokenize_for_sft`).
+    A 4-bit base that bitsandbytes repacked for the CPU during an earlier evaluation is converted
+    back first (:func:`course_utils.quantization.prevent_cpu_repack`): its gradients would be wrong.
 
     Returns:
         :class:`TrainRun` with ``.model`` (the ``PeftModel``), ``.trainer`` and ``.seconds``.
@@ -138,6 +161,9 @@ def train_lora(
     from transformers import DataCollatorForSeq2Seq, Trainer
     from transformers.trainer_callback import PrinterCallback
 
+    from course_utils.quantization import prevent_cpu_repack
+
+    prevent_cpu_repack(model)
     if isinstance(model, PeftModel):
         model.add_adapter(adapter_name, lora_config)
         model.set_adapter(adapter_name)  # makes the new adapter the active, trainable one

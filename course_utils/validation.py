@@ -523,6 +523,9 @@ def _run(
     generate_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, list[list[int]] | None]:
     """Packed float32 CPU logits of every real token, and greedy generations."""
+    from course_utils.quantization import prevent_cpu_repack
+
+    prevent_cpu_repack(model)  # 4-bit layers keep bitsandbytes' portable layout, so a merge can match them
     was_training = model.training
     model.eval()
     device = _input_device(model)

@@ -59,4 +59,25 @@ def test_doctor_json_full_run(capsys) -> None:
     bnb = [c for c in report["checks"] if c["name"] == "bitsandbytes" and "round trip" in c["found"]]
     if sys.platform != "darwin":
         assert bnb and bnb[0]["status"] == doctor.OK, bnb  # bitsandbytes works on CPU (FIELD-NOTES)
+        # AVX-512-BF16 CPUs: the probe sees bitsandbytes' eval-time repack and checks the course's fix
+        from course_utils.quantization import cpu_repack_hazard
+
+        repack = [c for c in report["checks"] if c["name"] == "bitsandbytes CPU repack"]
+        assert bool(repack) == cpu_repack_hazard()
+        if report["facts"].get("bnb_cpu_repack", {}).get("repacks"):
+            assert repack[0]["status"] == doctor.INFO and "course_utils prevents and undoes it" in repack[0]["found"]
+            assert report["facts"]["bnb_cpu_repack"]["undo_rel_error"] < 0.2  # NF4's own error, not garbage (1.4)
     assert any(c["name"].startswith("course") for c in report["checks"])
+
+
+@pytest.mark.parametrize(("probe", "status", "words"), [
+    ({"avx512bf16": True, "repacks": True, "course_prevents": True}, doctor.INFO, "prevents and undoes it"),
+    ({"avx512bf16": True, "repacks": True, "course_prevents": False}, doctor.FAIL, "could NOT undo"),
+    ({"avx512bf16": True, "repacks": False}, doctor.OK, "keeps 4-bit weights portable"),
+    ({"avx512bf16": True, "repack_error": "RuntimeError: boom"}, doctor.WARN, "probe failed"),
+])
+def test_cpu_repack_line(probe, status, words) -> None:
+    check = doctor.diagnose_cpu_repack(probe)
+    assert check.status == status and words in check.found
+    assert doctor.diagnose_cpu_repack({"avx512bf16": False}) is None  # other CPUs: no line at all
+

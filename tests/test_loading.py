@@ -111,6 +111,47 @@ def test_resolve_dtype_rejects_unknown():
         resolve_dtype("float8", torch.device("cpu"))
 
 
+@pytest.mark.parametrize(("gpu", "capability", "expected"), [
+    ("V100", (7, 0), torch.float16), ("T4 (Colab free tier)", (7, 5), torch.float16),
+    ("A100", (8, 0), torch.bfloat16), ("RTX 4090", (8, 9), torch.bfloat16), ("H100", (9, 0), torch.bfloat16),
+])
+def test_auto_dtype_and_trainer_flags_follow_the_gpu_generation(monkeypatch, gpu, capability, expected):
+    """bf16 only where the GPU has it in hardware; torch.cuda.is_bf16_supported() says True on a T4 by emulation."""
+    import transformers.training_args
+    from transformers import TrainingArguments
+
+    from course_utils.loading import native_bf16
+    from course_utils.training import cpu_friendly_args, mixed_precision_flags
+
+    # TrainingArguments would select the (mocked) GPU with torch.cuda.set_device: keep that on the CPU
+    monkeypatch.setattr(TrainingArguments, "_setup_devices", property(lambda self: torch.device("cpu")))
+    # and transformers' own bf16 check is cached for the session: answer it here like a T4 would (True)
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    cuda = torch.device("cuda")
+    assert resolve_dtype("auto", cuda) == expected, gpu
+    assert resolve_dtype(None, cuda) == expected
+    assert resolve_dtype("float32", cuda) == torch.float32  # an explicit choice still wins
+    assert native_bf16(cuda) is (expected == torch.bfloat16)
+    flags = {"bf16": expected == torch.bfloat16, "fp16": expected == torch.float16}
+    assert mixed_precision_flags("cuda") == flags
+    args = cpu_friendly_args(max_steps=1)
+    assert (args.bf16, args.fp16, args.use_cpu) == (flags["bf16"], flags["fp16"], False)
+
+
+def test_no_mixed_precision_on_cpu():
+    from course_utils.loading import native_bf16
+    from course_utils.training import cpu_friendly_args, mixed_precision_flags
+
+    assert mixed_precision_flags("cpu") == {"bf16": False, "fp16": False}
+    assert native_bf16("cpu") is False
+    if not torch.cuda.is_available():
+        args = cpu_friendly_args(max_steps=1)
+        assert not args.bf16 and not args.fp16 and args.use_cpu
+
+
 def test_auto_device_without_gpu_is_cpu():
     if torch.cuda.is_available():
         assert resolve_device("auto").type == "cuda"

@@ -198,3 +198,20 @@ def test_bitsandbytes_4bit_storage_is_counted():
     assert absmax == 128 * 64 // 64  # one 8-bit absmax per 64-value block (double quant)
     assert b.quant_state_bytes >= absmax + qs.code.numel() * 4
     assert b.trainable_params == 0 and b.grads_bytes == 0
+
+
+def test_requires_cuda_prints_one_sentence(capsys):
+    from course_utils.memory import requires_cuda
+
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    assert requires_cuda("Measuring GPU memory") is False
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("Skipped: Measuring GPU memory needs a CUDA GPU")
+
+
+def test_measure_training_peak_rejects_an_unknown_method():
+    from course_utils.memory import measure_training_peak
+
+    with pytest.raises(ValueError, match="qlora"):
+        measure_training_peak("course-tiny", "prefix", device="cpu")

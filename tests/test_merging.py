@@ -272,3 +272,47 @@ def test_round_trip_of_adapter_and_merged_model(tiny_model, tiny_tokenizer, tmp_
     assert (tmp_path / "merged" / "config.json").exists()
     with pytest.raises(FileExistsError, match="overwrite=True"):
         round_trip(merged, tmp_path / "merged", TEXTS, tiny_tokenizer)
+# merge_with_retention, effect_retained, dequantized_weight (moved from tests/test_quantization.py)
+# ------------------------------------------------------------------------------------------
+def _lora_on_tiny(quantized: bool):
+    from peft import LoraConfig, get_peft_model
+
+    from course_utils.loading import load_model
+    from course_utils.quantization import bnb_4bit_config
+
+    model = load_model("course-tiny", device="cpu", quantization_config=bnb_4bit_config("cpu") if quantized else None)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+
+
+def test_effect_retained():
+    from course_utils.merging import effect_retained
+
+    base, adapter = torch.zeros(4, 5), torch.ones(4, 5)
+    assert effect_retained(base, adapter, adapter) == 1.0
+    assert effect_retained(base, adapter, base) == 0.0
+    with pytest.raises(ValueError, match="shapes"):
+        effect_retained(base, adapter, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="nothing to retain"):
+        effect_retained(base, base, adapter)
+
+
+def test_merge_with_retention_fp32_keeps_everything():
+    from course_utils.merging import merge_with_retention
+
+    merged, kept = merge_with_retention(_lora_on_tiny(False))
+    assert kept.passed and abs(kept.retained - 1) < 1e-4 and kept.storage == "float32"
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_merge_with_retention_4bit_loses_most():
+    pytest.importorskip("bitsandbytes")
+    from course_utils.merging import dequantized_weight, merge_with_retention
+
+    pm = _lora_on_tiny(True)
+    before = dequantized_weight(pm.base_model.model.model.layers[0].self_attn.q_proj.get_base_layer())
+    assert before.dtype == torch.float32
+    _, kept = merge_with_retention(pm)
+    assert kept.storage.startswith("4-bit")
+    assert not kept.passed and kept.rel_error > 0.1
+    assert kept.notes
