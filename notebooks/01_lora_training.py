@@ -68,7 +68,7 @@ import torch
 
 from course_utils.data import load_task
 from course_utils.loading import load_model, load_tokenizer
-from course_utils.lora_scratch import attention_projection_names
+from course_utils.architectures import attention_projection_names
 from course_utils.planner import Recipe, estimate_training_memory
 
 tokenizer = load_tokenizer(MODEL)
@@ -226,7 +226,7 @@ peft_model = get_peft_model(model, lora_config)  # wraps `model` in place; the b
 peft_model.print_trainable_parameters()
 
 # %%
-from course_utils.memory import trainable_parameter_table
+from course_utils.architectures import trainable_parameter_table
 
 table = trainable_parameter_table(peft_model)
 print(table)

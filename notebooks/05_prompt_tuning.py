@@ -116,7 +116,7 @@ print(f"trainable: {n_prompt:,} = {NUM_VIRTUAL_TOKENS} virtual tokens x hidden s
 from peft import LoraConfig
 
 from course_utils.checks.lora import count_trainable_with_peft
-from course_utils.lora_scratch import attention_projection_names
+from course_utils.architectures import attention_projection_names
 from course_utils.prompt_tuning import prompt_tuning_parameter_count
 
 ATTENTION = attention_projection_names(prompt_model.get_base_model())

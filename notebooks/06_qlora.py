@@ -81,7 +81,8 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
 from course_utils.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_model_path
-from course_utils.memory import model_memory_breakdown, trainable_parameter_table
+from course_utils.architectures import trainable_parameter_table
+from course_utils.memory import model_memory_breakdown
 from course_utils.quantization import bnb_4bit_config, bnb_8bit_config, nf4_weight_bytes, int8_weight_bytes
 
 device = resolve_device(DEVICE)

@@ -14,13 +14,13 @@ from course_utils.checks.lora import (
     check_scaling,
     count_trainable_with_peft,
 )
-from course_utils.lora_scratch import (
-    LoRALinear,
+from course_utils.architectures import (
     attention_projection_names,
     linear_layer_names,
     lora_parameter_count,
     mlp_projection_names,
 )
+from course_utils.lora_scratch import LoRALinear
 
 
 def _peft_linear(base: nn.Linear, r: int, alpha: int):
