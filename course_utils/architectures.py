@@ -49,6 +49,7 @@ __all__ = [
     "TrainableTable",
     "all_linear_names",
     "as_linear",
+    "bitsandbytes_support",
     "attention_projection_names",
     "decoder_linear_layers",
     "default_lora_targets",
@@ -348,6 +349,35 @@ def lora_parameter_count(model: nn.Module, r: int, target_modules: Iterable[str]
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     return sum(r * (layer.in_features + layer.out_features) for layer in decoder_linear_layers(model)
                if any(matches_target(layer.name, t) for t in targets))
+
+
+def bitsandbytes_support(model: nn.Module) -> str | None:
+    """None if transformers' bitsandbytes loading quantizes this architecture's linear layers, else why not.
+
+    transformers (``integrations/bitsandbytes.py``, ``replace_with_bnb_linear``) replaces only layers
+    whose type is exactly ``nn.Linear`` or ``Conv1D``. Falcon's ``FalconLinear`` subclasses
+    ``nn.Linear``, so a 4-bit or 8-bit Falcon loads with every layer unquantized.
+
+    >>> from course_utils.tiny_models import tiny_model
+    >>> bitsandbytes_support(tiny_model("llama")) is None
+    True
+    >>> print(bitsandbytes_support(tiny_model("falcon")))  # doctest: +ELLIPSIS
+    transformers' bitsandbytes loading quantizes only plain nn.Linear and Conv1D layers, and falcon's are FalconLinear: ...
+    """
+    quantized = ("Linear4bit", "Linear8bitLt")
+    odd = set()
+    for layer in decoder_linear_layers(model):
+        module = model.get_submodule(layer.name)
+        module = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+        if type(module).__name__ in quantized or type(module) is nn.Linear or is_conv1d(module):
+            continue
+        odd.add(type(module).__name__)
+    if not odd:
+        return None
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    return (f"transformers' bitsandbytes loading quantizes only plain nn.Linear and Conv1D layers, and {model_type}'s "
+            f"are {', '.join(sorted(odd))}: 4-bit and 8-bit loading leave them in full precision, so the "
+            "quantization steps run but change nothing.")
 
 
 # --------------------------------------------------------------------------- trainable parameters

@@ -210,6 +210,21 @@ def load_model(
         kwargs.setdefault("device_map", {"": dev.index or 0} if dev.type == "cuda" else {"": str(dev)})
         model = _from_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype,
                                  quantization_config=quantization_config, **kwargs)
+        _keep_4bit_layout(model)
         return model
     model = _from_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype, **kwargs)
     return model.to(dev)
+
+
+def _keep_4bit_layout(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights into its AVX-512-BF16 CPU layout.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit`` weight on the first no-grad forward on CPUs with
+    AVX-512-BF16 (``support_avx512bf16_for_cpu``). Training then goes through ``gemv_4bit``, which
+    has no autograd kernel (wrong gradients; with a bias, "a view of a leaf Variable ... in-place
+    operation"), and dequantizing for a merge returns garbage. Keeping the standard layout costs
+    a little speed on those CPUs and nothing elsewhere.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

@@ -81,7 +81,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
 from course_utils.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_model_path
-from course_utils.architectures import trainable_parameter_table
+from course_utils.architectures import decoder_linear_layers, trainable_parameter_table
 from course_utils.memory import model_memory_breakdown
 from course_utils.quantization import bnb_4bit_config, bnb_8bit_config, nf4_weight_bytes, int8_weight_bytes
 
@@ -122,8 +122,8 @@ for name, m in models.items():
     print(f"{name:<26} {weights_mib[name]:7.2f} MiB  ({parts}; quant state {b.quant_state_bytes / 2**20:.3f}) MiB")
 
 # the same numbers from the formulas, for the linear layers only
-linears = [mod for n, mod in models["float32"].named_modules()
-           if isinstance(mod, torch.nn.Linear) and "lm_head" not in n]
+linears = [models["float32"].get_submodule(layer.name)  # nn.Linear or GPT-2's Conv1D, without lm_head
+           for layer in decoder_linear_layers(models["float32"])]
 n_lin = sum(l.weight.numel() for l in linears)
 print(f"linear weights: {n_lin:,} -> float32 {4 * n_lin / 2**20:.2f} MiB, int8 "
       f"{sum(int8_weight_bytes(*l.weight.shape) for l in linears) / 2**20:.2f} MiB, NF4 "
