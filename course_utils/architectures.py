@@ -48,18 +48,21 @@ __all__ = [
     "LinearLayer",
     "TrainableTable",
     "all_linear_names",
+    "architecture_notes",
     "as_linear",
     "bitsandbytes_support",
     "attention_projection_names",
     "decoder_linear_layers",
     "default_lora_targets",
     "fused_projections",
+    "ia3_targets",
     "is_conv1d",
     "layer_shape",
     "linear_layer_names",
     "lora_parameter_count",
     "matches_target",
     "mlp_projection_names",
+    "prefix_tuning_kwargs",
     "trainable_parameter_table",
 ]
 
@@ -351,6 +354,58 @@ def lora_parameter_count(model: nn.Module, r: int, target_modules: Iterable[str]
                if any(matches_target(layer.name, t) for t in targets))
 
 
+def ia3_targets(model: nn.Module) -> dict[str, list[str]]:
+    """``target_modules`` and ``feedforward_modules`` for ``IA3Config``: peft's defaults, or read from the model.
+
+    peft keeps IA3 defaults per model type (keys/values and the MLP's output projection) and raises
+    "Please specify ``target_modules``" for the others (Phi-3). Those get the attention input
+    projections that produce keys and values (the fused one where q/k/v are fused) and the MLP's
+    output projection, whose input IA3 rescales.
+
+    >>> from course_utils.tiny_models import tiny_model
+    >>> ia3_targets(tiny_model("phi3"))
+    {'target_modules': ['qkv_proj', 'down_proj'], 'feedforward_modules': ['down_proj']}
+    """
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
+    )
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
+    )
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in TARGETS and model_type in FEEDFORWARD:
+        return {"target_modules": list(TARGETS[model_type]), "feedforward_modules": list(FEEDFORWARD[model_type])}
+    attention = [n for n in attention_projection_names(model) if n.split(".")[-1] not in _ATTENTION_OUTPUTS]
+    kv = [n for n in attention if n.split(".")[-1][0] in "kv" or n.split(".")[-1] in _FUSED] or attention
+    mlp = mlp_projection_names(model)
+    down = mlp[-1:]  # the output projection is the MLP's last layer in every architecture here
+    return {"target_modules": kv + down, "feedforward_modules": down}
+
+
+def prefix_tuning_kwargs(model: nn.Module) -> dict[str, int]:
+    """Extra ``PrefixTuningConfig`` arguments this architecture needs (``{}`` when peft reads them itself).
+
+    Prefix tuning trains one key and one value vector per layer, head and virtual token, so its
+    shape must match the attention's key/value heads. peft reads ``num_key_value_heads`` from the
+    config (grouped-query attention); Falcon's multi-query attention (one key/value head,
+    ``multi_query=True``) is not described that way, and the prefix then has the wrong number of
+    heads ("Sizes of tensors must match").
+
+    >>> from course_utils.tiny_models import tiny_model
+    >>> prefix_tuning_kwargs(tiny_model("llama")), prefix_tuning_kwargs(tiny_model("falcon"))
+    ({}, {'num_attention_heads': 1, 'token_dim': 16})
+    """
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "num_key_value_heads", None) is not None:
+        return {}
+    if getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False):
+        heads = int(config.num_attention_heads)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        return {"num_attention_heads": 1, "token_dim": head_dim}
+    return {}
+
+
 def bitsandbytes_support(model: nn.Module) -> str | None:
     """None if transformers' bitsandbytes loading quantizes this architecture's linear layers, else why not.
 
@@ -378,6 +433,32 @@ def bitsandbytes_support(model: nn.Module) -> str | None:
     return (f"transformers' bitsandbytes loading quantizes only plain nn.Linear and Conv1D layers, and {model_type}'s "
             f"are {', '.join(sorted(odd))}: 4-bit and 8-bit loading leave them in full precision, so the "
             "quantization steps run but change nothing.")
+
+
+def architecture_notes(model_name: str) -> list[str]:
+    """One sentence per course topic that does not apply to ``model_name``'s architecture as it would on Llama.
+
+    Reads only the config (a local folder, a shipped short name or a cached hub id) and builds an
+    empty meta-device model: nothing is downloaded or allocated. Unknown or unreachable models get
+    no notes (loading them will say what is wrong).
+
+    >>> import tempfile
+    >>> from course_utils.tiny_models import save_tiny_model
+    >>> architecture_notes(str(save_tiny_model("falcon", tempfile.mkdtemp())))  # doctest: +ELLIPSIS
+    ["transformers' bitsandbytes loading quantizes only plain nn.Linear and Conv1D layers, and falcon's ..."]
+    """
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from course_utils.loading import resolve_model_path
+
+        config = AutoConfig.from_pretrained(resolve_model_path(model_name))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - notes are a courtesy: loading the model reports real problems
+        return []
+    notes = [bitsandbytes_support(model)]
+    return [n for n in notes if n]
 
 
 # --------------------------------------------------------------------------- trainable parameters

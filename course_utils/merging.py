@@ -368,7 +368,9 @@ def dequantize_for_merge(
         gc.collect()
         base = AutoModelForCausalLM.from_pretrained(str(reload_from), dtype=dtype)
         how = f"reloaded {reload_from} in {str(dtype).replace('torch.', '')}"
-    elif before is not None:
+    elif before is not None or getattr(base, "hf_quantizer", None) is not None:
+        # (a quantizer with no quantized layer: Falcon's FalconLinear, which bitsandbytes loading skips;
+        # dequantize() still detaches the quantizer, without which .to(dtype) refuses)
         from transformers.utils import logging as hf_logging
 
         level = hf_logging.get_verbosity()
@@ -379,7 +381,7 @@ def dequantize_for_merge(
                 base = base.dequantize(dtype=dtype)  # type: ignore[operator]
         finally:
             hf_logging.set_verbosity(level)
-        how = f"dequantized the {before} base to {str(dtype).replace('torch.', '')}"
+        how = f"dequantized the {before or 'unquantized'} base to {str(dtype).replace('torch.', '')}"
     else:
         how = f"base was not quantized; cast to {str(dtype).replace('torch.', '')}"
     base = base.to(dtype)

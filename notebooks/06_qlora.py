@@ -78,10 +78,10 @@ import torch
 from peft import LoraConfig, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+from course_utils.architectures import decoder_linear_layers, trainable_parameter_table
 from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
 from course_utils.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_model_path
-from course_utils.architectures import decoder_linear_layers, trainable_parameter_table
 from course_utils.memory import model_memory_breakdown
 from course_utils.quantization import bnb_4bit_config, bnb_8bit_config, nf4_weight_bytes, int8_weight_bytes
 
@@ -290,7 +290,8 @@ print(f"{'activations of ONE decoder layer':<36}" + "".join(
 # model's outputs first, then validate both.
 
 # %%
-from course_utils.merging import QuantizedMergeError, dequantize_for_merge, safe_merge, save_adapter
+from course_utils.architectures import bitsandbytes_support
+from course_utils.merging import QuantizedMergeError, dequantize_for_merge, quantization_of, safe_merge, save_adapter
 from course_utils.quantization import effect_retained, merge_with_retention
 from course_utils.validation import capture_reference, compare_to_reference
 
@@ -300,10 +301,13 @@ val_ds = eval_ds.select(range(N_VALIDATE))
 ref = capture_reference(qlora, val_ds, tokenizer)
 with qlora.disable_adapter():
     ref_base = capture_reference(qlora, val_ds, tokenizer)
-try:
-    safe_merge(qlora)
-except QuantizedMergeError as err:
-    print(type(err).__name__ + ":", str(err).splitlines()[0][:150] + " ...")
+if quantization_of(qlora) is None:  # nothing was quantized (Falcon): safe_merge would merge and consume qlora
+    print(bitsandbytes_support(qlora.get_base_model()))
+else:
+    try:
+        safe_merge(qlora)
+    except QuantizedMergeError as err:
+        print(type(err).__name__ + ":", str(err).splitlines()[0][:150] + " ...")
 
 deq_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
 fresh = load_model(MODEL, device=device, quantization_config=q4_config)
