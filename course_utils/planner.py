@@ -8,8 +8,17 @@ mechanism of transformers' Llama code, peft's LoRA layers, bitsandbytes and torc
 comment beside each term says which. `benchmarks/planner_vs_reference.py` checks it against peak
 memory measured on an H200 (`data/reference/`); all eight recipes land within 15%.
 
-Assumptions (those of the reference measurement and of `Trainer(bf16=True)`): a Llama-style
-decoder (RMSNorm, rotary embeddings, SwiGLU MLP), `attn_implementation="sdpa"` with a
+Any decoder: the shapes are read from an empty (meta-device) model built from the config, so
+parameter counts, trainable counts (fused projections such as Phi-3's `qkv_proj`, GPT-2's `Conv1D`,
+biases, norms with biases, tied or untied heads, grouped- or multi-query attention) and the
+weight, gradient and optimizer terms are exact for every architecture transformers can build
+(tests/test_architectures.py checks them against real byte counts). The activation terms model
+Llama's code path; for other layer designs (LayerNorm, plain GELU MLPs, parallel attention/MLP
+blocks) the estimate says in one sentence that it is approximate (`MemoryEstimate.notes`), and a
+config transformers cannot build is estimated as a Llama-shaped decoder of its sizes, marked so.
+
+Assumptions (those of the reference measurement and of `Trainer(bf16=True)`): for the activations
+a Llama-style decoder (RMSNorm, rotary embeddings, SwiGLU MLP), `attn_implementation="sdpa"` with a
 flash/memory-efficient kernel (no T x T attention matrix is kept), labels on every token,
 `optimizer.zero_grad(set_to_none=True)`, LoRA adapters in float32 (peft's default
 `autocast_adapter_dtype=True`), QLoRA / 8-bit LoRA prepared with
@@ -50,7 +59,6 @@ REFERENCE_PATH = Path(__file__).resolve().parent.parent / "data" / "reference" /
 _METHODS = ("full", "lora", "qlora", "lora-8bit")
 _DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _OPTIMIZERS = ("adamw", "adamw-8bit", "sgd")
-_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 # --------------------------------------------------------------------------- configs
