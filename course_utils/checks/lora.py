@@ -9,6 +9,7 @@ True
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,7 +41,9 @@ def count_trainable_with_peft(model: Any, r: int, target_modules: Iterable[str])
     try:
         with torch.device("meta"):
             empty = AutoModelForCausalLM.from_config(model.config)
-        peft_model = get_peft_model(empty, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
+        with warnings.catch_warnings():  # GPT-2's Conv1D: peft sets fan_in_fan_out itself and says so
+            warnings.filterwarnings("ignore", message="fan_in_fan_out")
+            peft_model = get_peft_model(empty, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
     except Exception:  # noqa: BLE001 - any architecture peft or from_config cannot rebuild
         return lora_parameter_count(model, r, targets)
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
