@@ -407,8 +407,24 @@ def _decoder_blocks(model: Any) -> list[Any]:
     return best
 
 
-def _targets(recipe: Recipe, s: _Shape) -> list[str]:
-    """The per-layer targets a recipe adapts, by target name, matched as peft matches them."""
+# Well-known layer names of other architectures, by role, so that targets read from one model
+# (notebook 01 plans its own MODEL and SmolLM2-1.7B with the same list) can be planned on another.
+_ROLE_OF_NAME = {
+    **dict.fromkeys(("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack",
+                     "query", "key", "value"), "attn_in"),
+    **dict.fromkeys(("o_proj", "out_proj", "dense", "attn.c_proj", "wo", "out_lin"), "attn_out"),
+    **dict.fromkeys(("gate_proj", "up_proj", "gate_up_proj", "fc1", "c_fc", "dense_h_to_4h", "w1", "w3"), "mlp_in"),
+    **dict.fromkeys(("down_proj", "fc2", "mlp.c_proj", "dense_4h_to_h", "w2"), "mlp_out"),
+}
+
+
+def _targets(recipe: Recipe, s: _Shape, notes: list[str] | None = None) -> list[str]:
+    """The per-layer targets a recipe adapts, by target name, matched as peft matches them.
+
+    Names this architecture does not have but whose role is known (``c_attn`` is an attention
+    input projection) are planned as this architecture's layers of that role, with a note in
+    ``notes``; a name with no known role raises ``ValueError`` naming the model's layers.
+    """
     from course_utils.architectures import matches_target
 
     known = list(s.lin)
@@ -418,9 +434,17 @@ def _targets(recipe: Recipe, s: _Shape) -> list[str]:
     chosen = [t for t in known if any(matches_target(f"layers.0.{t}", want) for want in recipe.target_modules)]
     unknown = [want for want in recipe.target_modules
                if not any(matches_target(f"layers.0.{t}", want) for t in known)]
-    if unknown:
-        raise ValueError(f"Unknown target_modules {unknown} for {s.model_type}: its linear layers are {known} "
+    roles = {want: _ROLE_OF_NAME.get(want, _ROLE_OF_NAME.get(want.split(".")[-1])) for want in unknown}
+    hopeless = [want for want, role in roles.items() if role is None or not s.names(role)]
+    if hopeless:
+        raise ValueError(f"Unknown target_modules {hopeless} for {s.model_type}: its linear layers are {known} "
                          "(or use 'all-linear'). `course_utils.architectures.linear_layer_names(model)` lists them.")
+    if unknown:
+        mapped = [t for t in known if s.roles[t] in set(roles.values()) and t not in chosen]
+        chosen = [t for t in known if t in chosen or t in mapped]
+        if notes is not None:
+            notes.append(f"target_modules {unknown} are not layer names of {s.model_type}; they were planned as its "
+                         f"layers of the same role ({mapped}), so the LoRA terms are approximate.")
     return chosen
 
 
@@ -567,7 +591,8 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
     quantized = rc.method in ("qlora", "lora-8bit")
     full = rc.method == "full"
     lin = s.linears()
-    targets = [] if full else _targets(rc, s)
+    notes = list(s.notes)
+    targets = [] if full else _targets(rc, s, notes)
 
     # ---- parameter counts (read from an empty model of the architecture: exact)
     lin_params_layer = sum(i * o + (o if b else 0) for i, o, b in lin.values())
@@ -728,7 +753,7 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
         peak_phase=peak_phase,
         phases=phases,
         details=d,
-        notes=list(s.notes),
+        notes=notes,
     )
 
 

@@ -70,8 +70,18 @@ def test_recipe_validation(kwargs, match):
 
 
 def test_unknown_target_module_is_named():
-    with pytest.raises(ValueError, match="c_attn"):
-        estimate_training_memory("smollm2-135m", Recipe(target_modules=["c_attn"]))
+    with pytest.raises(ValueError, match="no_such_proj.*q_proj"):  # names the model's own layers
+        estimate_training_memory("smollm2-135m", Recipe(target_modules=["no_such_proj"]))
+
+
+def test_targets_of_another_architecture_are_planned_by_role():
+    """Notebook 01 plans SmolLM2-1.7B with the targets read from MODEL, e.g. GPT-2's attention names."""
+    gpt2_style = estimate_training_memory("smollm2-135m", Recipe(target_modules=["c_attn", "attn.c_proj"]))
+    llama_style = estimate_training_memory("smollm2-135m", Recipe(target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                  "o_proj"]))
+    assert gpt2_style.trainable_params == llama_style.trainable_params
+    assert gpt2_style.approximate and not llama_style.approximate
+    assert "c_attn" in gpt2_style.notes[0] and "q_proj" in gpt2_style.notes[0]
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "lora-8bit"])
@@ -180,8 +190,10 @@ def test_fused_and_conv1d_targets_are_planned():
     only_mlp = estimate_training_memory(tiny_config("gpt2"), Recipe(target_modules=["mlp.c_proj"], r=8))
     assert gpt2.trainable_params == 2 * 8 * ((64 + 64) + (256 + 64))  # c_proj: attention's AND the MLP's
     assert only_mlp.trainable_params == 2 * 8 * (256 + 64)
+    llama_names = estimate_training_memory(tiny_config("gpt2"), Recipe(target_modules=["q_proj", "v_proj"], r=8))
+    assert llama_names.trainable_params == 2 * 8 * (64 + 192) and llama_names.approximate  # planned as c_attn
     with pytest.raises(ValueError, match="c_attn"):  # names the model's own layers
-        estimate_training_memory(tiny_config("gpt2"), Recipe(target_modules=["q_proj"]))
+        estimate_training_memory(tiny_config("gpt2"), Recipe(target_modules=["nonsense"]))
 
 
 def test_config_transformers_cannot_build_gives_an_approximate_estimate():
