@@ -5,8 +5,8 @@ Mistral, Phi-3, GPT-2, GPT-NeoX, OPT, Falcon) gets a config of the real model ty
 hidden size of 64 and 2 layers, with the course-tiny tokenizer (``data/course-tiny``, 770 tokens).
 Weights are random: these models test that code runs on an architecture, not what it learns.
 
-`save_tiny_model(arch, folder)` writes a folder that ``load_model(folder)`` and
-``course-utils run --model <folder>`` accept.
+`save_tiny_model(arch, folder)` (or ``python -m course_utils.tiny_models gpt2 /tmp/tiny-gpt2``)
+writes a folder that ``load_model(folder)`` and ``course-utils run --model <folder>`` accept.
 
 >>> len(TINY_ARCHITECTURES), TINY_ARCHITECTURES[:3]
 (11, ('llama', 'qwen2', 'qwen3'))
@@ -110,3 +110,21 @@ def save_tiny_model(arch: str, folder: str | Path, seed: int = 0) -> Path:
         if (COURSE_TINY_DIR / name).is_file():
             shutil.copyfile(COURSE_TINY_DIR / name, folder / name)
     return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_utils.tiny_models ARCH FOLDER``: save a tiny model for ``course-utils run --model FOLDER``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m course_utils.tiny_models", description=main.__doc__)
+    parser.add_argument("arch", choices=[*TINY_ARCHITECTURES, *_ALIASES])
+    parser.add_argument("folder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = save_tiny_model(args.arch, args.folder, seed=args.seed)
+    print(f"saved a tiny {args.arch} model to {path}: course-utils run --model {path} --max-steps 60")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
