@@ -34,7 +34,7 @@ def run_one(arch: str, model_dir: Path, notebooks: list[str], out: Path, max_ste
            "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
     cmd = [sys.executable, "-m", "course_utils", "run", *notebooks, "--model", str(model_dir),
            "--max-steps", str(max_steps), "--out", str(out), "--overwrite", "--no-progress", "--json"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # failures go in the matrix
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         err = (proc.stderr.strip().splitlines() or ["no output"])[-1]

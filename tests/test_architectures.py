@@ -24,7 +24,12 @@ from course_utils.architectures import (
     mlp_projection_names,
     trainable_parameter_table,
 )
-from course_utils.tiny_models import TINY_ARCHITECTURES, save_tiny_model, tiny_config, tiny_model
+from course_utils.tiny_models import (
+    TINY_ARCHITECTURES,
+    save_tiny_model,
+    tiny_config,
+    tiny_model,
+)
 
 ARCHS = list(TINY_ARCHITECTURES)
 FUSED = {"phi3": {"qkv_proj", "gate_up_proj"}, "gpt2": {"c_attn"}, "gpt_neox": {"query_key_value"},
