@@ -122,13 +122,13 @@ for name, m in models.items():
     print(f"{name:<26} {weights_mib[name]:7.2f} MiB  ({parts}; quant state {b.quant_state_bytes / 2**20:.3f}) MiB")
 
 # the same numbers from the formulas, for the linear layers only
-linears = [models["float32"].get_submodule(layer.name)  # nn.Linear or GPT-2's Conv1D, without lm_head
-           for layer in decoder_linear_layers(models["float32"])]
-n_lin = sum(l.weight.numel() for l in linears)
+# (out, in) of every linear layer but lm_head: nn.Linear, or GPT-2's Conv1D whose weight is stored (in, out)
+shapes = [(layer.out_features, layer.in_features) for layer in decoder_linear_layers(models["float32"])]
+n_lin = sum(o * i for o, i in shapes)
 print(f"linear weights: {n_lin:,} -> float32 {4 * n_lin / 2**20:.2f} MiB, int8 "
-      f"{sum(int8_weight_bytes(*l.weight.shape) for l in linears) / 2**20:.2f} MiB, NF4 "
-      f"{sum(nf4_weight_bytes(*l.weight.shape) for l in linears) / 2**20:.2f} MiB "
-      f"({8 * sum(nf4_weight_bytes(*l.weight.shape) for l in linears) / n_lin:.3f} bits per weight)")
+      f"{sum(int8_weight_bytes(*shape) for shape in shapes) / 2**20:.2f} MiB, NF4 "
+      f"{sum(nf4_weight_bytes(*shape) for shape in shapes) / 2**20:.2f} MiB "
+      f"({8 * sum(nf4_weight_bytes(*shape) for shape in shapes) / n_lin:.3f} bits per weight)")
 
 # %%
 from course_utils.plotting import plot_bars
