@@ -38,6 +38,7 @@ FUSED = {"phi3": {"qkv_proj", "gate_up_proj"}, "gpt2": {"c_attn"}, "gpt_neox": {
 pytestmark = pytest.mark.filterwarnings(
     "ignore:fan_in_fan_out is set to False:UserWarning",  # peft on GPT-2's Conv1D: it sets it to True itself
     "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning",
+    "ignore:`past_key_values` is deprecated:FutureWarning",  # raised inside peft's prefix tuning
 )
 
 
@@ -267,3 +268,39 @@ def test_planner_weight_grad_optimizer_terms_are_exact_bytes(arch, method, dtype
     assert sum(v for k, v in d.items() if k.startswith("weights")) == _bytes(params)
     assert d["grads"] == _bytes(p.grad for p in trainable)
     assert d["optimizer state"] == _bytes(state)
+
+
+# --------------------------------------------------------------------------- notebook 05's other methods
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompt_prefix_and_ia3_train_on_every_architecture(arch, models):
+    """Prefix tuning needs Falcon's multi-query shape; IA3 needs targets where peft has no default (Phi-3)."""
+    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    from course_utils.architectures import ia3_targets, prefix_tuning_kwargs
+
+    model = models(arch)
+    for config in (PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+                   PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, **prefix_tuning_kwargs(model)),
+                   IA3Config(task_type="CAUSAL_LM", **ia3_targets(model))):
+        pm = get_peft_model(copy.deepcopy(model), config)
+        pm.train()
+        loss = pm(**_batch()).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+
+
+def test_cached_generation_of_prompt_tuning_on_opt_answers_empty_instead_of_crashing(models, tiny_tokenizer, capsys):
+    from peft import PromptTuningConfig, get_peft_model
+
+    from course_utils.evaluation import generate_answers
+
+    pm = get_peft_model(copy.deepcopy(models("opt")), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    prompts = [[{"role": "user", "content": q}] for q in ("What color is the fox?", "Name a fruit.",
+                                                          "Where does the small grey fox live in winter?")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, progress=False) == ["", "", ""]
+    assert "use_cache=False" in capsys.readouterr().out
+    assert len(generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, use_cache=False, progress=False)) == 3
