@@ -368,9 +368,13 @@ def dequantize_for_merge(
         gc.collect()
         base = AutoModelForCausalLM.from_pretrained(str(reload_from), dtype=dtype)
         how = f"reloaded {reload_from} in {str(dtype).replace('torch.', '')}"
-    elif before is not None or getattr(base, "hf_quantizer", None) is not None:
-        # (a quantizer with no quantized layer: Falcon's FalconLinear, which bitsandbytes loading skips;
-        # dequantize() still detaches the quantizer, without which .to(dtype) refuses)
+    elif before is None and getattr(base, "hf_quantizer", None) is not None:
+        # A quantizer with no quantized layer (Falcon's FalconLinear, which bitsandbytes loading skips):
+        # detach it, as dequantize() would (transformers 5.24's dequantize fails when nothing was replaced),
+        # or .to(dtype) below refuses.
+        base.hf_quantizer.remove_quantization_config(base)
+        how = f"base was loaded quantized but no layer was quantized; cast to {str(dtype).replace('torch.', '')}"
+    elif before is not None:
         from transformers.utils import logging as hf_logging
 
         level = hf_logging.get_verbosity()
@@ -381,7 +385,7 @@ def dequantize_for_merge(
                 base = base.dequantize(dtype=dtype)  # type: ignore[operator]
         finally:
             hf_logging.set_verbosity(level)
-        how = f"dequantized the {before or 'unquantized'} base to {str(dtype).replace('torch.', '')}"
+        how = f"dequantized the {before} base to {str(dtype).replace('torch.', '')}"
     else:
         how = f"base was not quantized; cast to {str(dtype).replace('torch.', '')}"
     base = base.to(dtype)

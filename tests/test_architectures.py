@@ -304,3 +304,17 @@ def test_cached_generation_of_prompt_tuning_on_opt_answers_empty_instead_of_cras
         assert generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, progress=False) == ["", "", ""]
     assert "use_cache=False" in capsys.readouterr().out
     assert len(generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, use_cache=False, progress=False)) == 3
+
+
+def test_dequantize_for_merge_on_a_base_bitsandbytes_left_unquantized(saved):
+    """Falcon 'loaded in 4-bit' keeps FalconLinear layers: the QLoRA merge path must still work."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed: 4-bit loading cannot run here")
+    from course_utils.loading import load_model
+    from course_utils.merging import dequantize_for_merge
+    from course_utils.quantization import bnb_4bit_config
+
+    pm = _qlora_in_place(load_model(saved("falcon"), device="cpu", quantization_config=bnb_4bit_config("cpu")))
+    merged, info = dequantize_for_merge(pm, dtype=torch.float32, verbose=False)
+    assert "no layer was quantized" in info.strategy
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
