@@ -1,7 +1,7 @@
 """Planner estimate vs peak memory measured on an H200 (data/reference/h200_smollm2-1.7b.json).
 
 Prints one row per measured recipe: estimate, measurement and relative error; exits 1 if any
-error is beyond 15%. Runs in about a second on a CPU (no model is built).
+error is beyond 15%. Runs in seconds on a CPU (only an empty meta-device model is built).
 
     python benchmarks/planner_vs_reference.py
 """

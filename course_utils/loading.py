@@ -261,3 +261,4 @@ def load_model(
         return model
     model = _from_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype, **kwargs)
     return model.to(dev)
+

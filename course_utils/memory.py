@@ -9,7 +9,6 @@
   unchanged with ``Trainer``, TRL's ``SFTTrainer`` and ``DPOTrainer``.
 - `model_memory_breakdown`: bytes of weights by dtype (bitsandbytes 4-bit / 8-bit storage and
   quantization state counted as stored), trainable vs frozen, gradients, AdamW state, buffers.
-- `trainable_parameter_table`: trainable parameters of a PEFT model grouped by target module.
 - `gradient_checkpointing_active`: warns when checkpointing is enabled but cannot act (eval mode).
 - `measure_training_peak`: peak CUDA memory of a few training steps of a recipe (full
   fine-tuning, LoRA, QLoRA, with or without gradient checkpointing), like the H200 reference;
@@ -38,6 +37,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from course_utils.architectures import _logical_numel  # shared with trainable_parameter_table
+
 try:  # a plain base class when transformers is missing, so the module still imports
     from transformers import TrainerCallback as _TrainerCallbackBase
 except ImportError:  # pragma: no cover
@@ -49,9 +50,7 @@ __all__ = [
     "MemoryTracker",
     "MemoryCallback",
     "ModelBreakdown",
-    "TrainableTable",
     "model_memory_breakdown",
-    "trainable_parameter_table",
     "gradient_checkpointing_active",
     "gradient_checkpointing_enabled",
     "resolve_memory_device",
@@ -489,18 +488,6 @@ def _quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def _logical_numel(param: torch.Tensor) -> int:
-    """Number of weights a parameter stands for (a 4-bit weight stores 2 per byte)."""
-    qs = getattr(param, "quant_state", None)
-    shape = getattr(qs, "shape", None)
-    if shape is not None:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        return n
-    return param.numel()
-
-
 def _storage_kind(param: torch.Tensor) -> str:
     cls = type(param).__name__
     if cls == "Params4bit":
@@ -656,119 +643,6 @@ def model_memory_breakdown(model: torch.nn.Module, by_module: int = 0) -> ModelB
         buffers_bytes=buffers,
         by_module=modules,
     )
-
-
-# --------------------------------------------------------------------------- PEFT table
-
-_ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
-
-
-def _target_name(param_name: str) -> str:
-    parts = param_name.split(".")
-    for i, part in enumerate(parts):
-        if part in _ADAPTER_PARTS and i > 0:
-            return parts[i - 1]
-    # other adapters (IA3, prompt encoders, modules_to_save): the owning module's name
-    owners = [p for p in parts[:-1] if not p.isdigit() and p not in ("default", "weight", "bias")]
-    return owners[-1] if owners else parts[0]
-
-
-@dataclass
-class TrainableTable:
-    """Trainable parameters grouped by target module (q_proj, v_proj, ...). See `trainable_parameter_table`."""
-
-    rows: list[dict[str, Any]]
-    trainable: int
-    total: int
-
-    @property
-    def trainable_pct(self) -> float:
-        return 100.0 * self.trainable / max(self.total, 1)
-
-    @property
-    def reduction_pct(self) -> float:
-        """How many fewer parameters are trained than in full fine-tuning, in percent."""
-        return 100.0 - self.trainable_pct
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "trainable": self.trainable,
-            "total": self.total,
-            "trainable_pct": round(self.trainable_pct, 4),
-            "reduction_pct": round(self.reduction_pct, 4),
-        }
-
-    def __repr__(self) -> str:
-        lines = [f"{'module':<20} {'layers':>7} {'trainable':>12} {'% of total':>11}"]
-        for r in self.rows:
-            lines.append(f"{r['module']:<20} {r['modules']:>7} {r['trainable']:>12,} {r['pct_of_total']:>10.3f}%")
-        lines.append(
-            f"{'total':<20} {'':>7} {self.trainable:>12,} {self.trainable_pct:>10.3f}%  of {self.total:,} "
-            f"-> {self.reduction_pct:.2f}% fewer trainable parameters than full fine-tuning"
-        )
-        return "\n".join(lines)
-
-    __str__ = __repr__
-
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(r['module'])}</td><td>{r['modules']}</td><td>{r['trainable']:,}</td>"
-            f"<td>{r['pct_of_total']:.3f}%</td></tr>"
-            for r in self.rows
-        )
-        return (
-            "<div><table><tr><th>module</th><th>layers</th><th>trainable</th><th>% of total</th></tr>"
-            f"{rows}<tr><td><b>total</b></td><td></td><td><b>{self.trainable:,}</b></td>"
-            f"<td><b>{self.trainable_pct:.3f}%</b></td></tr></table>"
-            f"{self.reduction_pct:.2f}% fewer trainable parameters than full fine-tuning "
-            f"({self.total:,} in all)</div>"
-        )
-
-
-def trainable_parameter_table(model: torch.nn.Module) -> TrainableTable:
-    """Trainable parameters grouped by target module name, with counts and % of all parameters.
-
-    For a LoRA model each row is a target (``q_proj``, ``v_proj``, ...): how many layers carry it
-    and how many parameters its A and B matrices add (``r * (in + out)`` per layer).
-
-    >>> from peft import LoraConfig, get_peft_model                          # doctest: +SKIP
-    >>> pm = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))  # doctest: +SKIP
-    >>> trainable_parameter_table(pm).reduction_pct > 99                      # doctest: +SKIP
-    True
-    """
-    groups: dict[str, dict[str, Any]] = {}
-    seen: set[int] = set()
-    total = trainable = 0
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        n = _logical_numel(p)
-        total += n
-        if not p.requires_grad:
-            continue
-        trainable += n
-        key = _target_name(name)
-        owner = name.split(".lora_")[0] if ".lora_" in name else name.rsplit(".", 1)[0]
-        g = groups.setdefault(key, {"module": key, "owners": set(), "trainable": 0})
-        g["owners"].add(owner)
-        g["trainable"] += n
-    rows = [
-        {
-            "module": g["module"],
-            "modules": len(g["owners"]),
-            "trainable": g["trainable"],
-            "pct_of_total": round(100.0 * g["trainable"] / max(total, 1), 4),
-        }
-        for g in groups.values()
-    ]
-    return TrainableTable(rows=rows, trainable=trainable, total=total)
-
-
-# --------------------------------------------------------------------------- GPU peak of a training recipe
-# (moved here from course_utils/quantization.py: measurement lives in this module)
-__all__ += ["measure_training_peak", "requires_cuda"]
 
 
 def requires_cuda(what: str) -> bool:

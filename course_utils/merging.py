@@ -405,6 +405,12 @@ def dequantize_for_merge(
         gc.collect()
         base = AutoModelForCausalLM.from_pretrained(str(reload_from), dtype=dtype)
         how = f"reloaded {reload_from} in {str(dtype).replace('torch.', '')}"
+    elif before is None and getattr(base, "hf_quantizer", None) is not None:
+        # A quantizer with no quantized layer (Falcon's FalconLinear, which bitsandbytes loading skips):
+        # detach it, as dequantize() would (transformers 5.24's dequantize fails when nothing was replaced),
+        # or .to(dtype) below refuses.
+        base.hf_quantizer.remove_quantization_config(base)
+        how = f"base was loaded quantized but no layer was quantized; cast to {str(dtype).replace('torch.', '')}"
     elif before is not None:
         from transformers.utils import logging as hf_logging
 

@@ -91,6 +91,11 @@ def setup(seed: int = 0, *, model: str | None = None, show: bool = True) -> dict
         libs = ", ".join(f"{k} {v[k]}" for k in LIBRARIES if k in v)
         print(f"device: {info['device']} | model: {model or '(not chosen yet)'} | seed: {seed}")
         print(f"python {v['python']}, {libs}")
+        if model and model != "course-tiny":  # what this architecture cannot do as Llama does, said once
+            from course_utils.architectures import architecture_notes
+
+            for note in architecture_notes(model):
+                print(f"note: {note}")
     return info
 
 

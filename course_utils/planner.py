@@ -8,8 +8,17 @@ mechanism of transformers' Llama code, peft's LoRA layers, bitsandbytes and torc
 comment beside each term says which. `benchmarks/planner_vs_reference.py` checks it against peak
 memory measured on an H200 (`data/reference/`); all eight recipes land within 15%.
 
-Assumptions (those of the reference measurement and of `Trainer(bf16=True)`): a Llama-style
-decoder (RMSNorm, rotary embeddings, SwiGLU MLP), `attn_implementation="sdpa"` with a
+Any decoder: the shapes are read from an empty (meta-device) model built from the config, so
+parameter counts, trainable counts (fused projections such as Phi-3's `qkv_proj`, GPT-2's `Conv1D`,
+biases, norms with biases, tied or untied heads, grouped- or multi-query attention) and the
+weight, gradient and optimizer terms are exact for every architecture transformers can build
+(tests/test_architectures.py checks them against real byte counts). The activation terms model
+Llama's code path; for other layer designs (LayerNorm, plain GELU MLPs, parallel attention/MLP
+blocks) the estimate says in one sentence that it is approximate (`MemoryEstimate.notes`), and a
+config transformers cannot build is estimated as a Llama-shaped decoder of its sizes, marked so.
+
+Assumptions (those of the reference measurement and of `Trainer(bf16=True)`): for the activations
+a Llama-style decoder (RMSNorm, rotary embeddings, SwiGLU MLP), `attn_implementation="sdpa"` with a
 flash/memory-efficient kernel (no T x T attention matrix is kept), labels on every token,
 `optimizer.zero_grad(set_to_none=True)`, LoRA adapters in float32 (peft's default
 `autocast_adapter_dtype=True`), QLoRA / 8-bit LoRA prepared with
@@ -53,7 +62,6 @@ REFERENCE_PATH = data_dir("reference") / "h200_smollm2-1.7b.json"
 _METHODS = ("full", "lora", "qlora", "lora-8bit")
 _DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _OPTIMIZERS = ("adamw", "adamw-8bit", "sgd")
-_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 # --------------------------------------------------------------------------- configs
@@ -221,8 +229,24 @@ class Recipe:
 # --------------------------------------------------------------------------- shapes
 
 
+# Model types whose decoder layer follows Llama's code path (RMSNorm, rotary, SwiGLU, separate
+# q/k/v): the activation terms below model exactly these mechanisms.
+_LLAMA_PATH = {"llama", "mistral", "qwen2", "smollm3", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
+               "olmo", "olmo2", "granite", "cohere", "stablelm", "mixtral", "qwen2_moe"}
+_NOTE_ACTIVATIONS = ("Activations of {t} are modelled with Llama's per-layer mechanisms ({why}), so the activation "
+                     "and peak terms are approximate; parameter counts and the weight, gradient and optimizer "
+                     "terms are exact.")
+
+
 @dataclass
 class _Shape:
+    """What the estimate needs from an architecture, read from an empty (meta-device) model of it.
+
+    ``linears`` holds one decoder layer's adaptable layers by target name (as
+    `course_utils.architectures` names them), with their role: ``attn_in`` (read the hidden
+    states: q/k/v or a fused qkv), ``attn_out``, ``mlp_in`` (gate/up/fc1, fused or not), ``mlp_out``.
+    """
+
     hidden: int
     inter: int
     layers: int
@@ -231,56 +255,208 @@ class _Shape:
     head_dim: int
     vocab: int
     tied: bool
-    attn_bias: bool
-    mlp_bias: bool
+    lin: dict[str, tuple[int, int, bool]]
+    roles: dict[str, str]
+    n_params: int
+    embed_params: int
+    head_params: int
+    other_linears: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
+    norms_per_layer: int = 2
+    gated: bool = True
+    model_type: str = "llama"
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: Any) -> "_Shape":
-        missing = [
-            k
-            for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-            if getattr(config, k, None) is None
-        ]
-        if missing:
-            raise ValueError(
-                f"Config of type {type(config).__name__} lacks {missing}: the planner models Llama-style "
-                "decoders (Llama, SmolLM2, Mistral, Qwen2)."
-            )
-        heads = config.num_attention_heads
-        return cls(
-            hidden=config.hidden_size,
-            inter=config.intermediate_size,
-            layers=config.num_hidden_layers,
-            heads=heads,
-            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-            vocab=config.vocab_size,
-            tied=bool(getattr(config, "tie_word_embeddings", False)),
-            attn_bias=bool(getattr(config, "attention_bias", False)),
-            mlp_bias=bool(getattr(config, "mlp_bias", False)),
-        )
+        key = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else None
+        if key is not None and key in _SHAPE_CACHE:
+            return _SHAPE_CACHE[key]
+        try:
+            shape = cls._from_meta_model(config)
+        except Exception as err:  # noqa: BLE001 - any config transformers cannot build: estimate from numbers
+            shape = cls._from_config_numbers(config, err)
+        if key is not None:
+            _SHAPE_CACHE[key] = shape
+        return shape
+
+    @classmethod
+    def _from_meta_model(cls, config: Any) -> "_Shape":
+        """Read shapes from ``AutoModelForCausalLM.from_config`` on the meta device (no memory, exact)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from course_utils.architectures import decoder_linear_layers
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        params = {id(p): p for p in model.parameters()}
+        n_params = sum(p.numel() for p in params.values())
+        embed = model.get_input_embeddings().weight
+        out = model.get_output_embeddings()
+        tied = out is not None and out.weight is embed
+        head_params = 0 if (out is None or tied) else sum(p.numel() for p in out.parameters())
+        layers = decoder_linear_layers(model)
+        digits = [[p for p in layer.name.split(".") if p.isdigit()] for layer in layers]
+        first = [layer for layer, d in zip(layers, digits) if d and d[-1] == "0"]
+        other = {layer.name: (layer.in_features, layer.out_features, layer.bias)
+                 for layer, d in zip(layers, digits) if not d}
+        n_layers = len({d[-1] for d in digits if d})
+        linears = {layer.target: (layer.in_features, layer.out_features, layer.bias) for layer in first}
+        hidden = embed.shape[1]
+        roles: dict[str, str] = {}
+        for layer in first:
+            if layer.kind == "attention":
+                roles[layer.target] = "attn_in" if layer.in_features == hidden and not _is_output(layer.target) \
+                    else "attn_out"
+            else:
+                roles[layer.target] = "mlp_out" if layer.out_features == hidden and layer.in_features != hidden \
+                    or _is_output(layer.target) else "mlp_in"
+        # Per decoder layer, all parameters (linears, norms, q_norm/k_norm): must be the same in every layer.
+        block = _decoder_blocks(model)
+        sizes = {sum(p.numel() for p in b.parameters()) for b in block}
+        mlp_in = [t for t, r in roles.items() if r == "mlp_in"]
+        mlp_out = [t for t, r in roles.items() if r == "mlp_out"]
+        inter = linears[mlp_out[0]][0] if mlp_out else 4 * hidden
+        gated = _gated(config, linears, mlp_in, inter)
+        heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1))
+        head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+        kv_heads = _kv_heads(config, heads)
+        norms = sum(1 for n, m in block[0].named_modules() if "norm" in type(m).__name__.lower()
+                    and n.split(".")[-1] not in ("q_norm", "k_norm")) if block else 2
+        model_type = str(getattr(config, "model_type", "model"))
+        notes: list[str] = []
+        if len(sizes) > 1:
+            notes.append(f"The {model_type} layers differ in size; per-layer activations use the first layer, "
+                         "so they are approximate.")
+        if model_type not in _LLAMA_PATH:
+            why = []
+            if norms and any("LayerNorm" in type(m).__name__ for m in block[0].modules()):
+                why.append("its LayerNorm saves different tensors than RMSNorm")
+            if not gated:
+                why.append(f"its plain {getattr(config, 'activation_function', None) or getattr(config, 'hidden_act', 'MLP')} "
+                           "activation saves its own inputs")
+            if getattr(config, "parallel_attn", False) or getattr(config, "use_parallel_residual", False):
+                why.append("attention and MLP run in parallel")
+            notes.append(_NOTE_ACTIVATIONS.format(t=model_type, why="; ".join(why) or "its own attention code"))
+        return cls(hidden=hidden, inter=inter, layers=n_layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                   vocab=embed.shape[0], tied=tied, lin=linears, roles=roles, n_params=n_params,
+                   embed_params=embed.numel(), head_params=head_params, other_linears=other,
+                   norms_per_layer=norms or 2, gated=gated, model_type=model_type, notes=notes)
+
+    @classmethod
+    def _from_config_numbers(cls, config: Any, err: Exception) -> "_Shape":
+        """A Llama-shaped guess from the config's numbers, for a config transformers cannot build here."""
+        h = _first(config, "hidden_size", "n_embd", "d_model", default=1024)
+        heads = _first(config, "num_attention_heads", "n_head", default=max(1, h // 64))
+        inter = _first(config, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", default=4 * h)
+        layers = _first(config, "num_hidden_layers", "n_layer", default=1)
+        vocab = _first(config, "vocab_size", default=32000)
+        head_dim = int(getattr(config, "head_dim", None) or h // heads)
+        kv_heads = _kv_heads(config, heads)
+        q, kv = heads * head_dim, kv_heads * head_dim
+        ab, mb = bool(getattr(config, "attention_bias", False)), bool(getattr(config, "mlp_bias", False))
+        linears = {"q_proj": (h, q, ab), "k_proj": (h, kv, ab), "v_proj": (h, kv, ab), "o_proj": (q, h, ab),
+                   "gate_proj": (h, inter, mb), "up_proj": (h, inter, mb), "down_proj": (inter, h, mb)}
+        roles = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "attn_out",
+                 "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_out"}
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        lin = layers * sum(i * o + (o if b else 0) for i, o, b in linears.values())
+        n_params = lin + (2 * layers + 1) * h + vocab * h + (0 if tied else vocab * h)
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}" if str(err) else type(err).__name__
+        note = (f"transformers could not build {getattr(config, 'model_type', 'this model')} here ({reason}), so "
+                "this estimate assumes a Llama-shaped decoder of the config's sizes and is approximate.")
+        return cls(hidden=h, inter=inter, layers=layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                   vocab=vocab, tied=tied, lin=linears, roles=roles, n_params=n_params, embed_params=vocab * h,
+                   head_params=0 if tied else vocab * h, model_type=str(getattr(config, "model_type", "model")),
+                   notes=[note])
 
     def linears(self) -> dict[str, tuple[int, int, bool]]:
-        """Per decoder layer: name -> (in_features, out_features, has_bias)."""
-        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.inter
-        return {
-            "q_proj": (h, q, self.attn_bias),
-            "k_proj": (h, kv, self.attn_bias),
-            "v_proj": (h, kv, self.attn_bias),
-            "o_proj": (q, h, self.attn_bias),
-            "gate_proj": (h, i, self.mlp_bias),
-            "up_proj": (h, i, self.mlp_bias),
-            "down_proj": (i, h, self.mlp_bias),
-        }
+        """Per decoder layer: target name -> (in_features, out_features, has_bias)."""
+        return self.lin
+
+    def names(self, role: str) -> list[str]:
+        return [t for t, r in self.roles.items() if r == role]
 
 
-def _targets(recipe: Recipe) -> list[str]:
+_SHAPE_CACHE: dict[str, _Shape] = {}
+
+
+def _first(config: Any, *names: str, default: int) -> int:
+    for n in names:
+        value = getattr(config, n, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+def _kv_heads(config: Any, heads: int) -> int:
+    if getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False):
+        return 1  # Falcon-7B style multi-query attention
+    return int(getattr(config, "num_key_value_heads", None) or getattr(config, "num_kv_heads", None) or heads)
+
+
+def _is_output(target: str) -> bool:
+    from course_utils.architectures import _ATTENTION_OUTPUTS
+
+    return target.split(".")[-1] in _ATTENTION_OUTPUTS or target.split(".")[-1] in ("down_proj", "fc2", "dense_4h_to_h")
+
+
+def _gated(config: Any, linears: dict[str, tuple[int, int, bool]], mlp_in: list[str], inter: int) -> bool:
+    """A gated MLP (SwiGLU, GeGLU): two input projections, or one fused one with twice the outputs."""
+    if len(mlp_in) >= 2:
+        return True
+    return bool(mlp_in) and linears[mlp_in[0]][1] == 2 * inter
+
+
+def _decoder_blocks(model: Any) -> list[Any]:
+    import torch
+
+    best: list[Any] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            best = list(module)
+    return best
+
+
+# Well-known layer names of other architectures, by role, so that targets read from one model
+# (notebook 01 plans its own MODEL and SmolLM2-1.7B with the same list) can be planned on another.
+_ROLE_OF_NAME = {
+    **dict.fromkeys(("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack",
+                     "query", "key", "value"), "attn_in"),
+    **dict.fromkeys(("o_proj", "out_proj", "dense", "attn.c_proj", "wo", "out_lin"), "attn_out"),
+    **dict.fromkeys(("gate_proj", "up_proj", "gate_up_proj", "fc1", "c_fc", "dense_h_to_4h", "w1", "w3"), "mlp_in"),
+    **dict.fromkeys(("down_proj", "fc2", "mlp.c_proj", "dense_4h_to_h", "w2"), "mlp_out"),
+}
+
+
+def _targets(recipe: Recipe, s: _Shape, notes: list[str] | None = None) -> list[str]:
+    """The per-layer targets a recipe adapts, by target name, matched as peft matches them.
+
+    Names this architecture does not have but whose role is known (``c_attn`` is an attention
+    input projection) are planned as this architecture's layers of that role, with a note in
+    ``notes``; a name with no known role raises ``ValueError`` naming the model's layers.
+    """
+    from course_utils.architectures import matches_target
+
+    known = list(s.lin)
     if recipe.target_modules == "all-linear":
-        return list(_LINEARS)
-    unknown = [t for t in recipe.target_modules if t not in _LINEARS]
+        return known
+    # A target name stands for the module path's end ("q_proj", "mlp.c_proj"); prefix one to match.
+    chosen = [t for t in known if any(matches_target(f"layers.0.{t}", want) for want in recipe.target_modules)]
+    unknown = [want for want in recipe.target_modules
+               if not any(matches_target(f"layers.0.{t}", want) for t in known)]
+    roles = {want: _ROLE_OF_NAME.get(want, _ROLE_OF_NAME.get(want.split(".")[-1])) for want in unknown}
+    hopeless = [want for want, role in roles.items() if role is None or not s.names(role)]
+    if hopeless:
+        raise ValueError(f"Unknown target_modules {hopeless} for {s.model_type}: its linear layers are {known} "
+                         "(or use 'all-linear'). `course_utils.architectures.linear_layer_names(model)` lists them.")
     if unknown:
-        raise ValueError(f"Unknown target_modules {unknown}; the planner knows {list(_LINEARS)} or 'all-linear'.")
-    return list(recipe.target_modules)
+        mapped = [t for t in known if s.roles[t] in set(roles.values()) and t not in chosen]
+        chosen = [t for t in known if t in chosen or t in mapped]
+        if notes is not None:
+            notes.append(f"target_modules {unknown} are not layer names of {s.model_type}; they were planned as its "
+                         f"layers of the same role ({mapped}), so the LoRA terms are approximate.")
+    return chosen
 
 
 # --------------------------------------------------------------------------- estimate
@@ -311,6 +487,12 @@ class MemoryEstimate:
     phases: dict[str, int]
     details: dict[str, int]
     suggestions: dict[float, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def approximate(self) -> bool:
+        """True when the planner could not model part of this architecture (``notes`` says what)."""
+        return bool(self.notes)
 
     @property
     def peak_bytes(self) -> int:
@@ -343,6 +525,8 @@ class MemoryEstimate:
             "phases_GiB": {k: round(v / GiB, 3) for k, v in self.phases.items()},
             "details_GiB": {k: round(v / GiB, 4) for k, v in self.details.items()},
             "suggestions": {str(k): v for k, v in self.suggestions.items()},
+            "approximate": self.approximate,
+            "notes": list(self.notes),
         }
 
     def _rows(self) -> list[tuple[str, float]]:
@@ -356,11 +540,13 @@ class MemoryEstimate:
 
     def __repr__(self) -> str:
         lines = [
-            f"MemoryEstimate({self.model}, {self.recipe.name}): peak {self.peak_gib:.2f} GiB at {self.peak_phase}",
+            f"MemoryEstimate({self.model}, {self.recipe.name}): peak {self.peak_gib:.2f} GiB at {self.peak_phase}"
+            + (" (approximate)" if self.approximate else ""),
             f"  trainable {self.trainable_params:,} of {self.n_params:,} parameters "
             f"({100 * self.trainable_params / max(self.n_params, 1):.2f}%)",
         ]
         lines += [f"  {k:<38} {v:8.2f} GiB" for k, v in self._rows()]
+        lines += [f"  approximate: {note}" for note in self.notes]
         for gpu, knobs in self.suggestions.items():
             lines.append(f"  to fit {gpu:g} GB: " + ("; ".join(knobs) if knobs else "no single knob is enough"))
         return "\n".join(lines)
@@ -380,6 +566,7 @@ class MemoryEstimate:
             f"peak {self.peak_gib:.2f} GiB at {html.escape(self.peak_phase)}; trainable "
             f"{self.trainable_params:,} / {self.n_params:,}"
             f"<table><tr><th>part</th><th>GiB</th></tr>{rows}</table>"
+            + "".join(f"<p><i>approximate: {html.escape(n)}</i></p>" for n in self.notes)
             + (f"<ul>{sugg}</ul>" if sugg else "")
             + "</div>"
         )
@@ -415,33 +602,39 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
     quantized = rc.method in ("qlora", "lora-8bit")
     full = rc.method == "full"
     lin = s.linears()
-    targets = [] if full else _targets(rc)
+    notes = list(s.notes)
+    targets = [] if full else _targets(rc, s, notes)
 
-    # ---- parameter counts
+    # ---- parameter counts (read from an empty model of the architecture: exact)
     lin_params_layer = sum(i * o + (o if b else 0) for i, o, b in lin.values())
-    lin_params = L * lin_params_layer
-    norm_params = (2 * L + 1) * h
-    embed_params = V * h
-    head_params = 0 if s.tied else V * h
-    n_params = lin_params + norm_params + embed_params + head_params
+    lin_bias_layer = sum(o for _, o, b in lin.values() if b)
+    other_lin = s.other_linears  # linear layers outside the decoder blocks (OPT's project_in/out)
+    lin_params = L * lin_params_layer + sum(i * o + (o if b else 0) for i, o, b in other_lin.values())
+    lin_bias = L * lin_bias_layer + sum(o for _, o, b in other_lin.values() if b)
+    n_params = s.n_params
+    rest_params = n_params - lin_params  # embeddings, norms (weights and biases), an untied head, ...
     lora_params = L * sum(rc.r * (lin[t][0] + lin[t][1]) for t in targets)
+    if rc.target_modules == "all-linear" and not full:  # peft's all-linear also takes these
+        lora_params += sum(rc.r * (i + o) for i, o, _ in other_lin.values())
     trainable = n_params if full else lora_params
 
     # ---- weights
     d: dict[str, int] = {}
+    quant_weights = lin_params - lin_bias  # bitsandbytes quantizes the weight matrices, not the biases
     if rc.method == "qlora":
         # 4-bit NF4 packs 2 values per byte; absmax per 64-value block, itself quantized to 8 bits
         # (double quant) with one fp32 absmax per 256 blocks.
-        d["weights: 4-bit linears"] = lin_params // 2 + lin_params // 64 + 4 * (lin_params // (64 * 256))
+        d["weights: 4-bit linears"] = quant_weights // 2 + quant_weights // 64 + 4 * (quant_weights // (64 * 256))
     elif rc.method == "lora-8bit":
         # LLM.int8: one int8 per weight plus one fp32 scale per output row (SCB).
-        d["weights: int8 linears"] = lin_params + 4 * L * sum(o for _, o, _ in lin.values())
+        d["weights: int8 linears"] = quant_weights + 4 * (L * sum(o for _, o, _ in lin.values())
+                                                          + sum(o for _, o, _ in other_lin.values()))
     else:
         d["weights: linears"] = lin_params * wb
     # prepare_model_for_kbit_training casts every non-quantized bf16/fp16 parameter
-    # (embeddings, norms, an untied lm_head) to float32.
+    # (embeddings, norms, an untied lm_head, the linears' biases) to float32.
     other_b = 4 if quantized else wb
-    d["weights: embeddings, norms, head"] = (norm_params + embed_params + head_params) * other_b
+    d["weights: embeddings, norms, head"] = (rest_params + (lin_bias if quantized else 0)) * other_b
     # peft creates LoRA A/B in float32 (autocast_adapter_dtype=True) whatever the base dtype.
     d["weights: LoRA adapters"] = 4 * lora_params
     weights = sum(v for k, v in d.items() if k.startswith("weights"))
@@ -483,6 +676,7 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
     def norm_bytes() -> int:
         # LlamaRMSNorm: x.to(fp32) is saved by pow(2) and by x * rsqrt(var) (4 bytes/elem);
         # weight * normed saves `normed` only when the norm weight is trainable (full FT).
+        # (LayerNorm under autocast runs in fp32 too and saves its input plus two per-token floats.)
         return 4 * h + (rb * h if full else 0)
 
     def consumers_bytes(names: Sequence[str], in_f: int) -> int:
@@ -494,30 +688,36 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
         # Frozen base linears save only their weight (the input is not needed for grad_input).
         return sum(lora_in_b * in_f for n in names if n in targets)
 
-    attn = norm_bytes() + consumers_bytes(("q_proj", "k_proj", "v_proj"), h)
+    # Norms: Llama has two per layer; Gemma 2/3 four; Falcon's parallel block one. The extra ones of
+    # Gemma normalise a sublayer's output, a tensor of the same size as the input.
+    norms = norm_bytes() * s.norms_per_layer
+    attn = consumers_bytes(s.names("attn_in"), h)
     # SDPA (flash / mem-efficient) saves q, k, v, output and a fp32 logsumexp per head. RoPE saves
     # nothing large: q * cos saves only cos, which needs no grad.
     attn += sdpa_b * (2 * q_dim + 2 * kv_dim) + 4 * s.heads
     # o_proj: full FT saves its input, which is SDPA's saved output (shared); LoRA adds its branch.
-    attn += 0 if full else consumers_bytes(("o_proj",), q_dim)
-    mlp = norm_bytes() + consumers_bytes(("gate_proj", "up_proj"), h)
-    # SwiGLU: SiLU saves gate_proj's output; act * up saves both factors.
-    mlp += 3 * lin_out_b * I
+    attn += 0 if full else consumers_bytes(s.names("attn_out"), q_dim)
+    mlp = consumers_bytes(s.names("mlp_in"), h)
+    # SwiGLU: SiLU saves gate_proj's output; act * up saves both factors. A plain MLP's activation
+    # (GELU, ReLU) saves the one up-projection output.
+    mlp += (3 if s.gated else 1) * lin_out_b * I
     # down_proj: full FT saves its input (act * up); LoRA saves its own branch input.
-    mlp += (ab if rc.autocast else lin_out_b) * I if full else consumers_bytes(("down_proj",), I)
+    mlp += (ab if rc.autocast else lin_out_b) * I if full else consumers_bytes(s.names("mlp_out"), I)
+    attn += norms
     layer_tok = attn + mlp
     d["activations per layer"] = layer_tok * tokens
 
     # Final norm + lm_head input (saved when lm_head is trainable).
     final_tok = norm_bytes() + (ab * h if full else 0)
+    head_w = V * h  # lm_head's weight (tied or not): cast to 16-bit under autocast
 
     # Under autocast, an fp32 weight is cast to 16-bit for each matmul and the copy is saved for
     # backward (trainable leaf weights are also held in autocast's cast cache until the autocast
     # region exits). Quantized models: only the fp32 (tied) lm_head is cast this way.
     if rc.autocast and quantized:
-        weight_copies = 2 * V * h
+        weight_copies = 2 * head_w
     elif rc.autocast and wb == 4:
-        weight_copies = 2 * (lin_params + V * h)
+        weight_copies = 2 * (lin_params + head_w)
     else:
         weight_copies = 0
 
@@ -535,7 +735,7 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
         ckpt = L * rb * h * tokens
         # ... fp32 trainable weights are still held in autocast's cache during the forward pass ...
         fwd_cache = 2 * lin_params if (full and rc.autocast and wb == 4) else 0
-        head_copy = 2 * V * h if weight_copies else 0
+        head_copy = 2 * head_w if weight_copies else 0
         acts_at_logits = ckpt + final_tok * tokens + max(fwd_cache, head_copy)
         # ... and recomputes one layer at a time in backward (its activations plus its 16-bit
         # weight copies), while gradients accumulate.
@@ -573,6 +773,7 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
         peak_phase=peak_phase,
         phases=phases,
         details=d,
+        notes=notes,
     )
 
 

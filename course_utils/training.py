@@ -171,7 +171,9 @@ def train_lora(
     else:
         peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name)
     args = cpu_friendly_args(max_steps=max_steps, learning_rate=learning_rate,
-                             per_device_train_batch_size=batch_size, logging_steps=logging_steps, **training_args)
+                             per_device_train_batch_size=batch_size,
+                             logging_steps=min(logging_steps, max_steps),  # a loss is logged even for few steps
+                             **training_args)
     trainer = Trainer(
         model=peft_model,
         args=args,

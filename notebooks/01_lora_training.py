@@ -68,9 +68,9 @@ info = setup(SEED, model=MODEL)
 # %%
 import torch
 
+from course_utils.architectures import attention_projection_names
 from course_utils.data import load_task
 from course_utils.loading import load_model, load_tokenizer
-from course_utils.lora_scratch import attention_projection_names
 from course_utils.planner import Recipe, estimate_training_memory, load_config
 
 tokenizer = load_tokenizer(MODEL)
@@ -261,8 +261,10 @@ class LoRALinear(nn.Module):
 # %%
 import copy
 
+from course_utils.architectures import as_linear
+
 layer_name, first_proj = next((n, m) for n, m in model.named_modules() if n.endswith(ATTENTION[0]))
-base_linear = copy.deepcopy(first_proj).float().cpu()
+base_linear = as_linear(first_proj)  # a float32 nn.Linear copy (GPT-2's Conv1D stores its weight transposed)
 torch.manual_seed(SEED)
 mine = LoRALinear(copy.deepcopy(base_linear), r=4, lora_alpha=8)
 x = torch.randn(2, 5, base_linear.in_features)
@@ -332,7 +334,7 @@ peft_model = get_peft_model(model, lora_config)  # wraps `model` in place; the b
 peft_model.print_trainable_parameters()
 
 # %%
-from course_utils.memory import trainable_parameter_table
+from course_utils.architectures import trainable_parameter_table
 
 table = trainable_parameter_table(peft_model)
 print(table)
@@ -617,9 +619,11 @@ check_lora_parameter_count(answer, model=peft_model.get_base_model(), r=8, targe
 # #### Solution (skip if you want to try first)
 
 # %%
+from course_utils.architectures import layer_shape
+
 base = peft_model.get_base_model()
-layers = [m for n, m in base.named_modules() if n.rsplit(".", 1)[-1] in EX_TARGETS]  # every q_proj, v_proj
-answer = sum(8 * (m.in_features + m.out_features) for m in layers)
+layers = [m for n, m in base.named_modules() if any(n.endswith("." + t) for t in EX_TARGETS)]  # every q_proj, v_proj
+answer = sum(8 * sum(layer_shape(m)) for m in layers)  # r * (in + out); layer_shape reads Conv1D's (in, out) too
 check_lora_parameter_count(answer, model=base, r=8, target_modules=EX_TARGETS)
 
 # %% [markdown]
@@ -651,8 +655,9 @@ check_mlp_targets(answer, peft_model.get_base_model())
 # #### Solution (skip if you want to try first)
 
 # %%
-answer = sorted({name.rsplit(".", 1)[-1] for name, module in peft_model.get_base_model().named_modules()
-                 if isinstance(module, nn.Linear) and ".mlp." in name})
+from course_utils.architectures import mlp_projection_names
+
+answer = mlp_projection_names(peft_model.get_base_model())  # the MLP's linear layers, by the names peft matches
 check_mlp_targets(answer, peft_model.get_base_model())
 
 # %% [markdown]

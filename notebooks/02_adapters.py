@@ -71,9 +71,9 @@ from pathlib import Path
 
 from peft import LoraConfig
 
+from course_utils.architectures import attention_projection_names
 from course_utils.data import load_task
 from course_utils.loading import load_model, load_tokenizer
-from course_utils.lora_scratch import attention_projection_names
 from course_utils.training import train_lora
 
 tokenizer = load_tokenizer(MODEL)

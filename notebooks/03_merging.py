@@ -435,7 +435,8 @@ expect("the fallback's merged model passes the float32 check against the adapter
 # stored weights, and `effect_retained` how much of the adapter's effect on the logits survived.
 
 # %%
-from course_utils.merging import effect_retained, merge_with_retention
+from course_utils.architectures import bitsandbytes_support
+from course_utils.merging import effect_retained, merge_with_retention, quantization_of
 from course_utils.quantization import bnb_4bit_config
 
 q_model = load_adapter_checked(load_model(MODEL, device=device, quantization_config=bnb_4bit_config(device)), adapter_dir)
@@ -443,10 +444,13 @@ ref_q = capture_reference(q_model, val_ds, tokenizer)          # adapter on the 
 with q_model.disable_adapter():
     ref_q_base = capture_reference(q_model, val_ds, tokenizer) # the 4-bit base alone
 acc_q_adapter = evaluate_task(q_model, tokenizer, eval_ds, progress=False).accuracy
-try:
-    safe_merge(q_model)
-except QuantizedMergeError as err:
-    print(type(err).__name__ + ":", str(err).splitlines()[0][:160] + " ...")
+if quantization_of(q_model) is None:  # nothing was quantized (Falcon): safe_merge would merge and consume q_model
+    print(bitsandbytes_support(q_model.get_base_model()))
+else:
+    try:
+        safe_merge(q_model)
+    except QuantizedMergeError as err:
+        print(type(err).__name__ + ":", str(err).splitlines()[0][:160] + " ...")
 
 # %% tags=["nbval-ignore-output"]
 merged_q, kept = merge_with_retention(q_model)              # merge INTO the 4-bit weights

@@ -114,8 +114,8 @@ print(f"trainable: {n_prompt:,} = {NUM_VIRTUAL_TOKENS} virtual tokens x hidden s
 # %%
 from peft import LoraConfig
 
+from course_utils.architectures import attention_projection_names
 from course_utils.checks.lora import count_trainable_with_peft
-from course_utils.lora_scratch import attention_projection_names
 from course_utils.prompt_tuning import prompt_tuning_parameter_count
 
 ATTENTION = attention_projection_names(prompt_model.get_base_model())
@@ -242,10 +242,16 @@ import io
 
 from peft import IA3Config, PrefixTuningConfig
 
+from course_utils.architectures import ia3_targets, prefix_tuning_kwargs
+
+base_model = prompt_model.get_base_model()
 configs = {
     "LoRA": LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=QV, task_type="CAUSAL_LM"),
-    "prefix tuning": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS),
-    "IA3": IA3Config(task_type="CAUSAL_LM"),  # peft's default targets for this architecture
+    # prefix_tuning_kwargs: {} where peft reads the key/value heads itself; Falcon's multi-query needs them
+    "prefix tuning": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS,
+                                        **prefix_tuning_kwargs(base_model)),
+    # peft's default IA3 targets for this architecture (keys, values, MLP output), read from the model where peft has none
+    "IA3": IA3Config(task_type="CAUSAL_LM", **ia3_targets(base_model)),
 }
 for label, config in configs.items():
     with contextlib.redirect_stdout(io.StringIO()):

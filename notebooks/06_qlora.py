@@ -77,10 +77,11 @@ import torch
 from peft import LoraConfig, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+from course_utils.architectures import decoder_linear_layers, trainable_parameter_table
 from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
 from course_utils.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_model_path
-from course_utils.memory import model_memory_breakdown, trainable_parameter_table
+from course_utils.memory import model_memory_breakdown
 from course_utils.quantization import bnb_4bit_config, bnb_8bit_config, nf4_weight_bytes, int8_weight_bytes
 
 device = resolve_device(DEVICE)
@@ -120,13 +121,13 @@ for name, m in models.items():
     print(f"{name:<26} {weights_mib[name]:7.2f} MiB  ({parts}; quant state {b.quant_state_bytes / 2**20:.3f}) MiB")
 
 # the same numbers from the formulas, for the linear layers only
-linears = [mod for n, mod in models["float32"].named_modules()
-           if isinstance(mod, torch.nn.Linear) and "lm_head" not in n]
-n_lin = sum(l.weight.numel() for l in linears)
+# (out, in) of every linear layer but lm_head: nn.Linear, or GPT-2's Conv1D whose weight is stored (in, out)
+shapes = [(layer.out_features, layer.in_features) for layer in decoder_linear_layers(models["float32"])]
+n_lin = sum(o * i for o, i in shapes)
 print(f"linear weights: {n_lin:,} -> float32 {4 * n_lin / 2**20:.2f} MiB, int8 "
-      f"{sum(int8_weight_bytes(*l.weight.shape) for l in linears) / 2**20:.2f} MiB, NF4 "
-      f"{sum(nf4_weight_bytes(*l.weight.shape) for l in linears) / 2**20:.2f} MiB "
-      f"({8 * sum(nf4_weight_bytes(*l.weight.shape) for l in linears) / n_lin:.3f} bits per weight)")
+      f"{sum(int8_weight_bytes(*shape) for shape in shapes) / 2**20:.2f} MiB, NF4 "
+      f"{sum(nf4_weight_bytes(*shape) for shape in shapes) / 2**20:.2f} MiB "
+      f"({8 * sum(nf4_weight_bytes(*shape) for shape in shapes) / n_lin:.3f} bits per weight)")
 
 # %%
 from course_utils.plotting import plot_bars
@@ -288,7 +289,8 @@ print(f"{'activations of ONE decoder layer':<36}" + "".join(
 # model's outputs first, then validate both.
 
 # %%
-from course_utils.merging import QuantizedMergeError, dequantize_for_merge, safe_merge, save_adapter
+from course_utils.architectures import bitsandbytes_support
+from course_utils.merging import QuantizedMergeError, dequantize_for_merge, quantization_of, safe_merge, save_adapter
 from course_utils.quantization import effect_retained, merge_with_retention
 from course_utils.validation import capture_reference, compare_to_reference
 
@@ -298,10 +300,13 @@ val_ds = eval_ds.select(range(N_VALIDATE))
 ref = capture_reference(qlora, val_ds, tokenizer)
 with qlora.disable_adapter():
     ref_base = capture_reference(qlora, val_ds, tokenizer)
-try:
-    safe_merge(qlora)
-except QuantizedMergeError as err:
-    print(type(err).__name__ + ":", str(err).splitlines()[0][:150] + " ...")
+if quantization_of(qlora) is None:  # nothing was quantized (Falcon): safe_merge would merge and consume qlora
+    print(bitsandbytes_support(qlora.get_base_model()))
+else:
+    try:
+        safe_merge(qlora)
+    except QuantizedMergeError as err:
+        print(type(err).__name__ + ":", str(err).splitlines()[0][:150] + " ...")
 
 deq_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
 fresh = load_model(MODEL, device=device, quantization_config=q4_config)

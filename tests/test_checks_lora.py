@@ -14,13 +14,13 @@ from course_utils.checks.lora import (
     check_scaling,
     count_trainable_with_peft,
 )
-from course_utils.lora_scratch import (
-    LoRALinear,
+from course_utils.architectures import (
     attention_projection_names,
     linear_layer_names,
     lora_parameter_count,
     mlp_projection_names,
 )
+from course_utils.lora_scratch import LoRALinear
 
 
 def _peft_linear(base: nn.Linear, r: int, alpha: int):
@@ -119,3 +119,27 @@ def test_mlp_targets_check(tiny_model):
     assert "missing" in missing.message and "q_proj" in missing.message
     assert not check_mlp_targets("all-linear", tiny_model)
     assert not check_mlp_targets(None, tiny_model)
+
+
+def test_mlp_targets_check_on_gpt2_and_opt():
+    """GPT-2's c_proj is in attention AND the MLP; OPT's fc1/fc2 sit outside any `mlp` module."""
+    from course_utils.tiny_models import tiny_model
+
+    gpt2 = tiny_model("gpt2")
+    assert check_mlp_targets(["c_fc", "mlp.c_proj"], gpt2)
+    too_much = check_mlp_targets(["c_fc", "c_proj"], gpt2)  # also selects attn.c_proj
+    assert not too_much and "attn.c_proj" in too_much.message
+    assert check_mlp_targets(["fc1", "fc2"], tiny_model("opt"))
+    unknown = check_mlp_targets(["gate_proj", "up_proj", "down_proj"], tiny_model("opt"))
+    assert not unknown and "no layer of this model is named" in unknown.message
+
+
+def test_parameter_count_check_on_fused_and_conv1d():
+    from course_utils.tiny_models import tiny_model
+
+    phi3, gpt2 = tiny_model("phi3"), tiny_model("gpt2")
+    assert check_lora_parameter_count(2 * 8 * (64 + 128), phi3, r=8, target_modules=["qkv_proj"])
+    wrong = check_lora_parameter_count(3 * 2 * 8 * (64 + 64), phi3, r=8, target_modules=["qkv_proj"])
+    assert not wrong and any("fused projection is one layer" in h for h in wrong.hints)
+    assert check_lora_parameter_count(2 * 8 * (64 + 192), gpt2, r=8, target_modules=["c_attn"])
+    assert any("Conv1D" in h for h in check_lora_parameter_count(1, gpt2, r=8, target_modules=["c_attn"]).hints)

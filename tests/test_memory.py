@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from course_utils.architectures import trainable_parameter_table
 from course_utils.memory import (
     MemoryCallback,
     MemoryTracker,
@@ -14,7 +15,6 @@ from course_utils.memory import (
     gradient_checkpointing_active,
     model_memory_breakdown,
     resolve_memory_device,
-    trainable_parameter_table,
 )
 
 MiB = 2**20

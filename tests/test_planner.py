@@ -70,8 +70,18 @@ def test_recipe_validation(kwargs, match):
 
 
 def test_unknown_target_module_is_named():
-    with pytest.raises(ValueError, match="c_attn"):
-        estimate_training_memory("smollm2-135m", Recipe(target_modules=["c_attn"]))
+    with pytest.raises(ValueError, match="no_such_proj.*q_proj"):  # names the model's own layers
+        estimate_training_memory("smollm2-135m", Recipe(target_modules=["no_such_proj"]))
+
+
+def test_targets_of_another_architecture_are_planned_by_role():
+    """Notebook 01 plans SmolLM2-1.7B with the targets read from MODEL, e.g. GPT-2's attention names."""
+    gpt2_style = estimate_training_memory("smollm2-135m", Recipe(target_modules=["c_attn", "attn.c_proj"]))
+    llama_style = estimate_training_memory("smollm2-135m", Recipe(target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                  "o_proj"]))
+    assert gpt2_style.trainable_params == llama_style.trainable_params
+    assert gpt2_style.approximate and not llama_style.approximate
+    assert "c_attn" in gpt2_style.notes[0] and "q_proj" in gpt2_style.notes[0]
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "lora-8bit"])
@@ -150,3 +160,46 @@ def test_estimate_with_gpu_gives_suggestions():
     assert not est.fits(16)
     assert "gradient_checkpointing=True" in est.suggestions[16]
     assert "to fit 16 GB" in repr(est)
+
+
+# --------------------------------------------------------------------------- any decoder (issue: any causal LM)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "phi3", "falcon", "gpt_neox", "opt", "gemma2"])
+def test_planner_reads_any_decoder_and_fit_table_runs(arch):
+    from course_utils.tiny_models import tiny_config, tiny_model
+
+    config = tiny_config(arch)
+    table = fit_table(config, [Recipe(method=m) for m in ("full", "lora", "qlora")], gpus=(16,))
+    assert all(e.peak_bytes > 0 for e in table.estimates)
+    model = tiny_model(arch)
+    assert table.estimates[0].n_params == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    est = table.estimates[1]
+    if arch in ("falcon", "gpt_neox"):
+        assert est.approximate and "parallel" in est.notes[0]
+    if est.approximate:
+        assert "(approximate)" in repr(est) and est.to_dict()["approximate"] is True
+
+
+def test_fused_and_conv1d_targets_are_planned():
+    from course_utils.tiny_models import tiny_config
+
+    phi3 = estimate_training_memory(tiny_config("phi3"), Recipe(target_modules=["qkv_proj"], r=8))
+    assert phi3.trainable_params == 2 * 8 * (64 + 128)  # 2 layers x r x (in + q+k+v outputs)
+    gpt2 = estimate_training_memory(tiny_config("gpt2"), Recipe(target_modules=["c_proj"], r=8))
+    only_mlp = estimate_training_memory(tiny_config("gpt2"), Recipe(target_modules=["mlp.c_proj"], r=8))
+    assert gpt2.trainable_params == 2 * 8 * ((64 + 64) + (256 + 64))  # c_proj: attention's AND the MLP's
+    assert only_mlp.trainable_params == 2 * 8 * (256 + 64)
+    llama_names = estimate_training_memory(tiny_config("gpt2"), Recipe(target_modules=["q_proj", "v_proj"], r=8))
+    assert llama_names.trainable_params == 2 * 8 * (64 + 192) and llama_names.approximate  # planned as c_attn
+    with pytest.raises(ValueError, match="c_attn"):  # names the model's own layers
+        estimate_training_memory(tiny_config("gpt2"), Recipe(target_modules=["nonsense"]))
+
+
+def test_config_transformers_cannot_build_gives_an_approximate_estimate():
+    from transformers import T5Config
+
+    est = estimate_training_memory(T5Config(d_model=64, d_ff=128, num_layers=2, num_heads=4, vocab_size=100),
+                                   Recipe(method="lora"))
+    assert est.approximate and est.peak_bytes > 0
+    assert len(est.notes) == 1 and "could not build" in est.notes[0]

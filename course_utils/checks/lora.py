@@ -9,11 +9,19 @@ True
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from course_utils.checks import CheckResult, check_close, check_equal
-from course_utils.lora_scratch import linear_layer_names, lora_parameter_count, mlp_projection_names
+from course_utils.architectures import (
+    decoder_linear_layers,
+    fused_projections,
+    linear_layer_names,
+    lora_parameter_count,
+    matches_target,
+    mlp_projection_names,
+)
 
 __all__ = ["check_lora_parameter_count", "check_mlp_targets", "check_scaling", "count_trainable_with_peft"]
 
@@ -33,7 +41,9 @@ def count_trainable_with_peft(model: Any, r: int, target_modules: Iterable[str])
     try:
         with torch.device("meta"):
             empty = AutoModelForCausalLM.from_config(model.config)
-        peft_model = get_peft_model(empty, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
+        with warnings.catch_warnings():  # GPT-2's Conv1D: peft sets fan_in_fan_out itself and says so
+            warnings.filterwarnings("ignore", message="fan_in_fan_out")
+            peft_model = get_peft_model(empty, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
     except Exception:  # noqa: BLE001 - any architecture peft or from_config cannot rebuild
         return lora_parameter_count(model, r, targets)
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -49,6 +59,7 @@ def check_lora_parameter_count(answer: int | None, model: Any, r: int = 8,
     targets = list(target_modules)
     expected = count_trainable_with_peft(model, r, targets)
     shapes = linear_layer_names(model)
+    fused = {t: p for t, p in fused_projections(model).items() if t in targets}
     name = f"trainable parameters of LoRA r={r} on {'+'.join(targets)}"
     hints = ["Each adapted layer adds A (r x in_features) and B (out_features x r): r * (in + out) parameters.",
              "Count every decoder layer: model.config.num_hidden_layers layers carry each target."]
@@ -56,26 +67,28 @@ def check_lora_parameter_count(answer: int | None, model: Any, r: int = 8,
         dims = ", ".join(f"{t}: in {shapes[t][0]}, out {shapes[t][1]}" for t in targets if t in shapes)
         outs = {shapes[t][1] for t in targets if t in shapes}
         gqa = (" They differ: with grouped-query attention k_proj/v_proj have fewer outputs than q_proj "
-               "(num_key_value_heads * head_dim).") if len(outs) > 1 else ""
+               "(num_key_value_heads * head_dim).") if len(outs) > 1 and not fused else ""
         hints.append(f"Layer shapes: {dims}.{gqa}")
+    if fused:
+        parts = "; ".join(f"{t} computes {'+'.join(p)} at once" for t, p in fused.items())
+        hints.append(f"A fused projection is one layer: LoRA adds ONE A/B pair with out = the sum of its parts "
+                     f"({parts}).")
+    if any(layer.conv1d for layer in decoder_linear_layers(model)):
+        hints.append("GPT-2's Conv1D stores its weight as (in, out), transposed from nn.Linear: read in/out from "
+                     "weight.shape[0] / weight.shape[1] (peft's fan_in_fan_out).")
     result = check_close(name, answer, expected, *hints, rel=0.0)
     if not result and answer is not None:
         try:
             value = int(answer)
         except (TypeError, ValueError):
             return result
-        n_layers = max(1, sum(1 for n in _leaf_names(model) if n in targets) // max(1, len(targets)))
+        n_layers = max(1, sum(1 for layer in decoder_linear_layers(model)
+                              if any(matches_target(layer.name, t) for t in targets)) // max(1, len(targets)))
         if value * n_layers == expected:
             result.hints.insert(0, "That is one decoder layer's worth: multiply by the number of layers.")
         elif value == 2 * expected:
             result.hints.insert(0, "Twice the answer: A and B share the rank, r * (in + out) in all, not 2 * r * ...")
     return result
-
-
-def _leaf_names(model: Any) -> list[str]:
-    import torch
-
-    return [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
 def check_scaling(answer: float | None, r: int, lora_alpha: float) -> CheckResult:
@@ -97,26 +110,46 @@ def check_scaling(answer: float | None, r: int, lora_alpha: float) -> CheckResul
     return result
 
 
+def _selected(model: Any, targets: Iterable[str]) -> set[str]:
+    """Full names of the linear layers peft would adapt with ``target_modules=targets``."""
+    targets = list(targets)
+    return {layer.name for layer in decoder_linear_layers(model) if any(matches_target(layer.name, t) for t in targets)}
+
+
 def check_mlp_targets(answer: Iterable[str] | str | None, model: Any) -> CheckResult:
-    """Exercise 3: the ``target_modules`` that put LoRA on every MLP projection of ``model``."""
-    expected = sorted(mlp_projection_names(model))
-    hints = ["Print the model (or `[n for n, _ in model.named_modules()]`) and look inside one layer's `mlp`.",
-             "target_modules takes the short names (the last part of the module name), e.g. 'q_proj'."]
+    """Exercise 3: the ``target_modules`` that put LoRA on every MLP projection of ``model``.
+
+    An answer is right when peft would adapt exactly the MLP layers with it, whatever names it
+    uses (``fc1`` or ``layers.0.fc1``...; GPT-2 needs ``mlp.c_proj``, because ``c_proj`` alone also
+    selects attention's output projection).
+    """
+    expected = mlp_projection_names(model)
+    hints = ["Print the model (or `[n for n, _ in model.named_modules()]`) and look inside one layer's MLP "
+             "(`mlp`, or the feed-forward layers next to the attention block, like OPT's fc1/fc2).",
+             "target_modules takes the short names (the last part of the module name), e.g. 'q_proj'; "
+             "peft matches them against the END of each module name, so 'mlp.c_proj' selects only the MLP's c_proj."]
+    if fused_projections(model):
+        hints.append(f"Fused projections count as one layer each: {sorted(fused_projections(model))}.")
     if answer is None:
-        return check_equal("MLP target modules", None, expected, *hints)
+        return check_equal("MLP target modules", None, sorted(expected), *hints)
     if isinstance(answer, str):
         if answer == "all-linear":
             return CheckResult("MLP target modules", False,
                                "'all-linear' adapts the attention projections too, not only the MLP.", hints)
         answer = [answer]
     given = sorted(set(answer))
-    if given == expected:
+    want, got = _selected(model, expected), _selected(model, given)
+    if got == want:
         return CheckResult("MLP target modules", True, f"Correct: {given}.")
-    missing = sorted(set(expected) - set(given))
-    extra = sorted(set(given) - set(expected))
+    kinds = {layer.name: layer for layer in decoder_linear_layers(model)}
+    missing = sorted({kinds[n].target for n in want - got})
+    extra = sorted({kinds[n].target for n in got - want})
+    unmatched = [t for t in given if not _selected(model, [t])]
     parts = []
     if missing:
         parts.append(f"missing {missing}")
     if extra:
         parts.append(f"not MLP layers of this model: {extra}")
+    if unmatched:
+        parts.append(f"no layer of this model is named {unmatched}")
     return CheckResult("MLP target modules", False, f"You answered {given}: " + "; ".join(parts) + ".", hints)
