@@ -1,8 +1,14 @@
 """Task evaluation: batched greedy generation with exact-match scoring, for any model.
 
 Works the same on a base model, a ``PeftModel`` (with or without active adapters) and a
-merged model. Prompt/prefix tuning needs ``use_cache=False`` in today's peft/transformers
-(see notebook 5), so :func:`evaluate_task` passes ``use_cache`` through.
+merged model.
+
+The KV-cache trap: with today's peft (0.21) and transformers (5.x), a prompt-learning model
+(prompt tuning, prefix tuning, p-tuning) generates wrong text with ``use_cache=True``
+(notebooks/05_prompt_tuning.py shows it; tests/test_prompt_tuning.py notices when upstream fixes
+it). :func:`generation_use_cache` is the one place that decides ``use_cache`` for every course_utils
+function that generates: off for a prompt-learning ``PeftModel`` (said once per process), on for
+everything else, and an explicit ``use_cache=True`` is honoured with a warning.
 
 >>> from course_utils.loading import load_model, load_tokenizer
 >>> from course_utils.data import load_task
@@ -14,6 +20,8 @@ True
 from __future__ import annotations
 
 import html
+import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +31,85 @@ from datasets import Dataset
 
 from course_utils.data import split_prompt
 
-__all__ = ["EvalResult", "generate_answers", "evaluate_task", "preference_accuracy", "sequence_logprob"]
+__all__ = ["EvalResult", "PromptLearningCacheWarning", "evaluate_task", "generate_answers", "generation_use_cache",
+           "is_prompt_learning", "preference_accuracy", "sequence_logprob"]
+
+_log = logging.getLogger(__name__)
+_cache_notice_shown = False  # the "cache turned off" line is printed once per process
+
+
+class PromptLearningCacheWarning(UserWarning):
+    """``use_cache=True`` was asked for a prompt-learning model, whose cached generation is wrong today."""
+
+
+def is_prompt_learning(model: Any) -> bool:
+    """True when ``model`` is a ``PeftModel`` whose active adapter is prompt learning.
+
+    Prompt tuning, prefix tuning and p-tuning (and the other virtual-token methods) say so in their
+    peft config: ``peft_config[active_adapter].is_prompt_learning``. Base models, merged models and
+    weight adapters (LoRA, IA3, ...) are not.
+
+    >>> from peft import LoraConfig, PromptTuningConfig, get_peft_model
+    >>> from course_utils.loading import load_model
+    >>> is_prompt_learning(get_peft_model(load_model(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)))
+    True
+    >>> is_prompt_learning(get_peft_model(load_model(), LoraConfig(r=2, target_modules=["q_proj"])))
+    False
+    """
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return False
+    active = getattr(model, "active_adapter", None)
+    if isinstance(active, (list, tuple)):  # some peft models report several active adapters
+        active = active[0] if active else None
+    config = configs.get(active) if active is not None else next(iter(configs.values()))
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def generation_use_cache(model: Any, use_cache: bool | None = None) -> bool:
+    """The ``use_cache`` to pass to ``model.generate``: off for prompt-learning models, else on.
+
+    - ``use_cache=None`` (the default of every course_utils function that generates): ``False``
+      for a prompt-learning ``PeftModel`` (the first time, one line says so, once per process),
+      ``True`` for every other model (the cache is a large speed-up and changes nothing there).
+    - An explicit ``True`` or ``False`` is honoured; ``True`` on a prompt-learning model also
+      raises a :class:`PromptLearningCacheWarning` that names the trap.
+
+    Hand-written because neither peft nor transformers guards against it today.
+
+    >>> from course_utils.loading import load_model
+    >>> generation_use_cache(load_model())          # a plain model keeps the cache
+    True
+    """
+    prompt_learning = is_prompt_learning(model)
+    if use_cache is None:
+        if prompt_learning:
+            _announce_cache_off(model)
+        return not prompt_learning
+    if use_cache and prompt_learning:
+        warnings.warn(
+            f"use_cache=True on a prompt-learning model ({_peft_type(model)}): with today's peft/transformers its "
+            "cached generation is wrong (the KV-cache trap, notebooks/05_prompt_tuning.py). Leave use_cache unset "
+            "(course_utils then turns the cache off) unless you are showing the trap.",
+            PromptLearningCacheWarning, stacklevel=3)
+    return bool(use_cache)
+
+
+def _peft_type(model: Any) -> str:
+    active = getattr(model, "active_adapter", None)
+    config = getattr(model, "peft_config", {}).get(active)
+    peft_type = getattr(config, "peft_type", None)
+    return str(getattr(peft_type, "value", peft_type))
+
+
+def _announce_cache_off(model: Any) -> None:
+    global _cache_notice_shown
+    if _cache_notice_shown:
+        return
+    _cache_notice_shown = True
+    # logging, not warnings.warn: one plain line (no file path) that reads the same on every machine
+    _log.warning("course_utils: %s is prompt learning, so it generates with use_cache=False (its KV-cached "
+                 "generation is wrong today, see notebooks/05_prompt_tuning.py); said once.", _peft_type(model))
 
 
 @dataclass
@@ -69,10 +155,12 @@ def generate_answers(
     *,
     max_new_tokens: int = 24,
     batch_size: int = 16,
-    use_cache: bool = True,
+    use_cache: bool | None = None,
     progress: bool = True,
 ) -> list[str]:
     """Greedy answers to chat prompts (lists of messages), decoded without special tokens.
+
+    ``use_cache=None`` lets :func:`generation_use_cache` decide (off for prompt-learning models).
 
     >>> from course_utils.loading import load_model, load_tokenizer
     >>> generate_answers(load_model(), load_tokenizer(),
@@ -81,6 +169,7 @@ def generate_answers(
     """
     from tqdm.auto import tqdm
 
+    use_cache = generation_use_cache(model, use_cache)
     was_training = model.training
     model.eval()
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
@@ -132,7 +221,7 @@ def evaluate_task(
     batch_size: int = 16,
     n_examples: int = 3,
     normalize: Callable[[str], str] = str.strip,
-    use_cache: bool = True,
+    use_cache: bool | None = None,
     progress: bool = True,
     name: str = "",
 ) -> EvalResult:
@@ -142,7 +231,8 @@ def evaluate_task(
         max_new_tokens: default: enough for the longest reference answer plus a margin.
         normalize: applied to both the answer and the reference before comparing.
         n_examples: how many rows to keep for display (the first ones, so re-runs match).
-        use_cache: pass ``False`` for prompt/prefix tuning (see notebook 5).
+        use_cache: ``None`` (default): off for prompt-learning models, on for the rest
+            (:func:`generation_use_cache`); ``True``/``False`` force it.
 
     >>> from course_utils.loading import load_model, load_tokenizer
     >>> from course_utils.data import load_task

@@ -5,9 +5,10 @@
 - :func:`nearest_tokens`: for each virtual token, the vocabulary tokens whose input embeddings
   are closest by cosine similarity (a rough read: a soft prompt need not be near any word).
 - :func:`cache_probe`: the same greedy generations with ``use_cache=True`` and ``False``, and
-  where they differ. In peft 0.21 / transformers 5, prompt and prefix tuning generate wrong
-  text with the cache on (FIELD-NOTES gotcha 1); ``tests/test_prompt_tuning.py`` uses this to
-  notice the day upstream fixes it.
+  where they differ. In peft 0.21 / transformers 5, prompt-learning models (prompt tuning,
+  prefix tuning, p-tuning) generate wrong text with the cache on, which is why every course_utils
+  generator turns it off for them (``course_utils.evaluation.generation_use_cache``);
+  ``tests/test_prompt_tuning.py`` uses this probe to notice the day upstream fixes it.
 - :func:`adapter_bytes_on_disk`: save an adapter into a fresh temporary folder and count bytes.
 
 >>> from peft import PromptTuningConfig, get_peft_model
@@ -121,7 +122,8 @@ def cache_probe(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str
     """Generate greedy answers to ``prompts`` (chat message lists) with and without the KV cache.
 
     Without a bug the two are identical (the cache is only a speed-up). With prompt/prefix
-    tuning in peft 0.21 / transformers 5 they are not.
+    tuning in peft 0.21 / transformers 5 they are not. The cached run asks for the cache on
+    purpose, so the :class:`~course_utils.evaluation.PromptLearningCacheWarning` is silenced here.
 
     >>> from course_utils.loading import load_model, load_tokenizer
     >>> probe = cache_probe(load_model(), load_tokenizer(), [[{"role": "user", "content": "What color is the fox?"}]])

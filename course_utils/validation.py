@@ -533,17 +533,22 @@ def _run(
     try:
         for ids, mask in inputs.batches(batch_size):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logits = logits[:, logits.shape[1] - ids.shape[1]:]  # prompt/p-tuning prepend virtual-token logits
             out.append(logits.float().cpu()[mask.bool()])
             del logits
         generations: list[list[int]] | None = None
         if max_new_tokens > 0:
             from transformers import GenerationConfig
 
+            from course_utils.evaluation import generation_use_cache
+
+            kwargs = dict(generate_kwargs or {})  # use_cache: off for prompt-learning models (KV-cache trap)
             gen_cfg = GenerationConfig(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=inputs.pad_token_id,
                 eos_token_id=inputs.eos_token_id,
+                use_cache=generation_use_cache(model, kwargs.pop("use_cache", None)),
             )
             generations = []
             for ids, mask in inputs.batches(batch_size, prompts=True, padding_side="left"):
@@ -551,7 +556,7 @@ def _run(
                     input_ids=ids.to(device),
                     attention_mask=mask.to(device),
                     generation_config=gen_cfg,
-                    **dict(generate_kwargs or {}),
+                    **kwargs,
                 )
                 for row in seq[:, ids.shape[1]:].cpu().tolist():
                     generations.append(_trim(row, inputs.eos_token_id))

@@ -26,6 +26,8 @@ class AdapterSwitcher:
     ``answer(choice, prompt)`` switches with ``set_adapter(name, inference_mode=True)``, or runs
     under ``disable_adapter()`` for :data:`BASE_LABEL`, then puts back the previously active
     adapter and every parameter's ``requires_grad`` (both calls can make an adapter trainable).
+    Answers come from :func:`course_utils.evaluation.generate_answers`, so a prompt-learning adapter
+    generates without the KV cache (its cached generation is wrong today) and the others with it.
     ``widget()`` builds the ipywidgets UI; ``table()`` is the static fallback.
     """
 
@@ -56,7 +58,7 @@ class AdapterSwitcher:
         if choice not in self.choices:
             raise ValueError(f"Unknown choice {choice!r}; pick one of {self.choices}.")
         messages = [[{"role": "user", "content": prompt if prompt is not None else self.prompt}]]
-        kwargs = dict(max_new_tokens=self.max_new_tokens, progress=False)
+        kwargs = {"max_new_tokens": self.max_new_tokens, "progress": False}
         # set_adapter() and leaving disable_adapter() both mark the active adapter trainable (peft 0.21):
         # remember every flag and put it back, so looking at answers never changes what would train.
         flags = [(p, p.requires_grad) for p in self.model.parameters()]

@@ -1,15 +1,16 @@
-"""course_utils.prompt_tuning, and a watch on the upstream KV-cache bug of prompt/prefix tuning.
+"""course_utils.prompt_tuning, and a watch on the upstream KV-cache trap of prompt-learning models.
 
-``test_prompt_tuning_cache_bug_still_there`` passes while peft/transformers generate different text
-with ``use_cache=True`` than with ``use_cache=False`` for a prompt-tuned model (FIELD-NOTES gotcha 1).
-When it FAILS, upstream has fixed the bug: drop the ``use_cache=False`` workaround in notebook 05
-and in course_utils.evaluation (and rewrite notebook 05's section on it).
+``test_kv_cache_trap_still_there`` passes while peft/transformers generate different text with
+``use_cache=True`` than with ``use_cache=False`` for a prompt-tuned, prefix-tuned or p-tuned model.
+When it FAILS, upstream has fixed the trap: remove the workaround (``generation_use_cache`` in
+course_utils/evaluation.py and its callers) and rewrite notebook 05's section on it.
 """
 import copy
 import warnings
 
 import pytest
 import torch
+from prompt_learning_factory import METHODS, make_prompt_learning
 
 from course_utils.data import load_task, split_prompt
 from course_utils.prompt_tuning import (
@@ -20,8 +21,9 @@ from course_utils.prompt_tuning import (
     virtual_token_embeddings,
 )
 
-UPSTREAM_FIXED = ("upstream fixed it: drop the use_cache=False workaround in notebook 05 and evaluation "
-                  "(cached and uncached greedy outputs of a {} model now agree)")
+UPSTREAM_FIXED = ("upstream fixed the KV-cache trap for {}: cached and uncached greedy generations now agree. "
+                  "Remove the workaround (generation_use_cache in course_utils/evaluation.py) and rewrite "
+                  "notebook 05's section on the trap.")
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +53,10 @@ def test_plain_model_cache_agrees(tiny_model, tiny_tokenizer, prompts):
     assert cache_probe(tiny_model, tiny_tokenizer, prompts).agree
 
 
-def test_prompt_tuning_cache_bug_still_there(prompt_tuned, tiny_tokenizer, prompts):
-    probe = cache_probe(prompt_tuned, tiny_tokenizer, prompts)
-    assert probe.n_differ > 0, UPSTREAM_FIXED.format("prompt-tuned")
-
-
-def test_prefix_tuning_cache_bug_still_there(tiny_model, tiny_tokenizer, prompts):
-    from peft import PrefixTuningConfig
-
-    model = _wrap(tiny_model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8))
-    probe = cache_probe(model, tiny_tokenizer, prompts)
-    assert probe.n_differ > 0, UPSTREAM_FIXED.format("prefix-tuned")
+@pytest.mark.parametrize("method", METHODS)
+def test_kv_cache_trap_still_there(method, tiny_model, tiny_tokenizer, prompts):
+    probe = cache_probe(make_prompt_learning(tiny_model, method), tiny_tokenizer, prompts)
+    assert probe.n_differ > 0, UPSTREAM_FIXED.format(method)
 
 
 def test_virtual_tokens_and_count(prompt_tuned, tiny_model):

@@ -40,9 +40,10 @@ def check_prompt_tuning_params(answer: int | None, num_virtual_tokens: int, mode
 
 
 def check_use_cache(answer: Any) -> CheckResult:
-    """Exercise: what must ``use_cache`` be in ``generate`` for a prompt-tuned model (today)?"""
-    hints = ["Compare the accuracy with use_cache=True and use_cache=False in section 4.",
-             "The cache is only a speed-up: when it changes the answer, the cached path is the wrong one."]
+    """Exercise: what must ``use_cache`` be in a plain ``generate`` call for a prompt-tuned model (today)?"""
+    hints = ["Compare the plain model.generate answers with use_cache=True and use_cache=False in section 3.",
+             "The cache is only a speed-up: when it changes the answer, the cached path is the wrong one.",
+             "course_utils' own generators (evaluate_task, generate_answers) pick it for you; plain generate does not."]
     if isinstance(answer, str) and answer.strip().lower() in {"true", "false"}:
         answer = answer.strip().lower() == "true"
     result = check_equal("use_cache for prompt tuning", answer, False, *hints)
