@@ -141,11 +141,11 @@ def _distributed_kind() -> str:
     return "multi" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
 
 
-def check_supported(kind: str, method: str, cuda: bool) -> None:
+def require_supported(kind: str, method: str, cuda: bool) -> None:
     """Raise `UnsupportedHereError` (one sentence: what to use instead) if ``kind`` x ``method`` cannot run here.
 
-    >>> check_supported("multi", "lora", cuda=False)
-    >>> check_supported("deepspeed", "lora", cuda=False)
+    >>> require_supported("multi", "lora", cuda=False)
+    >>> require_supported("deepspeed", "lora", cuda=False)
     Traceback (most recent call last):
     ...
     course_utils.distributed.UnsupportedHereError: DeepSpeed ZeRO-3 needs CUDA GPUs and none is visible here: on CPUs launch with the FSDP config (--config_file fsdp-lora.yaml) or the DDP one (ddp.yaml) instead.
@@ -234,7 +234,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() != "true"
     kind = _distributed_kind()
-    check_supported(kind, ns.method, cuda)
+    require_supported(kind, ns.method, cuda)
     out = Path(ns.output_dir)
     state = PartialState(cpu=not cuda)
     bf16 = cuda and torch.cuda.is_bf16_supported()

@@ -232,11 +232,11 @@ print(accelerate_config("fsdp-lora").read_text())
 #   what to use instead. `course-utils doctor` lists what runs on your machine.
 
 # %%
-from course_utils.distributed import UnsupportedHereError, check_supported
+from course_utils.distributed import UnsupportedHereError, require_supported
 
 for kind, method in (("fsdp", "lora"), ("deepspeed", "lora"), ("fsdp", "qlora")):
     try:
-        check_supported(kind, method, cuda=False)
+        require_supported(kind, method, cuda=False)
     except UnsupportedHereError as err:
         print(f"{kind} + {method} on CPUs: {err}")
 

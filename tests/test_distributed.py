@@ -107,9 +107,9 @@ def test_an_existing_adapter_is_not_overwritten(launch: dict, capsys: pytest.Cap
 ])
 def test_what_cannot_run_on_cpus_says_what_to_use(kind: str, method: str, hint: str) -> None:
     with pytest.raises(distributed.UnsupportedHereError, match=hint) as err:
-        distributed.check_supported(kind, method, cuda=False)
+        distributed.require_supported(kind, method, cuda=False)
     assert str(err.value).count(". ") == 0, "one sentence"
-    distributed.check_supported("multi", method, cuda=False)  # DDP runs on CPUs
+    distributed.require_supported("multi", method, cuda=False)  # DDP runs on CPUs
 
 
 def _load(name: str):
