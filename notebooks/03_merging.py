@@ -305,11 +305,12 @@ del merged_fb, peft_model
 # weight is rounded again to one of 16 levels per block (and the block's scale changes), so what is stored
 # is the delta plus fresh rounding noise; a delta smaller than one 4-bit step (typical for real models
 # trained at lr 1e-4) is mostly rounded away. `safe_merge` refuses with an explanation;
-# `merge_with_retention` (course_utils.quantization) does the merge anyway and measures what reached the
+# `merge_with_retention` (course_utils.merging) does the merge anyway and measures what reached the
 # stored weights, and `effect_retained` how much of the adapter's effect on the logits survived.
 
 # %%
-from course_utils.quantization import bnb_4bit_config, effect_retained, merge_with_retention
+from course_utils.merging import effect_retained, merge_with_retention
+from course_utils.quantization import bnb_4bit_config
 
 q_model = load_adapter_checked(load_model(MODEL, device=device, quantization_config=bnb_4bit_config(device)), adapter_dir)
 ref_q = capture_reference(q_model, val_ds, tokenizer)          # adapter on the 4-bit base
