@@ -105,8 +105,9 @@ def main() -> int:
 
     path = resolve_model_path("course-tiny")
     tokenizer = load_tokenizer("course-tiny")
-    batch = tokenizer(["<|im_start|>user\nWhere does the owl live?<|im_end|>\n<|im_start|>assistant\n"
-                       "THE OWL LIVES IN THE FOREST.<|im_end|>"], return_tensors="pt")
+    text = ("<|im_start|>user\nWhere does the owl live?<|im_end|>\n<|im_start|>assistant\n"
+            "THE OWL LIVES IN THE FOREST.<|im_end|>")
+    batch = tokenizer([text], return_tensors="pt")
     batch["labels"] = batch["input_ids"].clone()
 
     hazard = cpu_repack_hazard()

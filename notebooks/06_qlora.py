@@ -74,7 +74,6 @@ info = setup(SEED, model=MODEL)   # quiets bitsandbytes' logger BEFORE peft impo
 # %%
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
