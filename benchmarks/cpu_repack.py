@@ -13,7 +13,8 @@ of the dequantized weights (``bitsandbytes.functional.dequantize_4bit``, what me
 With ``--steps N`` (default 100, 0 to skip) it also trains QLoRA (all-linear, r=8, the set-up
 of notebook 06) with a plain ``transformers.Trainer`` on the ``shout`` task from the packed and
 the fixed model and prints the accuracy before and after. On a CPU without AVX-512-BF16 nothing
-is repacked and all rows agree. About a minute on 2 idle cores (training is most of it).
+is repacked and all rows agree. A few minutes on 2 idle cores (training is most of it; measured
+here under heavy contention: 18 minutes per training).
 
     python benchmarks/cpu_repack.py [--steps 100]
 """

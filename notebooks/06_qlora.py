@@ -230,7 +230,7 @@ print(f"gradient at the embeddings vs a never-evaluated model: relative error {r
 
 # %%
 expect("after prevent_cpu_repack no 4-bit layer is left in the CPU-only layout", not repacked_layers(raw_4bit))
-expect("the gradient then matches a never-evaluated model's within 2%", rel_error(g_fixed) < 0.02)
+expect("the gradient then matches a never-evaluated model's within 5%", rel_error(g_fixed) < 0.05)
 del never_evaluated, raw_4bit
 
 # %% [markdown]
