@@ -229,7 +229,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from course_utils.data import load_task, to_prompt_completion
-    from course_utils.loading import load_model, load_tokenizer
+    from course_utils.loading import load_model, load_tokenizer, native_bf16
 
     started = time.perf_counter()
     cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() != "true"
@@ -237,7 +237,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     require_supported(kind, ns.method, cuda)
     out = Path(ns.output_dir)
     state = PartialState(cpu=not cuda)
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = cuda and native_bf16()  # not torch.cuda.is_bf16_supported(): it says True on a T4 (emulated)
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
 
     tokenizer = load_tokenizer(ns.model)

@@ -184,6 +184,7 @@ except ValueError as err:
 from transformers import PrinterCallback
 
 from course_utils.memory import MemoryCallback
+from course_utils.training import mixed_precision_flags
 
 ON_GPU = torch.cuda.is_available()
 sft_args = SFTConfig(
@@ -192,14 +193,14 @@ sft_args = SFTConfig(
     per_device_train_batch_size=16,
     learning_rate=SFT_LR,
     lr_scheduler_type="constant",
-    bf16=ON_GPU and torch.cuda.is_bf16_supported(),   # TRL would default to True: an error on CPU
+    **mixed_precision_flags(DEVICE),  # bf16 on A100 and newer, fp16 on a T4/V100, neither on CPU (TRL's bf16=True default fails on CPU)
     use_cpu=not ON_GPU and not torch.backends.mps.is_available(),
     gradient_checkpointing=GRADIENT_CHECKPOINTING,    # TRL's default is True: decide it yourself
     max_length=128,                                   # was `max_seq_length` in older TRL
     dataloader_pin_memory=False,
     report_to="none",
     save_strategy="no",
-    logging_steps=10,
+    logging_steps=min(10, MAX_STEPS),  # a loss entry even in a run shorter than 10 steps
     disable_tqdm=True,
     seed=SEED,
 )
@@ -297,7 +298,7 @@ from trl import DPOConfig, DPOTrainer
 def dpo_args(**overrides):
     args = dict(output_dir=tempfile.mkdtemp(prefix="dpo-"), max_steps=DPO_STEPS, per_device_train_batch_size=8,
                 learning_rate=DPO_LR, lr_scheduler_type="constant", beta=DPO_BETA, max_length=128,
-                bf16=ON_GPU and torch.cuda.is_bf16_supported(), use_cpu=not ON_GPU and not torch.backends.mps.is_available(),
+                **mixed_precision_flags(DEVICE), use_cpu=not ON_GPU and not torch.backends.mps.is_available(),
                 gradient_checkpointing=GRADIENT_CHECKPOINTING, dataloader_pin_memory=False, report_to="none",
                 save_strategy="no", logging_steps=2, disable_tqdm=True, seed=SEED)
     args.update(overrides)
