@@ -274,7 +274,6 @@ for label in ORDER:
 # %%
 expect("prompt tuning trains fewer parameters than LoRA and prefix tuning",
        runs["prompt tuning"]["trainable"] < min(runs["LoRA"]["trainable"], runs["prefix tuning"]["trainable"]))
-expect("LoRA lifts terse accuracy by at least 40 points", runs["LoRA"]["accuracy"] - base_result.accuracy >= 0.4)
 
 # %%
 import matplotlib.pyplot as plt
