@@ -4,7 +4,8 @@ Trains prompt tuning, prefix tuning and p-tuning on the ``terse`` task (the defa
 course-tiny), then evaluates each three ways on the eval split:
 
 - ``default``: ``evaluate_task(model, tokenizer, eval)`` with default arguments (what a learner writes);
-- ``reference``: a plain ``model.generate(..., use_cache=False)`` loop, written without course_utils;
+- ``reference``: a plain ``model.generate(..., use_cache=False)`` loop in left-padded batches of 16, written
+  without course_utils; ``one by one``: the same without padding (prompt learning is sensitive to it);
 - ``cache on``: ``evaluate_task(..., use_cache=True)``, the trap the default now avoids.
 
 Exits 1 if the default differs from the uncached reference for any method. About a minute per
@@ -47,19 +48,25 @@ def make_config(method: str, num_virtual_tokens: int):
 
 
 @torch.no_grad()
-def uncached_reference_accuracy(model, tokenizer, dataset, max_new_tokens: int) -> float:
-    """Exact-match accuracy from plain ``generate(use_cache=False)``, one example at a time."""
+def uncached_reference_accuracy(model, tokenizer, dataset, max_new_tokens: int, batch_size: int) -> float:
+    """Exact-match accuracy from plain ``generate(use_cache=False)``, in left-padded batches of ``batch_size``.
+
+    ``batch_size=16`` batches like ``evaluate_task`` (so only the cache can make them differ); ``1`` has no
+    padding at all, which moves a prompt-learning model's positions away from its left-padded training batches.
+    """
     model.eval()
+    tokenizer.padding_side = "left"
+    pairs = [split_prompt(m) for m in dataset["messages"]]
     correct = 0
-    for messages in dataset["messages"]:
-        prompt, expected = split_prompt(messages)
-        enc = tokenizer.apply_chat_template([prompt], add_generation_prompt=True, tokenize=True,
-                                            return_dict=True, return_tensors="pt").to(model.device)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        enc = tokenizer.apply_chat_template([p for p, _ in chunk], add_generation_prompt=True, tokenize=True,
+                                            padding=True, return_dict=True, return_tensors="pt").to(model.device)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        answer = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-        correct += answer == expected.strip()
-    return correct / len(dataset)
+        answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        correct += sum(a.strip() == e.strip() for a, (_, e) in zip(answers, chunk))
+    return correct / len(pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,19 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     longest = max(len(tokenizer(split_prompt(m)[1], add_special_tokens=False)["input_ids"])
                   for m in task["eval"]["messages"])
     print(f"{args.task}, {args.steps} steps, {args.tokens} virtual tokens, model {args.model}")
-    print(f"{'method':<14} {'lr':>6} {'train s':>8} {'default':>8} {'reference':>10} {'cache on':>9}")
+    print(f"{'method':<14} {'lr':>6} {'train s':>8} {'default':>8} {'reference':>10} {'one by one':>10} "
+          f"{'cache on':>9}")
     mismatch = False
     for method in args.methods:
         torch.manual_seed(0)
         run = train_lora(load_model(args.model), tokenizer, task["train"], make_config(method, args.tokens),
                          max_steps=args.steps, learning_rate=LR[method])
         default = evaluate_task(run.model, tokenizer, task["eval"], progress=False).accuracy
-        reference = uncached_reference_accuracy(run.model, tokenizer, task["eval"], longest + 4)
+        reference = uncached_reference_accuracy(run.model, tokenizer, task["eval"], longest + 4, batch_size=16)
+        unpadded = uncached_reference_accuracy(run.model, tokenizer, task["eval"], longest + 4, batch_size=1)
         with warnings.catch_warnings():  # the cached run is the trap, asked for on purpose
             warnings.simplefilter("ignore")
             cached = evaluate_task(run.model, tokenizer, task["eval"], progress=False, use_cache=True).accuracy
         mismatch |= default != reference
-        print(f"{method:<14} {LR[method]:>6.0e} {run.seconds:>8.1f} {default:>8.1%} {reference:>10.1%} {cached:>9.1%}"
+        print(f"{method:<14} {LR[method]:>6.0e} {run.seconds:>8.1f} {default:>8.1%} {reference:>10.1%} {unpadded:>10.1%} "
+              f"{cached:>9.1%}"
               + ("  <-- default differs from the reference" if default != reference else ""), flush=True)
     return 1 if mismatch else 0
 
