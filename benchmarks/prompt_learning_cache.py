@@ -8,8 +8,8 @@ course-tiny), then evaluates each three ways on the eval split:
   without course_utils; ``one by one``: the same without padding (prompt learning is sensitive to it);
 - ``cache on``: ``evaluate_task(..., use_cache=True)``, the trap the default now avoids.
 
-Exits 1 if the default differs from the uncached reference for any method. About a minute per
-method on 2 idle CPU cores with the defaults (prompt tuning: 20 random virtual tokens, lr 0.3,
+Exits 1 if the default differs from the uncached reference for any method. About 65 s for all
+three on 2 near-idle CPU cores with the defaults (prompt tuning: 20 random virtual tokens, lr 0.3,
 200 steps, as notebooks/05_prompt_tuning.py trains it).
 
     python benchmarks/prompt_learning_cache.py                # all three methods
