@@ -91,7 +91,7 @@ def generation_use_cache(model: Any, use_cache: bool | None = None) -> bool:
             f"use_cache=True on a prompt-learning model ({_peft_type(model)}): with today's peft/transformers its "
             "cached generation is wrong (the KV-cache trap, notebooks/05_prompt_tuning.py). Leave use_cache unset "
             "(course_utils then turns the cache off) unless you are showing the trap.",
-            PromptLearningCacheWarning, stacklevel=3)
+            PromptLearningCacheWarning, stacklevel=2)  # the course_utils caller: quiet() mutes torch's frames
     return bool(use_cache)
 
 

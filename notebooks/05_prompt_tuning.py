@@ -233,11 +233,11 @@ for i, row in enumerate(near[:8]):
 # - **prefix tuning**: trained key and value vectors for `NUM_VIRTUAL_TOKENS` positions in *every* layer;
 # - **IA3**: learned vectors that rescale the keys, values and the MLP's down-projection input in every layer.
 #
-# How the learning rates were chosen: the course's default model was swept while writing the notebook (100-200 steps,
-# eval accuracy without the cache): prompt tuning on `terse` needs a high rate (3e-1; issue 15 of the course measured
-# 0% -> 68.8% after 200 steps with 20 random tokens), prefix tuning and IA3 come from the same kind of sweep on the
-# `topic` task (prefix 1e-2 and 3e-2, IA3 1e-2 and 5e-2), LoRA keeps notebook 01's 2e-3. Your model may want others:
-# `LR` is in the parameters cell.
+# How the learning rates were chosen, on the default model while writing the course (eval accuracy without the
+# cache): prompt tuning on `terse` needs a high rate, 3e-1 (`benchmarks/prompt_learning_cache.py` trains it, and
+# prefix tuning and p-tuning, with these settings and prints what each reaches); prefix tuning and IA3 keep the best
+# rates of a sweep on the `topic` task (prefix 1e-2 and 3e-2, IA3 1e-2 and 5e-2: we took 3e-2 and 5e-2); LoRA keeps
+# notebook 01's 2e-3. Your model may want others: `LR` is in the parameters cell.
 
 # %%
 import contextlib
@@ -277,9 +277,8 @@ for label in ORDER:
           f"{r['peak_MiB']:>9.0f}")
 
 # %%
-expect("prompt tuning has the fewest trainable parameters",
-       min(ORDER, key=lambda m: runs[m]["trainable"]) == "prompt tuning")
-expect("LoRA lifts terse accuracy by at least 40 points", runs["LoRA"]["accuracy"] - base_result.accuracy >= 0.4)
+expect("prompt tuning trains fewer parameters than LoRA and prefix tuning",
+       runs["prompt tuning"]["trainable"] < min(runs["LoRA"]["trainable"], runs["prefix tuning"]["trainable"]))
 
 # %%
 import matplotlib.pyplot as plt
@@ -299,17 +298,17 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **Reading it.** Read the accuracies from the table above (this notebook's run): on a task that only needs the
-# frozen model steered, prompt tuning with a few thousand parameters gets most of the way LoRA gets, with a tenth of
-# the parameters and the smallest adapter by far; it also costs nothing in the weights, so one frozen model can serve
-# many soft prompts in one batch. Prefix tuning and IA3 are shown with the rates that suited `topic`; they may want
+# **Reading it.** The accuracies are in the table above (this notebook's run). On a task that only needs the frozen
+# model steered, prompt tuning's 3,840 parameters (about a sixth of LoRA's, the smallest adapter but IA3's) lift the
+# accuracy from 0% by the margin checked in section 3. It also costs nothing in the weights, so one frozen model can
+# serve many soft prompts in one batch. Prefix tuning and IA3 run with the rates that suited `topic`; they may want
 # their own sweep here. Time and memory differ little (the frozen model's forward and backward dominate; timings vary
 # run to run): prefix and prompt tuning make every sequence longer by the virtual tokens, LoRA and IA3 add small
 # matrix products.
 #
-# **Is prompt tuning weak on small models?** On a task that needs new knowledge or a new output format (notebook
-# 01's `topic` labels), yes: an earlier version of this notebook measured 0% on `topic` with 8 virtual tokens after
-# 100 steps, where LoRA reached 56%. That gap is a property of small models, not of prompt tuning: Lester et al.
+# **Is prompt tuning weak on small models?** On a task that needs new knowledge or a new output format (the
+# `topic` labels), yes: while writing the course we measured 0% on `topic` with 8 virtual tokens after
+# 100 steps (evaluated without the cache), where LoRA reached 56%. That gap is a property of small models, not of prompt tuning: Lester et al.
 # (2021, "The Power of Scale for Parameter-Efficient Prompt Tuning") found it lags fine-tuning on small T5 models
 # and closes the gap as models grow to billions of parameters. So do not carry the 1.8M-parameter picture to real
 # models. To check it yourself, run this notebook with `MODEL = "smollm2-360m"` (a GPU helps; set

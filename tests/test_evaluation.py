@@ -99,11 +99,13 @@ def test_generators_match_the_uncached_reference(prompt_learner, tiny_tokenizer,
     reference = raw_answers(prompt_learner, tiny_tokenizer, questions, use_cache=False, max_new_tokens=N_NEW)
     with warnings.catch_warnings():
         warnings.simplefilter("error", PromptLearningCacheWarning)  # the default path must not take the cache
-        answers = generate_answers(prompt_learner, tiny_tokenizer, questions, max_new_tokens=N_NEW, progress=False)
+        # batch_size=1 like the reference: left padding is a separate matter from the cache
+        answers = generate_answers(prompt_learner, tiny_tokenizer, questions, max_new_tokens=N_NEW, batch_size=1,
+                                   progress=False)
         # a dataset whose expected answers ARE the uncached reference: the default evaluation scores 100%
         ds = Dataset.from_list([{"messages": q + [{"role": "assistant", "content": r}]}
                                 for q, r in zip(questions, reference)])
-        result = evaluate_task(prompt_learner, tiny_tokenizer, ds, max_new_tokens=N_NEW, progress=False)
+        result = evaluate_task(prompt_learner, tiny_tokenizer, ds, max_new_tokens=N_NEW, batch_size=1, progress=False)
     assert answers == reference
     assert result.accuracy == 1.0, result
 
