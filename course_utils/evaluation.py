@@ -163,9 +163,10 @@ def generate_answers(
     ``use_cache=None`` lets :func:`generation_use_cache` decide (off for prompt-learning models).
 
     >>> from course_utils.loading import load_model, load_tokenizer
-    >>> generate_answers(load_model(), load_tokenizer(),
-    ...                  [[{"role": "user", "content": "What color is the fox?"}]], progress=False)
-    ['The fox is grey.']
+    >>> answers = generate_answers(load_model(), load_tokenizer(),
+    ...                            [[{"role": "user", "content": "What color is the fox?"}]], progress=False)
+    >>> answers[0].startswith("The fox is")  # the colour itself differs between CPU families
+    True
     """
     from tqdm.auto import tqdm
 
@@ -184,7 +185,7 @@ def generate_answers(
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         except RuntimeError as err:
-            if not (use_cache and _is_prompt_learning(model)):
+            if not (use_cache and is_prompt_learning(model)):
                 raise
             # The KV-cache bug of prompt/prefix tuning (notebook 05) crashes on some architectures
             # (OPT's learned positions get an empty slice) instead of giving wrong text: no answer.
@@ -196,11 +197,6 @@ def generate_answers(
         answers.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
     model.train(was_training)
     return answers
-
-
-def _is_prompt_learning(model: Any) -> bool:
-    configs = getattr(model, "peft_config", None)
-    return isinstance(configs, dict) and any(getattr(c, "is_prompt_learning", False) for c in configs.values())
 
 
 _SAID: set[str] = set()

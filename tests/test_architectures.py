@@ -291,7 +291,7 @@ def test_prompt_prefix_and_ia3_train_on_every_architecture(arch, models):
         loss.backward()
 
 
-def test_cached_generation_of_prompt_tuning_on_opt_answers_empty_instead_of_crashing(models, tiny_tokenizer, capsys):
+def test_prompt_tuning_on_opt_generates_uncached_and_a_forced_cache_answers_empty(models, tiny_tokenizer, capsys):
     from peft import PromptTuningConfig, get_peft_model
 
     from course_utils.evaluation import generate_answers
@@ -299,11 +299,15 @@ def test_cached_generation_of_prompt_tuning_on_opt_answers_empty_instead_of_cras
     pm = get_peft_model(copy.deepcopy(models("opt")), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     prompts = [[{"role": "user", "content": q}] for q in ("What color is the fox?", "Name a fruit.",
                                                           "Where does the small grey fox live in winter?")]
+    uncached = generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, use_cache=False, progress=False)
+    assert len(uncached) == 3 and any(uncached)
+    # the default turns the cache off for prompt learning: the same answers
+    assert generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, progress=False) == uncached
+    # forcing the cache on crashes inside OPT's learned positions: empty answers and one note, not a traceback
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, progress=False) == ["", "", ""]
+        assert generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, use_cache=True, progress=False) == ["", "", ""]
     assert "use_cache=False" in capsys.readouterr().out
-    assert len(generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, use_cache=False, progress=False)) == 3
 
 
 def test_dequantize_for_merge_on_a_base_bitsandbytes_left_unquantized(saved):
