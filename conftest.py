@@ -18,6 +18,7 @@ What this file adds, and why (FIELD-NOTES, "nbval, measured"):
 - two sanitize patterns that depend on the machine: this checkout's path and $HOME.
 - ``gpu``-marked tests skip cleanly without CUDA.
 """
+
 from __future__ import annotations
 
 import os

@@ -41,10 +41,15 @@ def _load_raw(path: str):
     """course-tiny in 4-bit the way a learner's own code loads it (no course_utils in the path)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.float32)
-    return AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=torch.float32,
-                                                device_map={"": "cpu"})
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    return AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=config, dtype=torch.float32, device_map={"": "cpu"}
+    )
 
 
 def _with_lora(model):
@@ -52,8 +57,17 @@ def _with_lora(model):
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     torch.manual_seed(0)
-    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
-                                            init_lora_weights=False, task_type="CAUSAL_LM"))
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+        ),
+    )
 
 
 def _lora_grads(model, batch) -> torch.Tensor:
@@ -66,9 +80,11 @@ def _lora_grads(model, batch) -> torch.Tensor:
 def _dequantized(model) -> torch.Tensor:
     import bitsandbytes.functional as F
 
-    out = [F.dequantize_4bit(m.weight.data, m.weight.quant_state).float().flatten()
-           for _, m in sorted(model.named_modules(), key=lambda x: x[0])
-           if type(m._parameters.get("weight")).__name__ == "Params4bit"]
+    out = [
+        F.dequantize_4bit(m.weight.data, m.weight.quant_state).float().flatten()
+        for _, m in sorted(model.named_modules(), key=lambda x: x[0])
+        if type(m._parameters.get("weight")).__name__ == "Params4bit"
+    ]
     return torch.cat(out)
 
 
@@ -87,11 +103,15 @@ def _train(model, tokenizer, steps: int) -> tuple[float, float]:
 
     eval_ds = load_task("shout", "eval")
     before = evaluate_task(model, tokenizer, eval_ds, progress=False).accuracy  # the evaluation pass
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
-                                                  task_type="CAUSAL_LM"))
-    trainer = Trainer(model=peft_model, args=cpu_friendly_args(max_steps=steps, logging_steps=steps),
-                      train_dataset=tokenize_for_sft(load_task("shout", "train"), tokenizer),
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+    trainer = Trainer(
+        model=peft_model,
+        args=cpu_friendly_args(max_steps=steps, logging_steps=steps),
+        train_dataset=tokenize_for_sft(load_task("shout", "train"), tokenizer),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+    )
     trainer.train()
     peft_model.eval()
     return before, evaluate_task(peft_model, tokenizer, eval_ds, progress=False).accuracy
@@ -106,8 +126,10 @@ def main() -> int:
 
     path = resolve_model_path("course-tiny")
     tokenizer = load_tokenizer("course-tiny")
-    text = ("<|im_start|>user\nWhere does the owl live?<|im_end|>\n<|im_start|>assistant\n"
-            "THE OWL LIVES IN THE FOREST.<|im_end|>")
+    text = (
+        "<|im_start|>user\nWhere does the owl live?<|im_end|>\n<|im_start|>assistant\n"
+        "THE OWL LIVES IN THE FOREST.<|im_end|>"
+    )
     batch = tokenizer([text], return_tensors="pt")
     batch["labels"] = batch["input_ids"].clone()
 

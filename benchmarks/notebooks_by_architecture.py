@@ -9,6 +9,7 @@ each failure). The full 11 x 6 matrix takes half an hour or more on 2 CPU cores:
     nice -n 19 python benchmarks/notebooks_by_architecture.py --arch gpt2 falcon --notebooks 03 06
     python benchmarks/notebooks_by_architecture.py --keep runs/arch-matrix      # keep executed copies
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,33 @@ NOTEBOOKS = ("01", "02", "03", "04", "05", "06")
 
 def run_one(arch: str, model_dir: Path, notebooks: list[str], out: Path, max_steps: int) -> dict[str, dict]:
     """Run ``notebooks`` on one architecture; {notebook: {"status", "seconds", "error"}}."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, "-m", "course_utils", "run", *notebooks, "--model", str(model_dir),
-           "--max-steps", str(max_steps), "--out", str(out), "--overwrite", "--no-progress", "--json"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # failures go in the matrix
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "PYTHONHASHSEED": "0",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "course_utils",
+        "run",
+        *notebooks,
+        "--model",
+        str(model_dir),
+        "--max-steps",
+        str(max_steps),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-progress",
+        "--json",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )  # failures go in the matrix
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -52,8 +75,12 @@ def run_one(arch: str, model_dir: Path, notebooks: list[str], out: Path, max_ste
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", nargs="*", default=list(TINY_ARCHITECTURES),
-                        help=f"architectures (default: all of {', '.join(TINY_ARCHITECTURES)})")
+    parser.add_argument(
+        "--arch",
+        nargs="*",
+        default=list(TINY_ARCHITECTURES),
+        help=f"architectures (default: all of {', '.join(TINY_ARCHITECTURES)})",
+    )
     parser.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS), help="notebook numbers (default: all)")
     parser.add_argument("--max-steps", type=int, default=60)
     parser.add_argument("--keep", help="folder for the executed notebooks (default: a temporary folder)")

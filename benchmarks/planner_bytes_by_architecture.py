@@ -9,6 +9,7 @@ architecture.
 
     python benchmarks/planner_bytes_by_architecture.py [--arch gpt2 falcon]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,15 +49,23 @@ def measure(arch: str, method: str, dtype: str) -> dict[str, int]:
     opt = torch.optim.AdamW(trainable, lr=1e-4)
     opt.step()
     state = [v for s in opt.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")]
-    return {"weights": _bytes(params), "grads": _bytes(p.grad for p in trainable), "optimizer state": _bytes(state),
-            "trainable": sum(p.numel() for p in trainable)}
+    return {
+        "weights": _bytes(params),
+        "grads": _bytes(p.grad for p in trainable),
+        "optimizer state": _bytes(state),
+        "trainable": sum(p.numel() for p in trainable),
+    }
 
 
 def planned(arch: str, method: str, dtype: str) -> dict[str, int]:
     est = estimate_training_memory(tiny_config(arch), Recipe(method=method, dtype=dtype, r=8, autocast=False))
     d = est.details
-    return {"weights": sum(v for k, v in d.items() if k.startswith("weights")), "grads": d["grads"],
-            "optimizer state": d["optimizer state"], "trainable": est.trainable_params}
+    return {
+        "weights": sum(v for k, v in d.items() if k.startswith("weights")),
+        "grads": d["grads"],
+        "optimizer state": d["optimizer state"],
+        "trainable": est.trainable_params,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

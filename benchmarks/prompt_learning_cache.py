@@ -59,12 +59,24 @@ def uncached_reference_accuracy(model, tokenizer, dataset, max_new_tokens: int, 
     pairs = [split_prompt(m) for m in dataset["messages"]]
     correct = 0
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        enc = tokenizer.apply_chat_template([p for p, _ in chunk], add_generation_prompt=True, tokenize=True,
-                                            padding=True, return_dict=True, return_tensors="pt").to(model.device)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        chunk = pairs[start : start + batch_size]
+        enc = tokenizer.apply_chat_template(
+            [p for p, _ in chunk],
+            add_generation_prompt=True,
+            tokenize=True,
+            padding=True,
+            return_dict=True,
+            return_tensors="pt",
+        ).to(model.device)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         correct += sum(a.strip() == e.strip() for a, (_, e) in zip(answers, chunk))
     return correct / len(pairs)
 
@@ -80,16 +92,24 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = load_tokenizer(args.model)
     task = load_task(args.task)
-    longest = max(len(tokenizer(split_prompt(m)[1], add_special_tokens=False)["input_ids"])
-                  for m in task["eval"]["messages"])
+    longest = max(
+        len(tokenizer(split_prompt(m)[1], add_special_tokens=False)["input_ids"]) for m in task["eval"]["messages"]
+    )
     print(f"{args.task}, {args.steps} steps, {args.tokens} virtual tokens, model {args.model}")
-    print(f"{'method':<14} {'lr':>6} {'train s':>8} {'default':>8} {'reference':>10} {'one by one':>10} "
-          f"{'cache on':>9}")
+    print(
+        f"{'method':<14} {'lr':>6} {'train s':>8} {'default':>8} {'reference':>10} {'one by one':>10} {'cache on':>9}"
+    )
     mismatch = False
     for method in args.methods:
         torch.manual_seed(0)
-        run = train_lora(load_model(args.model), tokenizer, task["train"], make_config(method, args.tokens),
-                         max_steps=args.steps, learning_rate=LR[method])
+        run = train_lora(
+            load_model(args.model),
+            tokenizer,
+            task["train"],
+            make_config(method, args.tokens),
+            max_steps=args.steps,
+            learning_rate=LR[method],
+        )
         default = evaluate_task(run.model, tokenizer, task["eval"], progress=False).accuracy
         reference = uncached_reference_accuracy(run.model, tokenizer, task["eval"], longest + 4, batch_size=16)
         unpadded = uncached_reference_accuracy(run.model, tokenizer, task["eval"], longest + 4, batch_size=1)
@@ -97,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")
             cached = evaluate_task(run.model, tokenizer, task["eval"], progress=False, use_cache=True).accuracy
         mismatch |= default != reference
-        print(f"{method:<14} {LR[method]:>6.0e} {run.seconds:>8.1f} {default:>8.1%} {reference:>10.1%} {unpadded:>10.1%} "
-              f"{cached:>9.1%}"
-              + ("  <-- default differs from the reference" if default != reference else ""), flush=True)
+        print(
+            f"{method:<14} {LR[method]:>6.0e} {run.seconds:>8.1f} {default:>8.1%} {reference:>10.1%} {unpadded:>10.1%} "
+            f"{cached:>9.1%}" + ("  <-- default differs from the reference" if default != reference else ""),
+            flush=True,
+        )
     return 1 if mismatch else 0
 
 

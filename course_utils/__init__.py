@@ -13,6 +13,7 @@ on first use.
 >>> course_utils.DEFAULT_MODEL
 'course-tiny'
 """
+
 from __future__ import annotations
 
 import importlib

@@ -34,6 +34,7 @@ A fused projection (``qkv_proj``) is one linear layer: LoRA adds one ``A``/``B``
 >>> fused_projections(tiny_model("phi3"))
 {'qkv_proj': ('q', 'k', 'v'), 'gate_up_proj': ('gate', 'up')}
 """
+
 from __future__ import annotations
 
 import html
@@ -126,8 +127,10 @@ def as_linear(module: nn.Module) -> nn.Linear:
     if is_conv1d(base):
         weight = weight.T
     if weight.shape != (out_f, in_f):
-        raise TypeError(f"Cannot copy {type(base).__name__} into nn.Linear: weight shape {tuple(weight.shape)} "
-                        f"is not (out, in) = {(out_f, in_f)} (a quantized layer? dequantize it first).")
+        raise TypeError(
+            f"Cannot copy {type(base).__name__} into nn.Linear: weight shape {tuple(weight.shape)} "
+            f"is not (out, in) = {(out_f, in_f)} (a quantized layer? dequantize it first)."
+        )
     bias = getattr(base, "bias", None)
     linear = nn.Linear(in_f, out_f, bias=bias is not None)
     with torch.no_grad():
@@ -214,9 +217,18 @@ def decoder_linear_layers(model: nn.Module) -> list[LinearLayer]:
         short = name.split(".")[-1]
         target = ".".join(name.split(".")[-2:]) if len(kinds[short]) > 1 else short
         in_f, out_f = layer_shape(module)
-        layers.append(LinearLayer(name=name, target=target, kind=_kind(name), in_features=in_f, out_features=out_f,
-                                  bias=getattr(module, "bias", None) is not None, conv1d=is_conv1d(module),
-                                  fused=_FUSED.get(short)))
+        layers.append(
+            LinearLayer(
+                name=name,
+                target=target,
+                kind=_kind(name),
+                in_features=in_f,
+                out_features=out_f,
+                bias=getattr(module, "bias", None) is not None,
+                conv1d=is_conv1d(module),
+                fused=_FUSED.get(short),
+            )
+        )
     return layers
 
 
@@ -350,8 +362,11 @@ def lora_parameter_count(model: nn.Module, r: int, target_modules: Iterable[str]
     4096
     """
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    return sum(r * (layer.in_features + layer.out_features) for layer in decoder_linear_layers(model)
-               if any(matches_target(layer.name, t) for t in targets))
+    return sum(
+        r * (layer.in_features + layer.out_features)
+        for layer in decoder_linear_layers(model)
+        if any(matches_target(layer.name, t) for t in targets)
+    )
 
 
 def ia3_targets(model: nn.Module) -> dict[str, list[str]]:
@@ -430,9 +445,11 @@ def bitsandbytes_support(model: nn.Module) -> str | None:
     if not odd:
         return None
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-    return (f"transformers' bitsandbytes loading quantizes only plain nn.Linear and Conv1D layers, and {model_type}'s "
-            f"are {', '.join(sorted(odd))}: 4-bit and 8-bit loading leave them in full precision, so the "
-            "quantization steps run but change nothing.")
+    return (
+        f"transformers' bitsandbytes loading quantizes only plain nn.Linear and Conv1D layers, and {model_type}'s "
+        f"are {', '.join(sorted(odd))}: 4-bit and 8-bit loading leave them in full precision, so the "
+        "quantization steps run but change nothing."
+    )
 
 
 def architecture_notes(model_name: str) -> list[str]:

@@ -13,13 +13,14 @@ what to do).
 
 >>> main(["plan", "smollm2-135m", "--batch-size", "1", "--seq-len", "128"])   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -44,12 +45,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     if args.inplace:
-        overrides = [f"--{k.replace('_', '-')}" for k in ("model", "dtype", "device", "max_steps", "out")
-                     if getattr(args, k) is not None]
+        overrides = [
+            f"--{k.replace('_', '-')}"
+            for k in ("model", "dtype", "device", "max_steps", "out")
+            if getattr(args, k) is not None
+        ]
         if overrides:
-            _err(f"--inplace regenerates the committed outputs, which nbval compares, so it always uses the "
-                 f"notebook's own parameters and the default model; drop {', '.join(overrides)} "
-                 "(or run without --inplace to get executed copies in runs/).")
+            _err(
+                f"--inplace regenerates the committed outputs, which nbval compares, so it always uses the "
+                f"notebook's own parameters and the default model; drop {', '.join(overrides)} "
+                "(or run without --inplace to get executed copies in runs/)."
+            )
             return EXIT_USAGE
         return _run_inplace(notebooks, args)
 
@@ -67,9 +73,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _err(str(err))
         return EXIT_USAGE
 
-    summary = runner.run_notebooks(notebooks, out_dir, model=args.model, dtype=args.dtype, device=args.device,
-                                   max_steps=args.max_steps, cell_timeout=args.timeout,
-                                   progress=not args.no_progress)
+    summary = runner.run_notebooks(
+        notebooks,
+        out_dir,
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        max_steps=args.max_steps,
+        cell_timeout=args.timeout,
+        progress=not args.no_progress,
+    )
     if args.json:
         print(json.dumps(summary.to_dict(), indent=1, default=str))
     else:
@@ -77,8 +90,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"Executed notebooks and summary.md / summary.json in {out_dir}")
     if not summary.ok:
         names = ", ".join(r.notebook for r in summary.failed)
-        _err(f"{len(summary.failed)} notebook(s) failed: {names}. Open the executed copies in {out_dir} "
-             "to see the traceback under the failing cell.")
+        _err(
+            f"{len(summary.failed)} notebook(s) failed: {names}. Open the executed copies in {out_dir} "
+            "to see the traceback under the failing cell."
+        )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -138,16 +153,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         config = planner.load_config(args.model)
     except Exception as err:  # unknown name, unreadable file
         names = ", ".join(planner.list_configs())
-        _err(f"cannot read a config for {args.model!r} ({type(err).__name__}: {str(err).splitlines()[0][:160]}). "
-             f"Use a shipped name ({names}), a folder with config.json, or a config .json file.")
+        _err(
+            f"cannot read a config for {args.model!r} ({type(err).__name__}: {str(err).splitlines()[0][:160]}). "
+            f"Use a shipped name ({names}), a folder with config.json, or a config .json file."
+        )
         return EXIT_USAGE
     targets: str | list[str] = args.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
-    common = dict(dtype=args.dtype, r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                  target_modules=targets, batch_size=args.batch_size, seq_len=args.seq_len,
-                  gradient_checkpointing=args.gc, optimizer=args.optimizer,
-                  n_gpus=args.n_gpus, sharding=args.sharding or ("fsdp" if args.n_gpus > 1 else "none"))
+    common = dict(
+        dtype=args.dtype,
+        r=args.r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=targets,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        gradient_checkpointing=args.gc,
+        optimizer=args.optimizer,
+        n_gpus=args.n_gpus,
+        sharding=args.sharding or ("fsdp" if args.n_gpus > 1 else "none"),
+    )
     try:
         if args.compare:
             recipes = [planner.Recipe(method=m, **common) for m in ("full", "lora", "qlora")]
@@ -176,15 +202,23 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="course-utils", description="Instructor tools for the PEFT course: run notebooks, check the "
-        "environment, plan training memory.")
+        prog="course-utils",
+        description="Instructor tools for the PEFT course: run notebooks, check the environment, plan training memory.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="{run,doctor,plan}")
 
-    run = sub.add_parser("run", help="execute notebooks headless and summarize", description=(
-        "Execute the course's notebooks with papermill (all, or those named) into runs/<timestamp>/ "
-        "and write summary.md / summary.json. With --inplace, re-execute the named notebooks with the "
-        "default model and write them back with outputs (what gets committed)."))
-    run.add_argument("notebooks", nargs="*", help="numbers (01), names (01_lora_training) or .ipynb paths; default: all")
+    run = sub.add_parser(
+        "run",
+        help="execute notebooks headless and summarize",
+        description=(
+            "Execute the course's notebooks with papermill (all, or those named) into runs/<timestamp>/ "
+            "and write summary.md / summary.json. With --inplace, re-execute the named notebooks with the "
+            "default model and write them back with outputs (what gets committed)."
+        ),
+    )
+    run.add_argument(
+        "notebooks", nargs="*", help="numbers (01), names (01_lora_training) or .ipynb paths; default: all"
+    )
     run.add_argument("--model", help="model for every notebook (MODEL parameter and $COURSE_MODEL), e.g. smollm2-135m")
     run.add_argument("--dtype", help="DTYPE parameter: auto, float32, bfloat16, float16")
     run.add_argument("--device", help="DEVICE parameter: auto, cpu, cuda, mps")
@@ -192,22 +226,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default: a new runs/<timestamp>/)")
     run.add_argument("--runs-dir", default="runs", help="where timestamped run folders go (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
-    run.add_argument("--inplace", action="store_true",
-                     help="execute in place with the default model; strip widget state and timing metadata")
+    run.add_argument(
+        "--inplace",
+        action="store_true",
+        help="execute in place with the default model; strip widget state and timing metadata",
+    )
     run.add_argument("--timeout", type=float, default=1200, help="seconds per cell before giving up (default 1200)")
     run.add_argument("--notebooks-dir", help="folder of the notebooks (default: ./notebooks)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
-    doctor = sub.add_parser("doctor", help="check this environment", description=(
-        "Check Python, torch, CUDA/MPS, library versions against the supported ranges, bitsandbytes "
-        "(4-bit round trip), disk, hub access, and say what of the course runs here."))
+    doctor = sub.add_parser(
+        "doctor",
+        help="check this environment",
+        description=(
+            "Check Python, torch, CUDA/MPS, library versions against the supported ranges, bitsandbytes "
+            "(4-bit round trip), disk, hub access, and say what of the course runs here."
+        ),
+    )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=_cmd_doctor)
 
-    plan = sub.add_parser("plan", help="estimate training memory for a model and recipe", description=(
-        "Estimate peak GPU memory of a training step from the model's config (nothing is downloaded)."))
+    plan = sub.add_parser(
+        "plan",
+        help="estimate training memory for a model and recipe",
+        description=("Estimate peak GPU memory of a training step from the model's config (nothing is downloaded)."),
+    )
     plan.add_argument("model", help="smollm2-135m, smollm2-360m, smollm2-1.7b, llama-3.2-1b, or a config path")
     plan.add_argument("--method", default="lora", choices=("full", "lora", "qlora", "lora-8bit"))
     plan.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
@@ -223,8 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--compare", action="store_true", help="full / lora / qlora side by side on several GPU sizes")
     plan.add_argument("--gpus", type=float, nargs="+", default=[16, 24, 40, 80], help="GPU sizes for --compare")
     plan.add_argument("--n-gpus", type=int, default=1, help="GPUs trained on together: the estimate is per GPU")
-    plan.add_argument("--sharding", choices=("none", "ddp", "fsdp", "zero3"),
-                      help="how the GPUs share the model (default: fsdp with --n-gpus > 1, else none)")
+    plan.add_argument(
+        "--sharding",
+        choices=("none", "ddp", "fsdp", "zero3"),
+        help="how the GPUs share the model (default: fsdp with --n-gpus > 1, else none)",
+    )
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=_cmd_plan)
     return parser

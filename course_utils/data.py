@@ -18,6 +18,7 @@ the same fields instead.
 >>> sorted(ds), ds["train"].column_names
 (['eval', 'train'], ['messages'])
 """
+
 from __future__ import annotations
 
 import json
@@ -75,7 +76,8 @@ def load_task(name: str, split: str | None = None, *, hub_id: str | None = None)
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} is missing. The datasets ship with the course: re-clone the repository or run "
-                "`python scripts/build_course_tiny.py` to regenerate them.")
+                "`python scripts/build_course_tiny.py` to regenerate them."
+            )
         parts[s] = Dataset.from_list(_read_jsonl(path))
     return parts[split] if split else DatasetDict(parts)
 
@@ -102,6 +104,7 @@ def to_prompt_completion(dataset: Dataset) -> Dataset:
     >>> row["completion"][0]["role"]
     'assistant'
     """
+
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         prompt, answer = split_prompt(row["messages"])
         return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]}
@@ -122,16 +125,20 @@ def tokenize_for_sft(dataset: Dataset, tokenizer: Any, max_length: int = 128) ->
     >>> len(row["input_ids"]) == len(row["labels"]) and row["labels"][0] == -100
     True
     """
+
     def encode(row: dict[str, Any]) -> dict[str, list[int]]:
         prompt, _ = split_prompt(row["messages"])
-        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True)["input_ids"]
+        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         full_ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
         if full_ids[: len(prompt_ids)] != prompt_ids:
-            raise ValueError("The chat template renders the prompt differently inside the full "
-                             "conversation; cannot mask the prompt for this tokenizer.")
+            raise ValueError(
+                "The chat template renders the prompt differently inside the full "
+                "conversation; cannot mask the prompt for this tokenizer."
+            )
         full_ids = full_ids[:max_length]
-        labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids):]
+        labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids) :]
         return {"input_ids": full_ids, "attention_mask": [1] * len(full_ids), "labels": labels[:max_length]}
 
     return dataset.map(encode, remove_columns=dataset.column_names)

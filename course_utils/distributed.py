@@ -27,6 +27,7 @@ gradients and optimizer state, the trained model's logits on a fixed prompt) to 
 >>> accelerate_config("ddp").name
 'ddp.yaml'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     """
     p = argparse.ArgumentParser(
         prog="course_utils.distributed",
-        description="LoRA/QLoRA SFT with TRL on 1 process, N CPU processes or N GPUs (run it with accelerate launch).")
-    p.add_argument("--config", choices=sorted(ACCELERATE_CONFIGS),
-                   help="print the path of a shipped accelerate config and exit")
+        description="LoRA/QLoRA SFT with TRL on 1 process, N CPU processes or N GPUs (run it with accelerate launch).",
+    )
+    p.add_argument(
+        "--config", choices=sorted(ACCELERATE_CONFIGS), help="print the path of a shipped accelerate config and exit"
+    )
     p.add_argument("--model", default="course-tiny", help="course-tiny (default), smollm2-135m, any hub id or folder")
     p.add_argument("--task", default="shout", help="course task to train on (course_utils.data.TASKS)")
     p.add_argument("--method", default="lora", choices=("lora", "qlora"))
@@ -126,8 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="runs/distributed-adapter", help="where the adapter is saved")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter folder")
-    p.add_argument("--eval-examples", type=int, default=16,
-                   help="eval conversations scored after training on the main process (0: skip)")
+    p.add_argument(
+        "--eval-examples",
+        type=int,
+        default=16,
+        help="eval conversations scored after training on the main process (0: skip)",
+    )
     p.add_argument("--facts", help="write per-rank facts (batches, bytes, logits) to this JSON file")
     return p
 
@@ -154,21 +161,25 @@ def require_supported(kind: str, method: str, cuda: bool) -> None:
         if not cuda:
             raise UnsupportedHereError(
                 "DeepSpeed ZeRO-3 needs CUDA GPUs and none is visible here: on CPUs launch with the FSDP config "
-                "(--config_file fsdp-lora.yaml) or the DDP one (ddp.yaml) instead.")
+                "(--config_file fsdp-lora.yaml) or the DDP one (ddp.yaml) instead."
+            )
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
             raise UnsupportedHereError(
                 "DeepSpeed is not installed: `pip install deepspeed` (or `pip install 'peft-course[deepspeed]'`), "
-                "or launch with the FSDP config fsdp-lora.yaml / fsdp-qlora.yaml, which needs nothing extra.")
+                "or launch with the FSDP config fsdp-lora.yaml / fsdp-qlora.yaml, which needs nothing extra."
+            )
     if kind == "fsdp" and method == "lora" and not cuda:
         raise UnsupportedHereError(
             "accelerate runs FSDP on GPUs only (on CPU processes it would quietly fall back to plain data "
-            "parallelism): on CPUs launch with the DDP config (--config_file ddp.yaml) instead.")
+            "parallelism): on CPUs launch with the DDP config (--config_file ddp.yaml) instead."
+        )
     if kind == "fsdp" and method == "qlora" and not cuda:
         raise UnsupportedHereError(
             "QLoRA with FSDP shards bitsandbytes' 4-bit weights only on CUDA GPUs: on CPUs use --method lora with "
-            "fsdp-lora.yaml, or --method qlora with ddp.yaml (each process keeps the whole 4-bit model).")
+            "fsdp-lora.yaml, or --method qlora with ddp.yaml (each process keeps the whole 4-bit model)."
+        )
 
 
 def qlora_config(kind: str, compute_dtype: Any) -> Any:
@@ -250,21 +261,23 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         else:  # one whole 4-bit model per process, on this process's device
             load_kwargs["device_map"] = {"": state.local_process_index if cuda else "cpu"}
     # Weights are loaded on the CPU; the Trainer moves (or shards) them onto this process's device.
-    model = load_model(ns.model, dtype=compute_dtype, device="cpu",
-                       quantization_config=quantization_config, **load_kwargs)
+    model = load_model(
+        ns.model, dtype=compute_dtype, device="cpu", quantization_config=quantization_config, **load_kwargs
+    )
 
     targets: str | list[str] = ns.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
-    lora = LoraConfig(r=ns.r, lora_alpha=ns.lora_alpha, lora_dropout=ns.lora_dropout, target_modules=targets,
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=ns.r, lora_alpha=ns.lora_alpha, lora_dropout=ns.lora_dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
     args = SFTConfig(
         output_dir=str(out),
         max_steps=ns.max_steps,
         per_device_train_batch_size=ns.batch_size,
         learning_rate=ns.learning_rate,
         lr_scheduler_type="constant",
-        bf16=bf16,                       # TRL would default to True: an error on CPU
+        bf16=bf16,  # TRL would default to True: an error on CPU
         use_cpu=not cuda,
         gradient_checkpointing=ns.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if ns.gradient_checkpointing else None,
@@ -278,21 +291,33 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         seed=ns.seed,
     )
     train = to_prompt_completion(load_task(ns.task, "train"))
-    facts: dict[str, Any] = {"rank": state.process_index, "world_size": state.num_processes,
-                             "distributed_type": str(state.distributed_type), "backend": state.backend}
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=lora,
-                         callbacks=[_facts_callback(facts)])
+    facts: dict[str, Any] = {
+        "rank": state.process_index,
+        "world_size": state.num_processes,
+        "distributed_type": str(state.distributed_type),
+        "backend": state.backend,
+    }
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[_facts_callback(facts)],
+    )
 
     # Which batches did this rank train on? A forward pre-hook on the embedding sees every input_ids.
     batches: list[str] = []
     hook = trainer.model.get_input_embeddings().register_forward_pre_hook(
-        lambda _m, inputs: batches.append(_digest(inputs[0])))
+        lambda _m, inputs: batches.append(_digest(inputs[0]))
+    )
     result = trainer.train()
     hook.remove()
 
     params = list(trainer.model_wrapped.parameters())  # FSDP: this rank's shards; DDP: the whole model
-    opt_states = [v for s in trainer.optimizer.state.values() for k, v in s.items()
-                  if torch.is_tensor(v) and k != "step"]  # exp_avg, exp_avg_sq (the scalar step is not counted)
+    opt_states = [
+        v for s in trainer.optimizer.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"
+    ]  # exp_avg, exp_avg_sq (the scalar step is not counted)
     facts.update(
         batches=batches,
         weight_bytes=_nbytes(params),
@@ -355,8 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(ns.output_dir)
     if out.exists() and any(out.iterdir()) and not ns.overwrite:  # checked by every rank, before any work
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"course_utils.distributed: error: {out} already holds files (an earlier adapter?); pass "
-                  "--overwrite to replace them or choose another --output-dir.", file=sys.stderr)
+            print(
+                f"course_utils.distributed: error: {out} already holds files (an earlier adapter?); pass "
+                "--overwrite to replace them or choose another --output-dir.",
+                file=sys.stderr,
+            )
         return 2
     try:
         facts = run(ns)
@@ -365,9 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"course_utils.distributed: error: {err}", file=sys.stderr)
         return 2
     rank, world = facts["rank"], facts["world_size"]
-    print(f"[rank {rank}/{world}] {facts['distributed_type']} ({facts['backend']}): {len(facts['batches'])} batches, "
-          f"weights {facts['weight_bytes']:,} B, grads {facts.get('grad_bytes', 0):,} B, "
-          f"optimizer state {facts['optimizer_state_bytes']:,} B, loss {facts['train_loss']:.4f}", flush=True)
+    print(
+        f"[rank {rank}/{world}] {facts['distributed_type']} ({facts['backend']}): {len(facts['batches'])} batches, "
+        f"weights {facts['weight_bytes']:,} B, grads {facts.get('grad_bytes', 0):,} B, "
+        f"optimizer state {facts['optimizer_state_bytes']:,} B, loss {facts['train_loss']:.4f}",
+        flush=True,
+    )
     if ns.facts:
         path = Path(ns.facts)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -384,8 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rank == 0:
         ev = facts.get("eval")
         if ev:
-            print(f"saved adapter in {ns.output_dir}: {ev['correct']}/{ev['total']} eval answers exact "
-                  f"({ev['accuracy']:.0%}) after {ns.max_steps} steps on {world} process(es)")
+            print(
+                f"saved adapter in {ns.output_dir}: {ev['correct']}/{ev['total']} eval answers exact "
+                f"({ev['accuracy']:.0%}) after {ns.max_steps} steps on {world} process(es)"
+            )
         print(f"done in {facts['train_seconds']:.1f} s", flush=True)
     return 0
 

@@ -12,6 +12,7 @@ It takes a few seconds (importing torch and bitsandbytes is most of it) and neve
 >>> report.ok                                      # doctest: +SKIP
 True
 """
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -21,12 +22,22 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-__all__ = ["Check", "DoctorReport", "diagnose", "supported_ranges", "diagnose_versions", "diagnose_bitsandbytes",
-           "diagnose_hub", "diagnose_cpu_repack", "FALLBACK_REQUIREMENTS"]
+__all__ = [
+    "Check",
+    "DoctorReport",
+    "diagnose",
+    "supported_ranges",
+    "diagnose_versions",
+    "diagnose_bitsandbytes",
+    "diagnose_hub",
+    "diagnose_cpu_repack",
+    "FALLBACK_REQUIREMENTS",
+]
 
 DIST_NAME = "peft-course"
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -76,8 +87,12 @@ class DoctorReport:
         return all(c.status != FAIL for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "seconds": round(self.seconds, 2), "facts": self.facts,
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "ok": self.ok,
+            "seconds": round(self.seconds, 2),
+            "facts": self.facts,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
     def __repr__(self) -> str:
         w_name = max([len(c.name) for c in self.checks] + [5])
@@ -96,8 +111,11 @@ class DoctorReport:
     def _repr_html_(self) -> str:
         import html
 
-        rows = "".join(f"<tr><td>{html.escape(c.name)}</td><td>{c.status}</td><td>{html.escape(c.found)}</td>"
-                       f"<td>{html.escape(c.advice)}</td></tr>" for c in self.checks)
+        rows = "".join(
+            f"<tr><td>{html.escape(c.name)}</td><td>{c.status}</td><td>{html.escape(c.found)}</td>"
+            f"<td>{html.escape(c.advice)}</td></tr>"
+            for c in self.checks
+        )
         return f"<table><tr><th>check</th><th>status</th><th>found</th><th>what to do</th></tr>{rows}</table>"
 
 
@@ -157,7 +175,9 @@ def diagnose_versions(requirements: Sequence[str] | None = None) -> list[Check]:
         try:
             checks.append(Check(tool, OK, md.version(tool)))
         except md.PackageNotFoundError:
-            checks.append(Check(tool, WARN, "missing", 'needed for pytest/nbval and `course-utils run`: pip install -e ".[dev]"'))
+            checks.append(
+                Check(tool, WARN, "missing", 'needed for pytest/nbval and `course-utils run`: pip install -e ".[dev]"')
+            )
     return checks
 
 
@@ -166,31 +186,59 @@ def diagnose_versions(requirements: Sequence[str] | None = None) -> list[Check]:
 
 def diagnose_torch(facts: dict[str, Any]) -> list[Check]:
     """Python, torch, and which accelerator is available (GPU name and memory)."""
-    checks = [Check("python", OK if sys.version_info >= (3, 10) else FAIL, platform.python_version(),
-                    "" if sys.version_info >= (3, 10) else "the course needs Python >= 3.10")]
+    checks = [
+        Check(
+            "python",
+            OK if sys.version_info >= (3, 10) else FAIL,
+            platform.python_version(),
+            "" if sys.version_info >= (3, 10) else "the course needs Python >= 3.10",
+        )
+    ]
     facts["python"] = platform.python_version()
     try:
         import torch
     except ImportError:
         facts["device"] = None
-        return checks + [Check("torch", FAIL, "cannot import",
-                               "install the CPU build first: pip install torch --index-url "
-                               "https://download.pytorch.org/whl/cpu (or the CUDA build for your GPU)")]
+        return checks + [
+            Check(
+                "torch",
+                FAIL,
+                "cannot import",
+                "install the CPU build first: pip install torch --index-url "
+                "https://download.pytorch.org/whl/cpu (or the CUDA build for your GPU)",
+            )
+        ]
     facts["torch"] = torch.__version__
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         gib = props.total_memory / 2**30
-        facts.update(device="cuda", gpu=props.name, gpu_memory_GiB=round(gib, 1),
-                     cuda=torch.version.cuda, bf16=tuple(torch.cuda.get_device_capability(0)) >= (8, 0))
-        checks.append(Check("accelerator", OK, f"CUDA {torch.version.cuda}: {props.name}, {gib:.1f} GiB"
-                            f" ({torch.cuda.device_count()} GPU(s))"))
+        facts.update(
+            device="cuda",
+            gpu=props.name,
+            gpu_memory_GiB=round(gib, 1),
+            cuda=torch.version.cuda,
+            bf16=tuple(torch.cuda.get_device_capability(0)) >= (8, 0),
+        )
+        checks.append(
+            Check(
+                "accelerator",
+                OK,
+                f"CUDA {torch.version.cuda}: {props.name}, {gib:.1f} GiB ({torch.cuda.device_count()} GPU(s))",
+            )
+        )
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         facts.update(device="mps")
         checks.append(Check("accelerator", OK, "Apple MPS", "bitsandbytes (QLoRA) needs CUDA or CPU, not MPS"))
     else:
         facts.update(device="cpu")
-        checks.append(Check("accelerator", INFO, f"none: CPU only ({os.cpu_count()} cores)",
-                            "fine for the default model course-tiny"))
+        checks.append(
+            Check(
+                "accelerator",
+                INFO,
+                f"none: CPU only ({os.cpu_count()} cores)",
+                "fine for the default model course-tiny",
+            )
+        )
     return checks
 
 
@@ -257,8 +305,9 @@ def start_bitsandbytes_probe() -> Any:
     """
     import subprocess
 
-    return subprocess.Popen([sys.executable, "-c", _BNB_PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _BNB_PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def diagnose_bitsandbytes(facts: dict[str, Any], probe: Any = None, timeout: float = 30.0) -> Check | list[Check]:
@@ -280,35 +329,58 @@ def diagnose_bitsandbytes(facts: dict[str, Any], probe: Any = None, timeout: flo
         probe.kill()
         probe.communicate()
         facts["bitsandbytes"] = False
-        return Check("bitsandbytes", WARN, f"probe gave no answer in {timeout:g} s", "run `python -c 'import "
-                     "bitsandbytes'` to see what it is doing")
+        return Check(
+            "bitsandbytes",
+            WARN,
+            f"probe gave no answer in {timeout:g} s",
+            "run `python -c 'import bitsandbytes'` to see what it is doing",
+        )
     try:
         out = json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         tail = (stderr.strip().splitlines() or ["no output"])[-1][:100]
         facts["bitsandbytes"] = False
-        return Check("bitsandbytes", FAIL, f"probe crashed (exit {probe.returncode}): {tail}",
-                     'reinstall: pip install "bitsandbytes>=0.50" (QLoRA and 8-bit cells need it)')
+        return Check(
+            "bitsandbytes",
+            FAIL,
+            f"probe crashed (exit {probe.returncode}): {tail}",
+            'reinstall: pip install "bitsandbytes>=0.50" (QLoRA and 8-bit cells need it)',
+        )
     if "error" in out:
         facts["bitsandbytes"] = False
         if out.get("stage") == "import":
-            return Check("bitsandbytes", FAIL, f"import failed: {out['error'][:80]}",
-                         'pip install "bitsandbytes>=0.50" (QLoRA and 8-bit cells need it)')
-        return Check("bitsandbytes", FAIL, f"{out.get('version')}: 4-bit round trip failed: {out['error'][:80]}",
-                     "QLoRA cells will fail here; try another bitsandbytes version")
+            return Check(
+                "bitsandbytes",
+                FAIL,
+                f"import failed: {out['error'][:80]}",
+                'pip install "bitsandbytes>=0.50" (QLoRA and 8-bit cells need it)',
+            )
+        return Check(
+            "bitsandbytes",
+            FAIL,
+            f"{out.get('version')}: 4-bit round trip failed: {out['error'][:80]}",
+            "QLoRA cells will fail here; try another bitsandbytes version",
+        )
     rel = out["rel_error"]
     good = rel < 0.2  # NF4 keeps ~10% relative error on Gaussian weights
     facts["bitsandbytes"] = good
-    facts["bnb_cpu_repack"] = {k: out[k] for k in ("avx512bf16", "repacks", "course_prevents", "undo_rel_error")
-                               if k in out}
-    check = Check("bitsandbytes", OK if good else FAIL, f"{out['version']}: 4-bit CPU round trip, rel. error {rel:.3f}",
-                  "" if good else "4-bit dequantization is wrong here: QLoRA results will be meaningless")
+    facts["bnb_cpu_repack"] = {
+        k: out[k] for k in ("avx512bf16", "repacks", "course_prevents", "undo_rel_error") if k in out
+    }
+    check = Check(
+        "bitsandbytes",
+        OK if good else FAIL,
+        f"{out['version']}: 4-bit CPU round trip, rel. error {rel:.3f}",
+        "" if good else "4-bit dequantization is wrong here: QLoRA results will be meaningless",
+    )
     repack = diagnose_cpu_repack(out)
     return [check] if repack is None else [check, repack]
 
 
-_REPACK_ADVICE = ("own code: course_utils.quantization.prevent_cpu_repack(model) after loading, "
-                  "else QLoRA gradients and 4-bit merges are wrong")
+_REPACK_ADVICE = (
+    "own code: course_utils.quantization.prevent_cpu_repack(model) after loading, "
+    "else QLoRA gradients and 4-bit merges are wrong"
+)
 
 
 def diagnose_cpu_repack(probe: dict[str, Any]) -> Check | None:
@@ -326,16 +398,20 @@ def diagnose_cpu_repack(probe: dict[str, Any]) -> Check | None:
         return None
     name = "bitsandbytes CPU repack"
     if "repack_error" in probe:
-        return Check(name, WARN, f"AVX-512-BF16 CPU; the repack probe failed: {probe['repack_error'][:80]}",
-                     _REPACK_ADVICE)
+        return Check(
+            name, WARN, f"AVX-512-BF16 CPU; the repack probe failed: {probe['repack_error'][:80]}", _REPACK_ADVICE
+        )
     if not probe.get("repacks"):
         return Check(name, OK, "AVX-512-BF16 CPU, but this bitsandbytes keeps 4-bit weights portable")
     hazard = "AVX-512-BF16: 4-bit weights get repacked at eval"
     if probe.get("course_prevents"):
         return Check(name, INFO, f"{hazard}; course_utils prevents and undoes it (checked)", _REPACK_ADVICE)
-    return Check(name, FAIL, f"{hazard}; course_utils could NOT undo it here",
-                 "QLoRA training and 4-bit merging will be wrong on this machine: report this with "
-                 "`course-utils doctor --json`")
+    return Check(
+        name,
+        FAIL,
+        f"{hazard}; course_utils could NOT undo it here",
+        "QLoRA training and 4-bit merging will be wrong on this machine: report this with `course-utils doctor --json`",
+    )
 
 
 # --------------------------------------------------------------------------- disk, hub
@@ -350,11 +426,16 @@ def diagnose_disk(path: str | Path = ".") -> Check:
 
 
 def _offline_env() -> bool:
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
-def diagnose_hub(facts: dict[str, Any], url: str = "https://huggingface.co/api/models/HuggingFaceTB/SmolLM2-135M-Instruct",
-              timeout: float = 1.5) -> Check:
+def diagnose_hub(
+    facts: dict[str, Any],
+    url: str = "https://huggingface.co/api/models/HuggingFaceTB/SmolLM2-135M-Instruct",
+    timeout: float = 1.5,
+) -> Check:
     """Offline mode, else one HTTPS request to the hub that gives up after ``timeout`` seconds.
 
     The request runs in a daemon thread (name resolution ignores socket timeouts), so this
@@ -362,8 +443,12 @@ def diagnose_hub(facts: dict[str, Any], url: str = "https://huggingface.co/api/m
     """
     if _offline_env():
         facts["hub"] = "offline"
-        return Check("hub", INFO, "HF_HUB_OFFLINE=1: offline mode",
-                     "course-tiny ships with the course; other models must already be in the cache")
+        return Check(
+            "hub",
+            INFO,
+            "HF_HUB_OFFLINE=1: offline mode",
+            "course-tiny ships with the course; other models must already be in the cache",
+        )
     result: dict[str, Any] = {}
 
     def attempt() -> None:
@@ -388,8 +473,12 @@ def diagnose_hub(facts: dict[str, Any], url: str = "https://huggingface.co/api/m
         return Check("hub", OK, f"{host} answered in {time.perf_counter() - start:.1f} s")
     facts["hub"] = "unreachable"
     why = result.get("err") or (f"HTTP {result['status']}" if "status" in result else f"no answer in {timeout:g} s")
-    return Check("hub", WARN, f"{host} unreachable ({why[:60]})",
-                 "set HF_HUB_OFFLINE=1 to skip hub look-ups; course-tiny works offline")
+    return Check(
+        "hub",
+        WARN,
+        f"{host} unreachable ({why[:60]})",
+        "set HF_HUB_OFFLINE=1 to skip hub look-ups; course-tiny works offline",
+    )
 
 
 # --------------------------------------------------------------------------- the course here
@@ -407,26 +496,52 @@ def course_here(facts: dict[str, Any]) -> list[Check]:
     kbit = [n for n in names if "qlora" in n or "8bit" in n]
     plain = [n for n in names if n not in kbit]
     label = _span(plain) if plain else "notebooks"
-    checks.append(Check(f"course: {label}", OK, f"run on {device} with course-tiny",
-                        "" if device != "cpu" else "a real model (--model smollm2-135m) is slow on CPU"))
+    checks.append(
+        Check(
+            f"course: {label}",
+            OK,
+            f"run on {device} with course-tiny",
+            "" if device != "cpu" else "a real model (--model smollm2-135m) is slow on CPU",
+        )
+    )
     qlabel = f"course: {_span(kbit)}" if kbit else "course: QLoRA"
     if bnb:
-        checks.append(Check(qlabel, OK if device == "cuda" else INFO,
-                            "4-bit training runs" + (" on CUDA" if device == "cuda" else " on CPU (bitsandbytes CPU)"),
-                            "" if device == "cuda" else "QLoRA CUDA memory cells need CUDA: will be skipped"))
+        checks.append(
+            Check(
+                qlabel,
+                OK if device == "cuda" else INFO,
+                "4-bit training runs" + (" on CUDA" if device == "cuda" else " on CPU (bitsandbytes CPU)"),
+                "" if device == "cuda" else "QLoRA CUDA memory cells need CUDA: will be skipped",
+            )
+        )
     else:
-        checks.append(Check(qlabel, WARN, "bitsandbytes unusable: 4-bit cells will be skipped",
-                            'pip install "bitsandbytes>=0.50"'))
+        checks.append(
+            Check(
+                qlabel, WARN, "bitsandbytes unusable: 4-bit cells will be skipped", 'pip install "bitsandbytes>=0.50"'
+            )
+        )
     if device == "cpu":
         flags = _cpu_flags()
         fast_bf16 = bool(flags & {"avx512_bf16", "amx_bf16"}) if flags else None
         if fast_bf16 is False:
-            checks.append(Check("course: bf16", INFO, "no AVX512-BF16/AMX: bf16 matmuls are slow on this CPU",
-                                "keep DTYPE='auto' (float32 on CPU)"))
+            checks.append(
+                Check(
+                    "course: bf16",
+                    INFO,
+                    "no AVX512-BF16/AMX: bf16 matmuls are slow on this CPU",
+                    "keep DTYPE='auto' (float32 on CPU)",
+                )
+            )
     elif device == "cuda":
         gib = facts.get("gpu_memory_GiB", 0)
-        checks.append(Check("course: memory planner", INFO, f"{gib:.0f} GiB GPU",
-                            "see `course-utils plan <model> --compare` for what fits"))
+        checks.append(
+            Check(
+                "course: memory planner",
+                INFO,
+                f"{gib:.0f} GiB GPU",
+                "see `course-utils plan <model> --compare` for what fits",
+            )
+        )
     return checks
 
 
@@ -447,20 +562,43 @@ def diagnose_distributed(facts: dict[str, Any]) -> list[Check]:
     cuda = facts.get("device") == "cuda"
     n = torch.cuda.device_count() if cuda else 0
     backends = [b for b, ok in (("gloo", dist.is_gloo_available()), ("nccl", dist.is_nccl_available())) if ok]
-    out = [Check("multi-process: accelerate", OK if backends else FAIL,
-                 f"{accelerate.__version__}; backends {', '.join(backends) or 'none'}",
-                 "DDP on CPUs (gloo): accelerate launch --config_file ddp.yaml --num_processes 2 -m course_utils.distributed")]
+    out = [
+        Check(
+            "multi-process: accelerate",
+            OK if backends else FAIL,
+            f"{accelerate.__version__}; backends {', '.join(backends) or 'none'}",
+            "DDP on CPUs (gloo): accelerate launch --config_file ddp.yaml --num_processes 2 -m course_utils.distributed",
+        )
+    ]
     fsdp = importlib.util.find_spec("torch.distributed.fsdp") is not None
-    out.append(Check("multi-process: FSDP", OK if (fsdp and cuda) else INFO,
-                     (f"runs on {n} CUDA GPU(s)" if cuda else "torch has it, but accelerate runs FSDP on GPUs only")
-                     if fsdp else "torch.distributed.fsdp missing", "" if cuda else "on CPUs use the DDP config"))
+    out.append(
+        Check(
+            "multi-process: FSDP",
+            OK if (fsdp and cuda) else INFO,
+            (f"runs on {n} CUDA GPU(s)" if cuda else "torch has it, but accelerate runs FSDP on GPUs only")
+            if fsdp
+            else "torch.distributed.fsdp missing",
+            "" if cuda else "on CPUs use the DDP config",
+        )
+    )
     if importlib.util.find_spec("deepspeed") is None:
-        out.append(Check("multi-process: DeepSpeed", INFO, "not installed (optional)",
-                         "pip install deepspeed (CUDA only), or use the FSDP configs"))
+        out.append(
+            Check(
+                "multi-process: DeepSpeed",
+                INFO,
+                "not installed (optional)",
+                "pip install deepspeed (CUDA only), or use the FSDP configs",
+            )
+        )
     else:
-        out.append(Check("multi-process: DeepSpeed", OK if cuda else INFO,
-                         "installed" + ("" if cuda else ": ZeRO-3 needs CUDA GPUs, none here"),
-                         "" if cuda else "on CPUs use the DDP config"))
+        out.append(
+            Check(
+                "multi-process: DeepSpeed",
+                OK if cuda else INFO,
+                "installed" + ("" if cuda else ": ZeRO-3 needs CUDA GPUs, none here"),
+                "" if cuda else "on CPUs use the DDP config",
+            )
+        )
     return out
 
 
@@ -475,8 +613,9 @@ def _span(names: list[str]) -> str:
 # --------------------------------------------------------------------------- all together
 
 
-def diagnose(checks: Sequence[str] = ("python", "versions", "bitsandbytes", "disk", "hub", "course", "distributed"),
-             ) -> DoctorReport:
+def diagnose(
+    checks: Sequence[str] = ("python", "versions", "bitsandbytes", "disk", "hub", "course", "distributed"),
+) -> DoctorReport:
     """Run the chosen checks (all by default) and return a :class:`DoctorReport`."""
     start = time.perf_counter()
     report = DoctorReport()

@@ -17,6 +17,7 @@ everything else, and an explicit ``use_cache=True`` is honoured with a warning.
 >>> result.accuracy <= 0.2      # the base model answers in a normal sentence
 True
 """
+
 from __future__ import annotations
 
 import html
@@ -31,8 +32,16 @@ from datasets import Dataset
 
 from course_utils.data import split_prompt
 
-__all__ = ["EvalResult", "PromptLearningCacheWarning", "evaluate_task", "generate_answers", "generation_use_cache",
-           "is_prompt_learning", "preference_accuracy", "sequence_logprob"]
+__all__ = [
+    "EvalResult",
+    "PromptLearningCacheWarning",
+    "evaluate_task",
+    "generate_answers",
+    "generation_use_cache",
+    "is_prompt_learning",
+    "preference_accuracy",
+    "sequence_logprob",
+]
 
 _log = logging.getLogger(__name__)
 _cache_notice_shown = False  # the "cache turned off" line is printed once per process
@@ -91,7 +100,9 @@ def generation_use_cache(model: Any, use_cache: bool | None = None) -> bool:
             f"use_cache=True on a prompt-learning model ({_peft_type(model)}): with today's peft/transformers its "
             "cached generation is wrong (the KV-cache trap, notebooks/05_prompt_tuning.py). Leave use_cache unset "
             "(course_utils then turns the cache off) unless you are showing the trap.",
-            PromptLearningCacheWarning, stacklevel=2)  # the course_utils caller: quiet() mutes torch's frames
+            PromptLearningCacheWarning,
+            stacklevel=2,
+        )  # the course_utils caller: quiet() mutes torch's frames
     return bool(use_cache)
 
 
@@ -108,8 +119,11 @@ def _announce_cache_off(model: Any) -> None:
         return
     _cache_notice_shown = True
     # logging, not warnings.warn: one plain line (no file path) that reads the same on every machine
-    _log.warning("course_utils: %s is prompt learning, so it generates with use_cache=False (its KV-cached "
-                 "generation is wrong today, see notebooks/05_prompt_tuning.py); said once.", _peft_type(model))
+    _log.warning(
+        "course_utils: %s is prompt learning, so it generates with use_cache=False (its KV-cached "
+        "generation is wrong today, see notebooks/05_prompt_tuning.py); said once.",
+        _peft_type(model),
+    )
 
 
 @dataclass
@@ -123,24 +137,34 @@ class EvalResult:
     name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "accuracy": self.accuracy, "correct": self.correct, "total": self.total,
-                "examples": self.examples}
+        return {
+            "name": self.name,
+            "accuracy": self.accuracy,
+            "correct": self.correct,
+            "total": self.total,
+            "examples": self.examples,
+        }
 
     def __repr__(self) -> str:
         head = f"{self.name + ': ' if self.name else ''}accuracy {self.accuracy:.1%} ({self.correct}/{self.total})"
-        rows = [f"  {'ok ' if e['correct'] else 'BAD'} {e['question']!r} -> {e['answer']!r} (expected {e['expected']!r})"
-                for e in self.examples]
+        rows = [
+            f"  {'ok ' if e['correct'] else 'BAD'} {e['question']!r} -> {e['answer']!r} (expected {e['expected']!r})"
+            for e in self.examples
+        ]
         return "\n".join([head, *rows])
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td>{'&#10004;' if e['correct'] else '&#10008;'}</td><td>{html.escape(e['question'])}</td>"
             f"<td><code>{html.escape(e['answer'])}</code></td><td><code>{html.escape(e['expected'])}</code></td></tr>"
-            for e in self.examples)
+            for e in self.examples
+        )
         title = html.escape(self.name + ": ") if self.name else ""
-        return (f"<p><b>{title}accuracy {self.accuracy:.1%}</b> ({self.correct}/{self.total})</p>"
-                "<table><tr><th></th><th>question</th><th>model's answer</th><th>expected</th></tr>"
-                f"{rows}</table>")
+        return (
+            f"<p><b>{title}accuracy {self.accuracy:.1%}</b> ({self.correct}/{self.total})</p>"
+            "<table><tr><th></th><th>question</th><th>model's answer</th><th>expected</th></tr>"
+            f"{rows}</table>"
+        )
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -178,22 +202,31 @@ def generate_answers(
     answers: list[str] = []
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress, leave=False):
-        chunk = list(prompts[start:start + batch_size])
-        enc = tokenizer.apply_chat_template(chunk, add_generation_prompt=True, tokenize=True, padding=True,
-                                            return_dict=True, return_tensors="pt").to(device)
+        chunk = list(prompts[start : start + batch_size])
+        enc = tokenizer.apply_chat_template(
+            chunk, add_generation_prompt=True, tokenize=True, padding=True, return_dict=True, return_tensors="pt"
+        ).to(device)
         try:
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=use_cache,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
         except RuntimeError as err:
             if not (use_cache and is_prompt_learning(model)):
                 raise
             # The KV-cache bug of prompt/prefix tuning (notebook 05) crashes on some architectures
             # (OPT's learned positions get an empty slice) instead of giving wrong text: no answer.
-            _say_once(f"note: generate(use_cache=True) fails with this prompt-learning model ({type(err).__name__}: "
-                      f"{str(err).splitlines()[0][:100]}); its answers are empty. Use use_cache=False.")
+            _say_once(
+                f"note: generate(use_cache=True) fails with this prompt-learning model ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:100]}); its answers are empty. Use use_cache=False."
+            )
             answers.extend([""] * len(chunk))
             continue
-        new = out[:, enc["input_ids"].shape[1]:]
+        new = out[:, enc["input_ids"].shape[1] :]
         answers.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
     model.train(was_training)
     return answers
@@ -236,19 +269,30 @@ def evaluate_task(
     0.0
     """
     if "messages" not in dataset.column_names:
-        raise ValueError(f"evaluate_task needs a `messages` column; this dataset has {dataset.column_names}. "
-                         "For preference pairs use preference_accuracy().")
+        raise ValueError(
+            f"evaluate_task needs a `messages` column; this dataset has {dataset.column_names}. "
+            "For preference pairs use preference_accuracy()."
+        )
     pairs = [split_prompt(m) for m in dataset["messages"]]
     prompts = [p for p, _ in pairs]
     references = [r for _, r in pairs]
     if max_new_tokens is None:
         longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
         max_new_tokens = longest + 4
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               use_cache=use_cache, progress=progress)
+    answers = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        use_cache=use_cache,
+        progress=progress,
+    )
     ok = [normalize(a) == normalize(r) for a, r in zip(answers, references)]
-    examples = [{"question": p[-1]["content"], "answer": a, "expected": r, "correct": c}
-                for p, a, r, c in list(zip(prompts, answers, references, ok))[:n_examples]]
+    examples = [
+        {"question": p[-1]["content"], "answer": a, "expected": r, "correct": c}
+        for p, a, r, c in list(zip(prompts, answers, references, ok))[:n_examples]
+    ]
     correct = sum(ok)
     return EvalResult(accuracy=correct / len(ok), correct=correct, total=len(ok), examples=examples, name=name)
 
@@ -264,16 +308,18 @@ def sequence_logprob(model: Any, tokenizer: Any, prompt: list[dict[str, str]], a
     True
     """
     device = _model_device(model)
-    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
-    full_ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}],
-                                             tokenize=True, return_dict=True)["input_ids"]
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
+    full_ids = tokenizer.apply_chat_template(
+        prompt + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=True
+    )["input_ids"]
     ids = torch.tensor([full_ids], device=device)
     logits = model(input_ids=ids).logits.float()
     logprobs = torch.log_softmax(logits[0, :-1], dim=-1)
     targets = ids[0, 1:]
     token_lp = logprobs.gather(-1, targets[:, None])[:, 0]
-    return float(token_lp[len(prompt_ids) - 1:].sum())
+    return float(token_lp[len(prompt_ids) - 1 :].sum())
 
 
 def preference_accuracy(model: Any, tokenizer: Any, dataset: Dataset) -> float:

@@ -9,6 +9,7 @@ runs offline on a CPU in minutes; on Colab or a local GPU a learner passes a rea
 >>> model = load_model("course-tiny")            # doctest: +SKIP
 >>> tokenizer = load_tokenizer("course-tiny")    # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import os
@@ -87,20 +88,29 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise DeviceNotAvailableError(
             f"device={device!r}, but this machine has no CUDA GPU that torch can use (it has {here}; torch "
             f"{torch.__version__}). Use device='auto' (picks what is there) or 'cpu'; on Colab choose "
-            "Runtime > Change runtime type > GPU; locally install a CUDA build of torch.")
+            "Runtime > Change runtime type > GPU; locally install a CUDA build of torch."
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DeviceNotAvailableError(
             f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0. "
-            "Use device='cuda' (GPU 0) or a smaller index.")
+            "Use device='cuda' (GPU 0) or a smaller index."
+        )
     if dev.type == "mps" and not mps_ok:
         raise DeviceNotAvailableError(
             f"device={device!r}, but Apple's MPS backend is not available here (this machine has {here}). "
-            "Use device='auto' or 'cpu'.")
+            "Use device='auto' or 'cpu'."
+        )
     return dev
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def native_bf16(device: str | torch.device = "cuda") -> bool:
@@ -165,13 +175,15 @@ def resolve_model_path(name: str = DEFAULT_MODEL) -> str:
         if not (folder / "config.json").exists():
             raise ModelNotAvailableError(
                 f"The folder {folder} has no config.json, so it is not a saved model. Point to the folder "
-                "that `model.save_pretrained(...)` wrote, or use one of: " + ", ".join(MODEL_ALIASES))
+                "that `model.save_pretrained(...)` wrote, or use one of: " + ", ".join(MODEL_ALIASES)
+            )
         return str(folder)
     if _looks_like_hub_id(name):
         return name
     raise ModelNotAvailableError(
         f"Unknown model {name!r}. Use a short name ({', '.join(MODEL_ALIASES)}), a hub id such as "
-        "'HuggingFaceTB/SmolLM2-135M-Instruct', or the path of a folder saved with save_pretrained().")
+        "'HuggingFaceTB/SmolLM2-135M-Instruct', or the path of a folder saved with save_pretrained()."
+    )
 
 
 def _offline() -> bool:
@@ -185,7 +197,8 @@ def _not_available(name: str, path: str, err: Exception) -> ModelNotAvailableErr
         "What to do: on a machine with internet access run `huggingface-cli download "
         f"{path}` (or load it once there), or copy a saved model folder here and pass its path; "
         f"on a machine without a hub, use the embedded default '{DEFAULT_MODEL}'. "
-        f"(Underlying error: {type(err).__name__}: {str(err).splitlines()[0][:200]})")
+        f"(Underlying error: {type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    )
 
 
 def _from_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
@@ -253,12 +266,12 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, dev)
     if quantization_config is not None:
         kwargs.setdefault("device_map", {"": dev.index or 0} if dev.type == "cuda" else {"": str(dev)})
-        model = _from_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype,
-                                 quantization_config=quantization_config, **kwargs)
+        model = _from_pretrained(
+            AutoModelForCausalLM, name, dtype=torch_dtype, quantization_config=quantization_config, **kwargs
+        )
         from course_utils.quantization import prevent_cpu_repack
 
         prevent_cpu_repack(model)  # else training and merging go wrong on AVX-512-BF16 CPUs
         return model
     model = _from_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype, **kwargs)
     return model.to(dev)
-

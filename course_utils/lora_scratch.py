@@ -19,6 +19,7 @@ names and counting LoRA parameters is `course_utils.architectures`' job.
 >>> torch.equal(layer(x), layer.base_layer(x))      # B = 0: the output is unchanged at start
 True
 """
+
 from __future__ import annotations
 
 import math
@@ -80,7 +81,7 @@ class LoRALinear(nn.Module):
         return delta.T if self.fan_in_fan_out else delta
 
     @classmethod
-    def from_peft(cls, peft_layer: Any, adapter_name: str = "default") -> "LoRALinear":
+    def from_peft(cls, peft_layer: Any, adapter_name: str = "default") -> LoRALinear:
         """A ``LoRALinear`` with the same base weights, A, B and scaling as a peft LoRA ``Linear`` layer.
 
         Works for any layer peft adapts as ``lora.Linear``: ``nn.Linear``, a fused projection, or a

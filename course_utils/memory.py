@@ -32,8 +32,9 @@ import threading
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -327,7 +328,7 @@ class MemoryTracker:
         if self._sampler is not None:
             self._sampler.stop()
 
-    def __enter__(self) -> "MemoryTracker":
+    def __enter__(self) -> MemoryTracker:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -558,11 +559,15 @@ class ModelBreakdown:
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v / MiB:.2f}</td></tr>" for k, v in self._rows())
         mods = ""
         if self.by_module:
-            mods = "<table><tr><th>module</th><th>params</th><th>MiB</th><th>trainable</th></tr>" + "".join(
-                f"<tr><td>{html.escape(n)}</td><td>{m['params']:,}</td><td>{m['bytes'] / MiB:.2f}</td>"
-                f"<td>{m['trainable']:,}</td></tr>"
-                for n, m in self.by_module.items()
-            ) + "</table>"
+            mods = (
+                "<table><tr><th>module</th><th>params</th><th>MiB</th><th>trainable</th></tr>"
+                + "".join(
+                    f"<tr><td>{html.escape(n)}</td><td>{m['params']:,}</td><td>{m['bytes'] / MiB:.2f}</td>"
+                    f"<td>{m['trainable']:,}</td></tr>"
+                    for n, m in self.by_module.items()
+                )
+                + "</table>"
+            )
         return (
             f"<div><b>{self.total_params:,} parameters</b>, {self.trainable_params:,} trainable"
             f"<table><tr><th>part</th><th>MiB</th></tr>{rows}</table>{mods}</div>"
@@ -663,8 +668,16 @@ def requires_cuda(what: str) -> bool:
 _RECIPE_METHODS = ("full", "lora", "qlora")
 
 
-def _build_for_recipe(name: str, method: str, *, r: int, target_modules: Any, gradient_checkpointing: bool,
-                      device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+def _build_for_recipe(
+    name: str,
+    method: str,
+    *,
+    r: int,
+    target_modules: Any,
+    gradient_checkpointing: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from course_utils.loading import load_model
@@ -673,8 +686,11 @@ def _build_for_recipe(name: str, method: str, *, r: int, target_modules: Any, gr
         from course_utils.quantization import bnb_4bit_config
 
         model = load_model(name, device=device, dtype=dtype, quantization_config=bnb_4bit_config(device))
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     else:
         model = load_model(name, device=device, dtype=dtype)
         if gradient_checkpointing:
@@ -682,8 +698,7 @@ def _build_for_recipe(name: str, method: str, *, r: int, target_modules: Any, gr
             if method != "full":
                 model.enable_input_require_grads()
     if method != "full":
-        cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=target_modules,
-                         task_type="CAUSAL_LM")
+        cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=target_modules, task_type="CAUSAL_LM")
         model = get_peft_model(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     return model, params
@@ -726,8 +741,15 @@ def measure_training_peak(
     if on_cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, params = _build_for_recipe(name, method, r=r, target_modules=target_modules,
-                                      gradient_checkpointing=gradient_checkpointing, device=dev, dtype=dtype)
+    model, params = _build_for_recipe(
+        name,
+        method,
+        r=r,
+        target_modules=target_modules,
+        gradient_checkpointing=gradient_checkpointing,
+        device=dev,
+        dtype=dtype,
+    )
     model.train()
     opt = torch.optim.AdamW(params, lr=1e-5)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -749,5 +771,11 @@ def measure_training_peak(
     gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
-    return {"method": method, "gradient_checkpointing": gradient_checkpointing, "peak_GiB": peak,
-            "step_s": seconds / steps, "trainable": trainable, "loss": float(loss)}
+    return {
+        "method": method,
+        "gradient_checkpointing": gradient_checkpointing,
+        "peak_GiB": peak,
+        "step_s": seconds / steps,
+        "trainable": trainable,
+        "loss": float(loss),
+    }

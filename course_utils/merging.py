@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from course_utils.quantization import prevent_cpu_repack
 from course_utils.validation import (
     ReferenceOutputs,
     Tolerance,
@@ -53,7 +54,6 @@ from course_utils.validation import (
     capture_reference,
     compare_to_reference,
 )
-from course_utils.quantization import prevent_cpu_repack
 
 __all__ = [
     "AdapterBaseMismatchError",
@@ -176,8 +176,7 @@ class MergeInfo:
         if self.fell_back:
             how += " (fell back after running out of GPU memory)"
         # no timing here: the message is printed in notebooks, and nbval compares it (see .seconds)
-        return (f"{how}; base {self.base_dtypes}, adapter {self.adapter_dtypes}, "
-                f"merged model {self.merged_dtypes}")
+        return f"{how}; base {self.base_dtypes}, adapter {self.adapter_dtypes}, merged model {self.merged_dtypes}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field plus the message."""
@@ -227,8 +226,9 @@ def _check_dtypes(peft_model: torch.nn.Module, layers: list[tuple[str, Any]]) ->
     return base_dt, ad_dt, notes
 
 
-def _merge_layerwise(peft_model: torch.nn.Module, adapter_names: list[str] | None, check_finite: bool,
-                     chunk_bytes: int = 64 * 2**20) -> int:
+def _merge_layerwise(
+    peft_model: torch.nn.Module, adapter_names: list[str] | None, check_finite: bool, chunk_bytes: int = 64 * 2**20
+) -> int:
     """Merge every not-yet-merged LoRA layer: delta on the CPU in float32, added in row chunks."""
     from peft.tuners.lora import Linear as LoraLinear
 
@@ -238,8 +238,9 @@ def _merge_layerwise(peft_model: torch.nn.Module, adapter_names: list[str] | Non
         for an in names:
             if an in module.merged_adapters or an not in getattr(module, "lora_A", {}):
                 continue
-            simple = (type(module) is LoraLinear and an not in module.lora_variant
-                      and not module.lora_bias.get(an, False))
+            simple = (
+                type(module) is LoraLinear and an not in module.lora_variant and not module.lora_bias.get(an, False)
+            )
             if simple:
                 w = module.get_base_layer().weight
                 a = module.lora_A[an].weight.detach().to("cpu", torch.float32)
@@ -310,11 +311,19 @@ def safe_merge(
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     if q is not None:
-        notes.append(f"merged into a {q} base (allow_quantized=True): the delta was re-quantized with the weights (rounding error up to one step per weight).")
+        notes.append(
+            f"merged into a {q} base (allow_quantized=True): the delta was re-quantized with the weights (rounding error up to one step per weight)."
+        )
     device = _device_of(peft_model)
     n_layers = sum(1 for _, m in layers if hasattr(m, "merge"))
-    info = MergeInfo(strategy="merge_and_unload", device=str(device), base_dtypes=_dtype_names(base_dt),
-                     adapter_dtypes=_dtype_names(ad_dt), n_layers=n_layers, warnings=notes)
+    info = MergeInfo(
+        strategy="merge_and_unload",
+        device=str(device),
+        base_dtypes=_dtype_names(base_dt),
+        adapter_dtypes=_dtype_names(ad_dt),
+        n_layers=n_layers,
+        warnings=notes,
+    )
     t0 = time.perf_counter()
     try:
         merged = peft_model.merge_and_unload(safe_merge=check_finite, adapter_names=adapter_names)  # type: ignore[operator]
@@ -327,8 +336,10 @@ def safe_merge(
         info.fell_back = True
         if fallback == "layerwise":
             if verbose:
-                print("Out of GPU memory while merging: merging the remaining layers one at a time "
-                      "(delta on the CPU, added in chunks).")
+                print(
+                    "Out of GPU memory while merging: merging the remaining layers one at a time "
+                    "(delta on the CPU, added in chunks)."
+                )
             _merge_layerwise(peft_model, adapter_names, check_finite)
             merged = peft_model.unload()  # type: ignore[operator]
             info.strategy = "layer-by-layer merge (CPU delta, chunked add)"
@@ -356,7 +367,9 @@ def _adapter_state(peft_model: torch.nn.Module) -> tuple[str, Any, dict[str, tor
 
     name = peft_model.active_adapter  # type: ignore[attr-defined]
     config = peft_model.peft_config[name]  # type: ignore[attr-defined]
-    state = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model, adapter_name=name).items()}
+    state = {
+        k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model, adapter_name=name).items()
+    }
     return name, config, state
 
 
@@ -455,8 +468,12 @@ def _read_adapter_config(path: Path) -> dict[str, Any]:
     """
     cfg_file = path / "adapter_config.json"
     if not cfg_file.exists():
-        hint = (" It has a config.json: it looks like a full (merged) model; load it with "
-                "AutoModelForCausalLM.from_pretrained." if (path / "config.json").exists() else "")
+        hint = (
+            " It has a config.json: it looks like a full (merged) model; load it with "
+            "AutoModelForCausalLM.from_pretrained."
+            if (path / "config.json").exists()
+            else ""
+        )
         raise FileNotFoundError(f"No adapter_config.json in {path}: not an adapter folder.{hint}")
     text = cfg_file.read_text(encoding="utf-8", errors="replace")
     try:
@@ -591,8 +608,10 @@ def load_adapter_checked(
     if problems:
         vocab_hint = ""
         if any(("embed" in p or "lm_head" in p or "vocabulary" in p) for p in problems):
-            vocab_hint = (" If you added tokens before training, load the same tokenizer and call "
-                          "base_model.resize_token_embeddings(len(tokenizer)) before loading the adapter.")
+            vocab_hint = (
+                " If you added tokens before training, load the same tokenizer and call "
+                "base_model.resize_token_embeddings(len(tokenizer)) before loading the adapter."
+            )
         shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else "")
         made_for = repr(expected) if expected else "another model (adapter_config.json does not name it)"
         how = f" (AutoModelForCausalLM.from_pretrained({expected!r}))" if expected else ""
@@ -611,8 +630,9 @@ def load_adapter_checked(
     if _is_peft_model(base_model):
         base_model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs)  # type: ignore[operator]
         return base_model
-    return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
-                                     is_trainable=is_trainable, **kwargs)
+    return PeftModel.from_pretrained(
+        base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,8 +667,15 @@ def validate_merge(
     >>> report.passed                                                       # doctest: +SKIP
     True
     """
-    ref = capture_reference(peft_model, inputs, tokenizer, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, max_length=max_length, max_examples=max_examples)
+    ref = capture_reference(
+        peft_model,
+        inputs,
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_length=max_length,
+        max_examples=max_examples,
+    )
     notes: list[str] = []
     if merge_fn is None:
         merged, info = safe_merge(peft_model, verbose=verbose)
@@ -691,9 +718,15 @@ def round_trip(
     >>> round_trip(merged, "out/merged", ["Hello"], tokenizer).passed   # doctest: +SKIP
     True
     """
-    ref: ReferenceOutputs = capture_reference(model, inputs, tokenizer, max_new_tokens=max_new_tokens,
-                                              batch_size=batch_size, max_length=max_length,
-                                              max_examples=max_examples)
+    ref: ReferenceOutputs = capture_reference(
+        model,
+        inputs,
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_length=max_length,
+        max_examples=max_examples,
+    )
     if _is_peft_model(model):
         original = model.active_adapter  # type: ignore[attr-defined]
         save_adapter(model, path, overwrite=overwrite, adapter_name=original)
@@ -729,9 +762,18 @@ def round_trip(
 # --------------------------------------------------------------------------------------------
 # saving without overwriting
 # --------------------------------------------------------------------------------------------
-_MODEL_FILES = ("config.json", "adapter_config.json", "generation_config.json", "tokenizer.json",
-                "tokenizer_config.json", "model.safetensors", "adapter_model.safetensors",
-                "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.bin")
+_MODEL_FILES = (
+    "config.json",
+    "adapter_config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "model.safetensors",
+    "adapter_model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "adapter_model.bin",
+)
 
 
 def _describe_folder(path: Path) -> str:
@@ -755,9 +797,11 @@ def _save_atomically(path: str | os.PathLike, overwrite: bool, write: Any) -> Pa
                 f"{path} already holds {what}; refusing to overwrite it. Pass overwrite=True to "
                 "replace it, or choose another path."
             )
-        looks_like_model = all(p.name in _MODEL_FILES or p.name.endswith((".safetensors", ".json", ".md", ".txt",
-                                                                          ".jinja", ".model", ".bin"))
-                               for p in path.iterdir())
+        looks_like_model = all(
+            p.name in _MODEL_FILES
+            or p.name.endswith((".safetensors", ".json", ".md", ".txt", ".jinja", ".model", ".bin"))
+            for p in path.iterdir()
+        )
         if not looks_like_model:
             raise OutputExistsError(
                 f"{path} holds files that are not a saved model or adapter (e.g. folders or other "
@@ -914,25 +958,36 @@ class MergeRetention:
         return self.rel_error <= 0.01
 
     def to_dict(self) -> dict[str, Any]:
-        return {"storage": self.storage, "retained": self.retained, "rel_error": self.rel_error,
-                "changed_fraction": self.changed_fraction, "passed": self.passed, "rows": list(self.rows),
-                "notes": list(self.notes)}
+        return {
+            "storage": self.storage,
+            "retained": self.retained,
+            "rel_error": self.rel_error,
+            "changed_fraction": self.changed_fraction,
+            "passed": self.passed,
+            "rows": list(self.rows),
+            "notes": list(self.notes),
+        }
 
     def __repr__(self) -> str:
         lines = [
-            (f"MergeRetention (weights stored as {self.storage}, {len(self.rows)} layers): "
-             f"relative error of the stored delta {100 * self.rel_error:.1f}%, projection onto the LoRA delta "
-             f"{100 * self.retained:.1f}%, {100 * self.changed_fraction:.1f}% of stored weights changed")
+            (
+                f"MergeRetention (weights stored as {self.storage}, {len(self.rows)} layers): "
+                f"relative error of the stored delta {100 * self.rel_error:.1f}%, projection onto the LoRA delta "
+                f"{100 * self.retained:.1f}%, {100 * self.changed_fraction:.1f}% of stored weights changed"
+            )
         ]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         color = "#1a7f37" if self.passed else "#cf222e"
-        return (f"<div><b style='color:{color}'>{100 * self.retained:.1f}% of the LoRA delta retained</b> "
-                f"(weights stored as {html.escape(self.storage)}, {len(self.rows)} layers); relative error "
-                f"{100 * self.rel_error:.1f}%, {100 * self.changed_fraction:.1f}% of stored weights changed"
-                + "".join(f"<br>note: {html.escape(n)}" for n in self.notes) + "</div>")
+        return (
+            f"<div><b style='color:{color}'>{100 * self.retained:.1f}% of the LoRA delta retained</b> "
+            f"(weights stored as {html.escape(self.storage)}, {len(self.rows)} layers); relative error "
+            f"{100 * self.rel_error:.1f}%, {100 * self.changed_fraction:.1f}% of stored weights changed"
+            + "".join(f"<br>note: {html.escape(n)}" for n in self.notes)
+            + "</div>"
+        )
 
 
 def _storage_name(layer: torch.nn.Module) -> str:
@@ -944,7 +999,9 @@ def _storage_name(layer: torch.nn.Module) -> str:
     return str(layer.weight.dtype).replace("torch.", "")
 
 
-def merge_with_retention(peft_model: torch.nn.Module, adapter_name: str | None = None) -> tuple[torch.nn.Module, MergeRetention]:
+def merge_with_retention(
+    peft_model: torch.nn.Module, adapter_name: str | None = None
+) -> tuple[torch.nn.Module, MergeRetention]:
     """Merge the active LoRA adapter layer by layer, measuring what each layer's stored weight gained.
 
     Works on any base, quantized ones included (it does what ``merge_and_unload()`` does there,
@@ -994,10 +1051,16 @@ def merge_with_retention(peft_model: torch.nn.Module, adapter_name: str | None =
             err_sq += layer_err
             changed += n_changed
             total += before.numel()
-            rows.append({"layer": name, "adapter": an, "delta_norm": math.sqrt(d_sq),
-                         "retained": layer_dot / d_sq if d_sq else float("nan"),
-                         "rel_error": math.sqrt(layer_err / d_sq) if d_sq else float("nan"),
-                         "changed_fraction": n_changed / max(before.numel(), 1)})
+            rows.append(
+                {
+                    "layer": name,
+                    "adapter": an,
+                    "delta_norm": math.sqrt(d_sq),
+                    "retained": layer_dot / d_sq if d_sq else float("nan"),
+                    "rel_error": math.sqrt(layer_err / d_sq) if d_sq else float("nan"),
+                    "changed_fraction": n_changed / max(before.numel(), 1),
+                }
+            )
     if not rows:
         raise ValueError("No unmerged LoRA layers found: was the adapter merged already?")
     merged = peft_model.unload()  # type: ignore[operator]
@@ -1005,9 +1068,14 @@ def merge_with_retention(peft_model: torch.nn.Module, adapter_name: str | None =
     notes = []
     if any(s.startswith(("4-bit", "int8")) for s in storages):
         notes.append("the base is quantized: the sum W + ΔW was re-quantized, so most of ΔW was rounded away")
-    report = MergeRetention(rows=rows, retained=dot / delta_sq if delta_sq else float("nan"),
-                            rel_error=math.sqrt(err_sq / delta_sq) if delta_sq else float("nan"),
-                            changed_fraction=changed / max(total, 1), storage=storage, notes=notes)
+    report = MergeRetention(
+        rows=rows,
+        retained=dot / delta_sq if delta_sq else float("nan"),
+        rel_error=math.sqrt(err_sq / delta_sq) if delta_sq else float("nan"),
+        changed_fraction=changed / max(total, 1),
+        storage=storage,
+        notes=notes,
+    )
     return merged, report
 
 
@@ -1032,8 +1100,10 @@ def effect_retained(base: Any, adapter: Any, candidate: Any) -> float:
     """
     b, a, c = _logits_of(base), _logits_of(adapter), _logits_of(candidate)
     if not (b.shape == a.shape == c.shape):
-        raise ValueError(f"Logit shapes differ: base {tuple(b.shape)}, adapter {tuple(a.shape)}, "
-                         f"candidate {tuple(c.shape)}: capture all three on the same inputs.")
+        raise ValueError(
+            f"Logit shapes differ: base {tuple(b.shape)}, adapter {tuple(a.shape)}, "
+            f"candidate {tuple(c.shape)}: capture all three on the same inputs."
+        )
     scale = float(torch.linalg.vector_norm(b - a))
     if scale == 0.0:
         raise ValueError("The adapter does not change the logits at all (base == adapter): nothing to retain.")

@@ -6,6 +6,7 @@ Nothing here runs at import time: a notebook calls :func:`setup` explicitly.
 >>> info["device"] in {"cpu", "cuda", "mps"}
 True
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,17 @@ import platform
 import warnings
 from typing import Any
 
-__all__ = ["METRICS_ENV_VAR", "expect", "in_colab", "quiet", "record_metrics", "recorded_metrics", "seed_everything", "setup", "versions"]
+__all__ = [
+    "METRICS_ENV_VAR",
+    "expect",
+    "in_colab",
+    "quiet",
+    "record_metrics",
+    "recorded_metrics",
+    "seed_everything",
+    "setup",
+    "versions",
+]
 
 METRICS_ENV_VAR = "COURSE_METRICS_PATH"
 _METRICS: dict[str, Any] = {}
@@ -84,8 +95,12 @@ def setup(seed: int = 0, *, model: str | None = None, show: bool = True) -> dict
     seed_everything(seed)
     from course_utils.loading import resolve_device
 
-    info: dict[str, Any] = {"device": resolve_device("auto").type, "model": model, "versions": versions(),
-                            "colab": in_colab()}
+    info: dict[str, Any] = {
+        "device": resolve_device("auto").type,
+        "model": model,
+        "versions": versions(),
+        "colab": in_colab(),
+    }
     if show:
         v = info["versions"]
         libs = ", ".join(f"{k} {v[k]}" for k in LIBRARIES if k in v)

@@ -33,9 +33,10 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from course_utils.resources import data_dir
 from course_utils.sharding import per_gpu_terms, smallest_gpu_count, validate_sharding
@@ -107,7 +108,7 @@ def load_config(name_or_path: Any) -> Any:
         data = json.loads(path.read_text())
         model_type = data.pop("model_type", None)
         if model_type is None:
-            raise ValueError(f"{path} has no 'model_type'; add e.g. \"model_type\": \"llama\".")
+            raise ValueError(f'{path} has no \'model_type\'; add e.g. "model_type": "llama".')
         return AutoConfig.for_model(model_type, **data)
     raise FileNotFoundError(
         f"No model config named {text!r}: not one of the shipped configs {list_configs()} "
@@ -115,9 +116,7 @@ def load_config(name_or_path: Any) -> Any:
     )
 
 
-def random_model_from_config(
-    name_or_config: Any, dtype: str | Any = "float32", device: str | None = None
-) -> Any:
+def random_model_from_config(name_or_config: Any, dtype: str | Any = "float32", device: str | None = None) -> Any:
     """Build a random-weight causal LM of the config's shape (``AutoModelForCausalLM.from_config``).
 
     Memory depends on shapes and dtypes, not on weight values, so this lets you measure a model
@@ -157,7 +156,9 @@ class Recipe:
     )
     r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (memory does not depend on it)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout; > 0 keeps a dropout mask per LoRA input."})
+    lora_dropout: float = field(
+        default=0.05, metadata={"help": "LoRA dropout; > 0 keeps a dropout mask per LoRA input."}
+    )
     target_modules: str | list[str] = field(
         default="all-linear", metadata={"help": '"all-linear" or module names such as ["q_proj", "v_proj"].'}
     )
@@ -217,7 +218,7 @@ class Recipe:
             parts.append(f"{self.sharding} x{self.n_gpus}")
         return " ".join(parts)
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed (the name is rebuilt unless given)."""
         changes.setdefault("name", None)
         return dataclasses.replace(self, **changes)
@@ -231,11 +232,29 @@ class Recipe:
 
 # Model types whose decoder layer follows Llama's code path (RMSNorm, rotary, SwiGLU, separate
 # q/k/v): the activation terms below model exactly these mechanisms.
-_LLAMA_PATH = {"llama", "mistral", "qwen2", "smollm3", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
-               "olmo", "olmo2", "granite", "cohere", "stablelm", "mixtral", "qwen2_moe"}
-_NOTE_ACTIVATIONS = ("Activations of {t} are modelled with Llama's per-layer mechanisms ({why}), so the activation "
-                     "and peak terms are approximate; parameter counts and the weight, gradient and optimizer "
-                     "terms are exact.")
+_LLAMA_PATH = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "smollm3",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "granite",
+    "cohere",
+    "stablelm",
+    "mixtral",
+    "qwen2_moe",
+}
+_NOTE_ACTIVATIONS = (
+    "Activations of {t} are modelled with Llama's per-layer mechanisms ({why}), so the activation "
+    "and peak terms are approximate; parameter counts and the weight, gradient and optimizer "
+    "terms are exact."
+)
 
 
 @dataclass
@@ -267,7 +286,7 @@ class _Shape:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, config: Any) -> "_Shape":
+    def from_config(cls, config: Any) -> _Shape:
         key = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else None
         if key is not None and key in _SHAPE_CACHE:
             return _SHAPE_CACHE[key]
@@ -280,7 +299,7 @@ class _Shape:
         return shape
 
     @classmethod
-    def _from_meta_model(cls, config: Any) -> "_Shape":
+    def _from_meta_model(cls, config: Any) -> _Shape:
         """Read shapes from ``AutoModelForCausalLM.from_config`` on the meta device (no memory, exact)."""
         import torch
         from transformers import AutoModelForCausalLM
@@ -298,19 +317,24 @@ class _Shape:
         layers = decoder_linear_layers(model)
         digits = [[p for p in layer.name.split(".") if p.isdigit()] for layer in layers]
         first = [layer for layer, d in zip(layers, digits) if d and d[-1] == "0"]
-        other = {layer.name: (layer.in_features, layer.out_features, layer.bias)
-                 for layer, d in zip(layers, digits) if not d}
+        other = {
+            layer.name: (layer.in_features, layer.out_features, layer.bias) for layer, d in zip(layers, digits) if not d
+        }
         n_layers = len({d[-1] for d in digits if d})
         linears = {layer.target: (layer.in_features, layer.out_features, layer.bias) for layer in first}
         hidden = embed.shape[1]
         roles: dict[str, str] = {}
         for layer in first:
             if layer.kind == "attention":
-                roles[layer.target] = "attn_in" if layer.in_features == hidden and not _is_output(layer.target) \
-                    else "attn_out"
+                roles[layer.target] = (
+                    "attn_in" if layer.in_features == hidden and not _is_output(layer.target) else "attn_out"
+                )
             else:
-                roles[layer.target] = "mlp_out" if layer.out_features == hidden and layer.in_features != hidden \
-                    or _is_output(layer.target) else "mlp_in"
+                roles[layer.target] = (
+                    "mlp_out"
+                    if layer.out_features == hidden and layer.in_features != hidden or _is_output(layer.target)
+                    else "mlp_in"
+                )
         # Per decoder layer, all parameters (linears, norms, q_norm/k_norm): must be the same in every layer.
         block = _decoder_blocks(model)
         sizes = {sum(p.numel() for p in b.parameters()) for b in block}
@@ -321,30 +345,57 @@ class _Shape:
         heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1))
         head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
         kv_heads = _kv_heads(config, heads)
-        norms = sum(1 for n, m in block[0].named_modules() if "norm" in type(m).__name__.lower()
-                    and n.split(".")[-1] not in ("q_norm", "k_norm")) if block else 2
+        norms = (
+            sum(
+                1
+                for n, m in block[0].named_modules()
+                if "norm" in type(m).__name__.lower() and n.split(".")[-1] not in ("q_norm", "k_norm")
+            )
+            if block
+            else 2
+        )
         model_type = str(getattr(config, "model_type", "model"))
         notes: list[str] = []
         if len(sizes) > 1:
-            notes.append(f"The {model_type} layers differ in size; per-layer activations use the first layer, "
-                         "so they are approximate.")
+            notes.append(
+                f"The {model_type} layers differ in size; per-layer activations use the first layer, "
+                "so they are approximate."
+            )
         if model_type not in _LLAMA_PATH:
             why = []
             if norms and any("LayerNorm" in type(m).__name__ for m in block[0].modules()):
                 why.append("its LayerNorm saves different tensors than RMSNorm")
             if not gated:
-                why.append(f"its plain {getattr(config, 'activation_function', None) or getattr(config, 'hidden_act', 'MLP')} "
-                           "activation saves its own inputs")
+                why.append(
+                    f"its plain {getattr(config, 'activation_function', None) or getattr(config, 'hidden_act', 'MLP')} "
+                    "activation saves its own inputs"
+                )
             if getattr(config, "parallel_attn", False) or getattr(config, "use_parallel_residual", False):
                 why.append("attention and MLP run in parallel")
             notes.append(_NOTE_ACTIVATIONS.format(t=model_type, why="; ".join(why) or "its own attention code"))
-        return cls(hidden=hidden, inter=inter, layers=n_layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-                   vocab=embed.shape[0], tied=tied, lin=linears, roles=roles, n_params=n_params,
-                   embed_params=embed.numel(), head_params=head_params, other_linears=other,
-                   norms_per_layer=norms or 2, gated=gated, model_type=model_type, notes=notes)
+        return cls(
+            hidden=hidden,
+            inter=inter,
+            layers=n_layers,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            vocab=embed.shape[0],
+            tied=tied,
+            lin=linears,
+            roles=roles,
+            n_params=n_params,
+            embed_params=embed.numel(),
+            head_params=head_params,
+            other_linears=other,
+            norms_per_layer=norms or 2,
+            gated=gated,
+            model_type=model_type,
+            notes=notes,
+        )
 
     @classmethod
-    def _from_config_numbers(cls, config: Any, err: Exception) -> "_Shape":
+    def _from_config_numbers(cls, config: Any, err: Exception) -> _Shape:
         """A Llama-shaped guess from the config's numbers, for a config transformers cannot build here."""
         h = _first(config, "hidden_size", "n_embd", "d_model", default=1024)
         heads = _first(config, "num_attention_heads", "n_head", default=max(1, h // 64))
@@ -355,20 +406,49 @@ class _Shape:
         kv_heads = _kv_heads(config, heads)
         q, kv = heads * head_dim, kv_heads * head_dim
         ab, mb = bool(getattr(config, "attention_bias", False)), bool(getattr(config, "mlp_bias", False))
-        linears = {"q_proj": (h, q, ab), "k_proj": (h, kv, ab), "v_proj": (h, kv, ab), "o_proj": (q, h, ab),
-                   "gate_proj": (h, inter, mb), "up_proj": (h, inter, mb), "down_proj": (inter, h, mb)}
-        roles = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "attn_out",
-                 "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_out"}
+        linears = {
+            "q_proj": (h, q, ab),
+            "k_proj": (h, kv, ab),
+            "v_proj": (h, kv, ab),
+            "o_proj": (q, h, ab),
+            "gate_proj": (h, inter, mb),
+            "up_proj": (h, inter, mb),
+            "down_proj": (inter, h, mb),
+        }
+        roles = {
+            "q_proj": "attn_in",
+            "k_proj": "attn_in",
+            "v_proj": "attn_in",
+            "o_proj": "attn_out",
+            "gate_proj": "mlp_in",
+            "up_proj": "mlp_in",
+            "down_proj": "mlp_out",
+        }
         tied = bool(getattr(config, "tie_word_embeddings", False))
         lin = layers * sum(i * o + (o if b else 0) for i, o, b in linears.values())
         n_params = lin + (2 * layers + 1) * h + vocab * h + (0 if tied else vocab * h)
         reason = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}" if str(err) else type(err).__name__
-        note = (f"transformers could not build {getattr(config, 'model_type', 'this model')} here ({reason}), so "
-                "this estimate assumes a Llama-shaped decoder of the config's sizes and is approximate.")
-        return cls(hidden=h, inter=inter, layers=layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-                   vocab=vocab, tied=tied, lin=linears, roles=roles, n_params=n_params, embed_params=vocab * h,
-                   head_params=0 if tied else vocab * h, model_type=str(getattr(config, "model_type", "model")),
-                   notes=[note])
+        note = (
+            f"transformers could not build {getattr(config, 'model_type', 'this model')} here ({reason}), so "
+            "this estimate assumes a Llama-shaped decoder of the config's sizes and is approximate."
+        )
+        return cls(
+            hidden=h,
+            inter=inter,
+            layers=layers,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            vocab=vocab,
+            tied=tied,
+            lin=linears,
+            roles=roles,
+            n_params=n_params,
+            embed_params=vocab * h,
+            head_params=0 if tied else vocab * h,
+            model_type=str(getattr(config, "model_type", "model")),
+            notes=[note],
+        )
 
     def linears(self) -> dict[str, tuple[int, int, bool]]:
         """Per decoder layer: target name -> (in_features, out_features, has_bias)."""
@@ -421,8 +501,22 @@ def _decoder_blocks(model: Any) -> list[Any]:
 # Well-known layer names of other architectures, by role, so that targets read from one model
 # (notebook 01 plans its own MODEL and SmolLM2-1.7B with the same list) can be planned on another.
 _ROLE_OF_NAME = {
-    **dict.fromkeys(("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack",
-                     "query", "key", "value"), "attn_in"),
+    **dict.fromkeys(
+        (
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "qkv_proj",
+            "query_key_value",
+            "c_attn",
+            "Wqkv",
+            "W_pack",
+            "query",
+            "key",
+            "value",
+        ),
+        "attn_in",
+    ),
     **dict.fromkeys(("o_proj", "out_proj", "dense", "attn.c_proj", "wo", "out_lin"), "attn_out"),
     **dict.fromkeys(("gate_proj", "up_proj", "gate_up_proj", "fc1", "c_fc", "dense_h_to_4h", "w1", "w3"), "mlp_in"),
     **dict.fromkeys(("down_proj", "fc2", "mlp.c_proj", "dense_4h_to_h", "w2"), "mlp_out"),
@@ -443,19 +537,22 @@ def _targets(recipe: Recipe, s: _Shape, notes: list[str] | None = None) -> list[
         return known
     # A target name stands for the module path's end ("q_proj", "mlp.c_proj"); prefix one to match.
     chosen = [t for t in known if any(matches_target(f"layers.0.{t}", want) for want in recipe.target_modules)]
-    unknown = [want for want in recipe.target_modules
-               if not any(matches_target(f"layers.0.{t}", want) for t in known)]
+    unknown = [want for want in recipe.target_modules if not any(matches_target(f"layers.0.{t}", want) for t in known)]
     roles = {want: _ROLE_OF_NAME.get(want, _ROLE_OF_NAME.get(want.split(".")[-1])) for want in unknown}
     hopeless = [want for want, role in roles.items() if role is None or not s.names(role)]
     if hopeless:
-        raise ValueError(f"Unknown target_modules {hopeless} for {s.model_type}: its linear layers are {known} "
-                         "(or use 'all-linear'). `course_utils.architectures.linear_layer_names(model)` lists them.")
+        raise ValueError(
+            f"Unknown target_modules {hopeless} for {s.model_type}: its linear layers are {known} "
+            "(or use 'all-linear'). `course_utils.architectures.linear_layer_names(model)` lists them."
+        )
     if unknown:
         mapped = [t for t in known if s.roles[t] in set(roles.values()) and t not in chosen]
         chosen = [t for t in known if t in chosen or t in mapped]
         if notes is not None:
-            notes.append(f"target_modules {unknown} are not layer names of {s.model_type}; they were planned as its "
-                         f"layers of the same role ({mapped}), so the LoRA terms are approximate.")
+            notes.append(
+                f"target_modules {unknown} are not layer names of {s.model_type}; they were planned as its "
+                f"layers of the same role ({mapped}), so the LoRA terms are approximate."
+            )
     return chosen
 
 
@@ -573,7 +670,9 @@ class MemoryEstimate:
 
 
 def _model_name(config: Any) -> str:
-    return str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "model")).rstrip("/").split("/")[-1]
+    return (
+        str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "model")).rstrip("/").split("/")[-1]
+    )
 
 
 def estimate_training_memory(config: Any, recipe: Recipe, gpu_gib: float | None = None) -> MemoryEstimate:
@@ -627,8 +726,9 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
         d["weights: 4-bit linears"] = quant_weights // 2 + quant_weights // 64 + 4 * (quant_weights // (64 * 256))
     elif rc.method == "lora-8bit":
         # LLM.int8: one int8 per weight plus one fp32 scale per output row (SCB).
-        d["weights: int8 linears"] = quant_weights + 4 * (L * sum(o for _, o, _ in lin.values())
-                                                          + sum(o for _, o, _ in other_lin.values()))
+        d["weights: int8 linears"] = quant_weights + 4 * (
+            L * sum(o for _, o, _ in lin.values()) + sum(o for _, o, _ in other_lin.values())
+        )
     else:
         d["weights: linears"] = lin_params * wb
     # prepare_model_for_kbit_training casts every non-quantized bf16/fp16 parameter
@@ -655,10 +755,21 @@ def _estimate(s: _Shape, rc: Recipe, model: str) -> MemoryEstimate:
 
     # ---- what ONE of n_gpus GPUs holds under DDP / FSDP / ZeRO-3 (course_utils/sharding.py)
     if rc.sharding != "none":
-        sh = per_gpu_terms(rc.n_gpus, rc.sharding, weights=weights, grads=grads, opt_state=opt_state,
-                           opt_temp=opt_temp, root_weights=d["weights: embeddings, norms, head"], layers=L)
+        sh = per_gpu_terms(
+            rc.n_gpus,
+            rc.sharding,
+            weights=weights,
+            grads=grads,
+            opt_state=opt_state,
+            opt_temp=opt_temp,
+            root_weights=d["weights: embeddings, norms, head"],
+            layers=L,
+        )
         d["per GPU: weights (own shard)"], d["per GPU: grads"], d["per GPU: optimizer state"] = (
-            sh.weights, sh.grads, sh.opt_state)
+            sh.weights,
+            sh.grads,
+            sh.opt_state,
+        )
         d["per GPU: gathered weights (FSDP/ZeRO-3 units)"], d["per GPU: DDP gradient buckets"] = sh.gathered, sh.buckets
         weights, grads, opt_state, opt_temp = sh.weights + sh.gathered + sh.buckets, sh.grads, sh.opt_state, sh.opt_temp
 
@@ -786,9 +897,19 @@ def _knobs(rc: Recipe) -> list[tuple[str, Recipe]]:
         knobs.append((f"batch_size={b}", rc.replace(batch_size=b)))
         b //= 2
     if rc.method == "full":
-        knobs.append(("method='lora' (bfloat16, all-linear)", rc.replace(method="lora", dtype="bfloat16", target_modules="all-linear")))
+        knobs.append(
+            (
+                "method='lora' (bfloat16, all-linear)",
+                rc.replace(method="lora", dtype="bfloat16", target_modules="all-linear"),
+            )
+        )
     if rc.method in ("full", "lora"):
-        knobs.append(("method='qlora'", rc.replace(method="qlora", target_modules="all-linear" if rc.method == "full" else rc.target_modules)))
+        knobs.append(
+            (
+                "method='qlora'",
+                rc.replace(method="qlora", target_modules="all-linear" if rc.method == "full" else rc.target_modules),
+            )
+        )
     if rc.method == "full" and rc.optimizer == "adamw":
         knobs.append(("optimizer='adamw-8bit'", rc.replace(optimizer="adamw-8bit")))
     return knobs
@@ -814,7 +935,9 @@ def _suggest(s: _Shape, rc: Recipe, gpu_gib: float, model: str) -> list[str]:
             out.append("gradient_checkpointing=True together with method='qlora'")
     # More GPUs: the smallest count that fits when FSDP splits the model (course_utils/sharding.py).
     split = rc.sharding if rc.sharding in ("fsdp", "zero3") else "fsdp"
-    n = smallest_gpu_count(lambda k: k > rc.n_gpus and _estimate(s, rc.replace(n_gpus=k, sharding=split), model).fits(gpu_gib))
+    n = smallest_gpu_count(
+        lambda k: k > rc.n_gpus and _estimate(s, rc.replace(n_gpus=k, sharding=split), model).fits(gpu_gib)
+    )
     if n is not None:
         out.append(f"n_gpus={n}, sharding='{split}'")
     return out

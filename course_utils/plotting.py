@@ -8,6 +8,7 @@ All functions return the matplotlib ``Axes`` so a learner can restyle or save th
 >>> ax.get_title()
 'Trainable parameters'
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,14 @@ def _axes(ax: Any = None, figsize: tuple[float, float] = (6, 3.5)) -> Any:
     return ax
 
 
-def plot_loss(log_history: Sequence[Mapping[str, Any]], *, key: str = "loss", title: str = "Training loss",
-              ax: Any = None, label: str | None = None) -> Any:
+def plot_loss(
+    log_history: Sequence[Mapping[str, Any]],
+    *,
+    key: str = "loss",
+    title: str = "Training loss",
+    ax: Any = None,
+    label: str | None = None,
+) -> Any:
     """Plot ``key`` against the step from a trainer's ``state.log_history``."""
     rows = [r for r in log_history if key in r and "step" in r]
     if not rows:
@@ -39,8 +46,9 @@ def plot_loss(log_history: Sequence[Mapping[str, Any]], *, key: str = "loss", ti
     return ax
 
 
-def plot_bars(values: Mapping[str, float], *, title: str, ylabel: str, ax: Any = None, log: bool = False,
-              fmt: str = "{:.3g}") -> Any:
+def plot_bars(
+    values: Mapping[str, float], *, title: str, ylabel: str, ax: Any = None, log: bool = False, fmt: str = "{:.3g}"
+) -> Any:
     """A labelled bar per entry, with the value written on top."""
     ax = _axes(ax)
     names, heights = list(values), [float(v) for v in values.values()]
@@ -54,8 +62,15 @@ def plot_bars(values: Mapping[str, float], *, title: str, ylabel: str, ax: Any =
     return ax
 
 
-def plot_xy(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str, xlabel: str,
-            ylabel: str, ax: Any = None, logx: bool = False) -> Any:
+def plot_xy(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    ax: Any = None,
+    logx: bool = False,
+) -> Any:
     """One line (with markers) per named series of (x, y) points."""
     ax = _axes(ax)
     for name, (xs, ys) in series.items():
@@ -68,8 +83,18 @@ def plot_xy(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, ti
     return ax
 
 
-def plot_heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str], *, title: str,
-                 cbar_label: str, ax: Any = None, fmt: str = "{:.0%}", vmin: float = 0.0, vmax: float = 1.0) -> Any:
+def plot_heatmap(
+    matrix: Sequence[Sequence[float]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    *,
+    title: str,
+    cbar_label: str,
+    ax: Any = None,
+    fmt: str = "{:.0%}",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> Any:
     """A heatmap with every cell's value written in it (e.g. accuracy of adapters x tasks)."""
     import matplotlib.pyplot as plt
 

@@ -17,6 +17,7 @@
 >>> tuple(virtual_token_embeddings(pm).shape)
 (4, 192)
 """
+
 from __future__ import annotations
 
 import html
@@ -28,8 +29,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["CacheProbe", "adapter_bytes_on_disk", "cache_probe", "nearest_tokens", "prompt_tuning_parameter_count",
-           "virtual_token_embeddings"]
+__all__ = [
+    "CacheProbe",
+    "adapter_bytes_on_disk",
+    "cache_probe",
+    "nearest_tokens",
+    "prompt_tuning_parameter_count",
+    "virtual_token_embeddings",
+]
 
 
 def virtual_token_embeddings(peft_model: Any, adapter_name: str | None = None) -> torch.Tensor:
@@ -41,13 +48,17 @@ def virtual_token_embeddings(peft_model: Any, adapter_name: str | None = None) -
     name = adapter_name or peft_model.active_adapter
     config = peft_model.peft_config[name]
     if getattr(config, "peft_type", None) is None or str(config.peft_type.value) != "PROMPT_TUNING":
-        raise ValueError(f"Adapter {name!r} is {getattr(config, 'peft_type', type(config).__name__)}, not prompt "
-                         "tuning: only prompt tuning learns input embeddings that can be compared with the vocabulary.")
+        raise ValueError(
+            f"Adapter {name!r} is {getattr(config, 'peft_type', type(config).__name__)}, not prompt "
+            "tuning: only prompt tuning learns input embeddings that can be compared with the vocabulary."
+        )
     with torch.no_grad():
         return peft_model.get_prompt_embedding_to_save(name).detach().float().cpu()
 
 
-def prompt_tuning_parameter_count(num_virtual_tokens: int, hidden_size: int, num_transformer_submodules: int = 1) -> int:
+def prompt_tuning_parameter_count(
+    num_virtual_tokens: int, hidden_size: int, num_transformer_submodules: int = 1
+) -> int:
     """Trainable parameters of prompt tuning: one ``hidden_size`` vector per virtual token.
 
     ``num_transformer_submodules`` is 1 for decoder-only models (2 for encoder-decoder ones).
@@ -56,12 +67,15 @@ def prompt_tuning_parameter_count(num_virtual_tokens: int, hidden_size: int, num
     1536
     """
     if num_virtual_tokens < 1 or hidden_size < 1:
-        raise ValueError(f"Need positive sizes, got num_virtual_tokens={num_virtual_tokens}, hidden_size={hidden_size}.")
+        raise ValueError(
+            f"Need positive sizes, got num_virtual_tokens={num_virtual_tokens}, hidden_size={hidden_size}."
+        )
     return num_virtual_tokens * hidden_size * num_transformer_submodules
 
 
-def nearest_tokens(peft_model: Any, tokenizer: Any, k: int = 3, adapter_name: str | None = None,
-                   skip_special: bool = True) -> list[list[tuple[str, float]]]:
+def nearest_tokens(
+    peft_model: Any, tokenizer: Any, k: int = 3, adapter_name: str | None = None, skip_special: bool = True
+) -> list[list[tuple[str, float]]]:
     """For each virtual token, the ``k`` vocabulary tokens with the most similar input embedding.
 
     Similarity is the cosine between the virtual token and every row of the model's input
@@ -79,8 +93,7 @@ def nearest_tokens(peft_model: Any, tokenizer: Any, k: int = 3, adapter_name: st
         if special:
             sims[:, special] = -2.0
     values, ids = sims.topk(k, dim=-1)
-    return [[(tokenizer.decode([int(i)]), round(float(v), 4)) for v, i in zip(vs, is_)]
-            for vs, is_ in zip(values, ids)]
+    return [[(tokenizer.decode([int(i)]), round(float(v), 4)) for v, i in zip(vs, is_)] for vs, is_ in zip(values, ids)]
 
 
 @dataclass
@@ -106,19 +119,32 @@ class CacheProbe:
 
     def __repr__(self) -> str:
         head = f"CacheProbe: {self.n_differ}/{len(self.prompts)} answers differ between use_cache=True and False"
-        rows = [f"  {self.prompts[i]!r}: cache {self.cached[i]!r} | no cache {self.uncached[i]!r}" for i in self.differ[:3]]
+        rows = [
+            f"  {self.prompts[i]!r}: cache {self.cached[i]!r} | no cache {self.uncached[i]!r}" for i in self.differ[:3]
+        ]
         return "\n".join([head, *rows])
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{html.escape(self.prompts[i])}</td><td><code>{html.escape(self.cached[i])}</code></td>"
-                       f"<td><code>{html.escape(self.uncached[i])}</code></td></tr>" for i in self.differ[:3])
-        return (f"<p><b>{self.n_differ}/{len(self.prompts)}</b> answers differ between <code>use_cache=True</code> "
-                f"and <code>False</code></p><table><tr><th>question</th><th>cache on</th><th>cache off</th></tr>"
-                f"{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(self.prompts[i])}</td><td><code>{html.escape(self.cached[i])}</code></td>"
+            f"<td><code>{html.escape(self.uncached[i])}</code></td></tr>"
+            for i in self.differ[:3]
+        )
+        return (
+            f"<p><b>{self.n_differ}/{len(self.prompts)}</b> answers differ between <code>use_cache=True</code> "
+            f"and <code>False</code></p><table><tr><th>question</th><th>cache on</th><th>cache off</th></tr>"
+            f"{rows}</table>"
+        )
 
 
-def cache_probe(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], *,
-                max_new_tokens: int = 8, batch_size: int = 16) -> CacheProbe:
+def cache_probe(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    *,
+    max_new_tokens: int = 8,
+    batch_size: int = 16,
+) -> CacheProbe:
     """Generate greedy answers to ``prompts`` (chat message lists) with and without the KV cache.
 
     Without a bug the two are identical (the cache is only a speed-up). With prompt/prefix
@@ -137,10 +163,24 @@ def cache_probe(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str
     prompts = list(prompts)
     with warnings.catch_warnings():  # peft/transformers warn about past_key_values and cache both set
         warnings.simplefilter("ignore")
-        cached = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  use_cache=True, progress=False)
-        uncached = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                    use_cache=False, progress=False)
+        cached = generate_answers(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            use_cache=True,
+            progress=False,
+        )
+        uncached = generate_answers(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            use_cache=False,
+            progress=False,
+        )
     differ = [i for i, (a, b) in enumerate(zip(cached, uncached)) if a != b]
     return CacheProbe(prompts=[p[-1]["content"] for p in prompts], cached=cached, uncached=uncached, differ=differ)
 
@@ -157,7 +197,11 @@ def adapter_bytes_on_disk(peft_model: Any) -> int:
     folder = tempfile.mkdtemp(prefix="adapter-size-")
     try:
         peft_model.save_pretrained(folder)
-        return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(folder) for f in files
-                   if f.startswith("adapter_model"))
+        return sum(
+            os.path.getsize(os.path.join(root, f))
+            for root, _, files in os.walk(folder)
+            for f in files
+            if f.startswith("adapter_model")
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -23,6 +23,7 @@ Merging into a quantized base lives in :mod:`course_utils.merging`; GPU memory m
 >>> round(nf4_weight_bytes(2048, 8192) / 2**20, 2)
 8.25
 """
+
 from __future__ import annotations
 
 import logging
@@ -175,8 +176,6 @@ def int8_weight_bytes(out_features: int, in_features: int) -> int:
     return int(out_features) * int(in_features) + 4 * int(out_features)
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # the AVX-512-BF16 CPU repack (bitsandbytes >= 0.50)
 # --------------------------------------------------------------------------------------------
@@ -195,8 +194,9 @@ def _linear4bit_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Modul
     Checked by the weight's class name, so no bitsandbytes import is needed, and peft's LoRA
     wrappers (which expose ``weight`` but do not own it) are not counted twice.
     """
-    return [(name, m) for name, m in model.named_modules()
-            if type(m._parameters.get("weight")).__name__ == "Params4bit"]
+    return [
+        (name, m) for name, m in model.named_modules() if type(m._parameters.get("weight")).__name__ == "Params4bit"
+    ]
 
 
 def _is_repacked(layer: torch.nn.Module) -> bool:

@@ -16,6 +16,7 @@ True
 >>> sorted(p.name for p in data_dir("datasets").glob("shout_*.jsonl"))
 ['shout_eval.jsonl', 'shout_train.jsonl']
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -42,7 +43,8 @@ def data_root() -> Path:
     raise FileNotFoundError(
         f"The course's data files are missing: looked in {shipped} (installed package) and {clone} (a clone). "
         "Reinstall the course with `pip install .` from a clone, or `pip install git+<repository URL>`; "
-        "an install that copied only the Python files (e.g. a hand-made zip) lacks them.")
+        "an install that copied only the Python files (e.g. a hand-made zip) lacks them."
+    )
 
 
 def data_dir(name: str) -> Path:

@@ -13,6 +13,7 @@ written by ``--inplace`` are the ones nbval compares against.
 >>> select_notebooks(["01"], available=[Path("notebooks/01_lora_training.ipynb")])
 [PosixPath('notebooks/01_lora_training.ipynb')]
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +24,10 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 __all__ = [
     "KERNEL_ENV",
@@ -76,8 +78,9 @@ def available_notebooks(folder: str | Path = NOTEBOOKS_DIR) -> list[Path]:
     return sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
 
 
-def select_notebooks(names: Sequence[str], available: Sequence[Path] | None = None,
-                     folder: str | Path = NOTEBOOKS_DIR) -> list[Path]:
+def select_notebooks(
+    names: Sequence[str], available: Sequence[Path] | None = None, folder: str | Path = NOTEBOOKS_DIR
+) -> list[Path]:
     """Resolve names to notebook paths; no names means all of them.
 
     A name may be a path to an ``.ipynb`` file, a number (``"1"``, ``"01"``), a stem
@@ -91,8 +94,9 @@ def select_notebooks(names: Sequence[str], available: Sequence[Path] | None = No
     available = list(available_notebooks(folder) if available is None else available)
     if not names:
         if not available:
-            raise UnknownNotebookError(f"No notebooks (*.ipynb) found in {folder}. Pass notebook paths, "
-                                       "or run from the course's root folder.")
+            raise UnknownNotebookError(
+                f"No notebooks (*.ipynb) found in {folder}. Pass notebook paths, or run from the course's root folder."
+            )
         return available
     chosen: list[Path] = []
     for name in names:
@@ -101,7 +105,8 @@ def select_notebooks(names: Sequence[str], available: Sequence[Path] | None = No
             listing = ", ".join(p.stem for p in available) or f"(none in {folder})"
             raise UnknownNotebookError(
                 f"Unknown notebook {name!r}. Available: {listing}. Use a number ('01'), a name "
-                "('01_lora_training') or the path of an .ipynb file.")
+                "('01_lora_training') or the path of an .ipynb file."
+            )
         if match not in chosen:
             chosen.append(match)
     return chosen
@@ -120,7 +125,7 @@ def _match(name: str, available: Sequence[Path]) -> Path | None:
             return p
         if m and name.isdigit() and int(m.group(1)) == int(name):
             return p
-        if m and p.stem[m.end():] == name:
+        if m and p.stem[m.end() :] == name:
             return p
     return None
 
@@ -184,7 +189,8 @@ def new_run_dir(out: str | Path | None = None, *, base: str | Path = "runs", ove
             what = "a previous run" if (out / "summary.json").exists() else "files"
             raise OutputExistsError(
                 f"The output folder {out} already holds {what}. Pass --overwrite to replace it, choose "
-                "another --out, or leave --out out to get a new runs/<timestamp>/ folder.")
+                "another --out, or leave --out out to get a new runs/<timestamp>/ folder."
+            )
         if out.is_dir():
             shutil.rmtree(out)
         else:
@@ -265,14 +271,24 @@ class RunSummary:
         return [r for r in self.results if not r.ok]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"started": self.started, "out_dir": self.out_dir, "parameters": self.parameters,
-                "ok": self.ok, "results": [r.to_dict() for r in self.results]}
+        return {
+            "started": self.started,
+            "out_dir": self.out_dir,
+            "parameters": self.parameters,
+            "ok": self.ok,
+            "results": [r.to_dict() for r in self.results],
+        }
 
     def to_markdown(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.parameters.items() if v is not None) or "notebook defaults"
-        lines = [f"# Course run {self.started}", "", f"Parameters: {params}", "",
-                 "| notebook | status | seconds | peak memory (MiB) | key metrics |",
-                 "|---|---|---:|---:|---|"]
+        lines = [
+            f"# Course run {self.started}",
+            "",
+            f"Parameters: {params}",
+            "",
+            "| notebook | status | seconds | peak memory (MiB) | key metrics |",
+            "|---|---|---:|---:|---|",
+        ]
         for r in self.results:
             mem = f"{r.peak_memory_MiB:.0f}" if r.peak_memory_MiB is not None else ""
             detail = _metrics_cell(r.metrics) if r.ok else f"failed at {r.error}"
@@ -291,9 +307,12 @@ class RunSummary:
             f"<tr><td>{html.escape(r.notebook)}</td><td>{r.status}</td><td>{r.seconds:.1f}</td>"
             f"<td>{'' if r.peak_memory_MiB is None else f'{r.peak_memory_MiB:.0f}'}</td>"
             f"<td>{html.escape(_metrics_cell(r.metrics) if r.ok else f'failed at {r.error}')}</td></tr>"
-            for r in self.results)
-        return ("<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>peak memory (MiB)</th>"
-                f"<th>key metrics</th></tr>{rows}</table>")
+            for r in self.results
+        )
+        return (
+            "<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>peak memory (MiB)</th>"
+            f"<th>key metrics</th></tr>{rows}</table>"
+        )
 
     def write(self, folder: str | Path) -> tuple[Path, Path]:
         """Write ``summary.md`` and ``summary.json`` into ``folder``; return their paths."""
@@ -362,7 +381,7 @@ class _PeakMemory:
             self.peak = max(self.peak, total / 2**20)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "_PeakMemory":
+    def __enter__(self) -> _PeakMemory:
         self._thread.start()
         return self
 
@@ -385,17 +404,27 @@ def _cell_error(nb: Any, err: Any) -> CellError:
     # the written copy has papermill's error banner and anchor cells: drop them to get back the
     # executed order, where ``index`` counts, then discount the injected-parameters cell
     cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
-    injected = sum(1 for c in cells[:max(index, 0)] if "injected-parameters" in c.get("metadata", {}).get("tags", []))
+    injected = sum(1 for c in cells[: max(index, 0)] if "injected-parameters" in c.get("metadata", {}).get("tags", []))
     source = str(getattr(err, "source", "") or "")
     first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
-    return CellError(cell_index=index - injected, execution_count=getattr(err, "exec_count", None),
-                     source_first_line=first[:120], ename=str(getattr(err, "ename", type(err).__name__)),
-                     evalue=str(getattr(err, "evalue", "") or ""))
+    return CellError(
+        cell_index=index - injected,
+        execution_count=getattr(err, "exec_count", None),
+        source_first_line=first[:120],
+        ename=str(getattr(err, "ename", type(err).__name__)),
+        evalue=str(getattr(err, "evalue", "") or ""),
+    )
 
 
-def execute_notebook(path: str | Path, output_path: str | Path, parameters: dict[str, Any] | None = None, *,
-                     env: dict[str, str | None] | None = None, cell_timeout: float = 1200,
-                     metrics_path: str | Path | None = None) -> NotebookResult:
+def execute_notebook(
+    path: str | Path,
+    output_path: str | Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    env: dict[str, str | None] | None = None,
+    cell_timeout: float = 1200,
+    metrics_path: str | Path | None = None,
+) -> NotebookResult:
     """Execute one notebook with papermill into ``output_path``; never raises for a cell error.
 
     The kernel runs in the notebook's folder with `KERNEL_ENV` plus ``env``; ``metrics_path``
@@ -414,10 +443,18 @@ def execute_notebook(path: str | Path, output_path: str | Path, parameters: dict
     start = time.perf_counter()
     with kernel_env(extra), _PeakMemory() as mem:
         try:
-            pm.execute_notebook(str(path), str(output_path), parameters=parameters or {},
-                                kernel_name=_kernel_name(path), language="python", progress_bar=False, log_output=False,
-                                cwd=str(path.resolve().parent), execution_timeout=cell_timeout,
-                                extra_arguments=_KERNEL_ARGS)
+            pm.execute_notebook(
+                str(path),
+                str(output_path),
+                parameters=parameters or {},
+                kernel_name=_kernel_name(path),
+                language="python",
+                progress_bar=False,
+                log_output=False,
+                cwd=str(path.resolve().parent),
+                execution_timeout=cell_timeout,
+                extra_arguments=_KERNEL_ARGS,
+            )
         except PapermillExecutionError as err:
             error = _cell_error(nbformat.read(str(output_path), as_version=4), err)
         except Exception as err:  # kernel died, timeout, bad notebook JSON, ...
@@ -429,9 +466,15 @@ def execute_notebook(path: str | Path, output_path: str | Path, parameters: dict
         with contextlib.suppress(ValueError, OSError):
             metrics = json.loads(Path(metrics_path).read_text())
     peak = max([mem.peak] + [float(metrics[k]) for k in ("peak_rss_MiB",) if k in metrics]) or None
-    return NotebookResult(notebook=path.stem, status="ok" if error is None else "failed",
-                          seconds=round(seconds, 2), peak_memory_MiB=None if peak is None else round(peak, 1),
-                          metrics=metrics, error=error, output_path=str(output_path))
+    return NotebookResult(
+        notebook=path.stem,
+        status="ok" if error is None else "failed",
+        seconds=round(seconds, 2),
+        peak_memory_MiB=None if peak is None else round(peak, 1),
+        metrics=metrics,
+        error=error,
+        output_path=str(output_path),
+    )
 
 
 def clean_notebook(nb: Any) -> Any:
@@ -462,8 +505,14 @@ def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> Notebook
 
     path = Path(path)
     nb = nbformat.read(str(path), as_version=4)
-    client = NotebookClient(nb, timeout=cell_timeout, kernel_name=_kernel_name(path), record_timing=False,
-                            extra_arguments=_KERNEL_ARGS, resources={"metadata": {"path": str(path.resolve().parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=cell_timeout,
+        kernel_name=_kernel_name(path),
+        record_timing=False,
+        extra_arguments=_KERNEL_ARGS,
+        resources={"metadata": {"path": str(path.resolve().parent)}},
+    )
     env: dict[str, str | None] = {"COURSE_MODEL": None, "COURSE_METRICS_PATH": None, **OFFLINE_ENV}
     error: CellError | None = None
     start = time.perf_counter()
@@ -471,12 +520,18 @@ def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> Notebook
         try:
             client.execute()
         except CellExecutionError as err:
-            index = next((i for i, c in enumerate(nb.cells) for o in c.get("outputs", [])
-                          if o.get("output_type") == "error"), -1)
+            index = next(
+                (i for i, c in enumerate(nb.cells) for o in c.get("outputs", []) if o.get("output_type") == "error"), -1
+            )
             cell = nb.cells[index] if index >= 0 else None
             first = next((ln.strip() for ln in (cell.source if cell else "").splitlines() if ln.strip()), "")
-            error = CellError(index, cell.get("execution_count") if cell else None, first[:120],
-                              getattr(err, "ename", "CellExecutionError"), getattr(err, "evalue", ""))
+            error = CellError(
+                index,
+                cell.get("execution_count") if cell else None,
+                first[:120],
+                getattr(err, "ename", "CellExecutionError"),
+                getattr(err, "evalue", ""),
+            )
         except (DeadKernelError, TimeoutError, RuntimeError) as err:
             error = CellError(-1, None, "(notebook could not be executed)", type(err).__name__, str(err)[:200])
     seconds = time.perf_counter() - start
@@ -485,13 +540,27 @@ def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> Notebook
         tmp = path.with_name(f".{path.name}.tmp")
         nbformat.write(nb, str(tmp))
         os.replace(tmp, path)
-    return NotebookResult(notebook=path.stem, status="ok" if error is None else "failed", seconds=round(seconds, 2),
-                          peak_memory_MiB=round(mem.peak, 1) or None, error=error, output_path=str(path))
+    return NotebookResult(
+        notebook=path.stem,
+        status="ok" if error is None else "failed",
+        seconds=round(seconds, 2),
+        peak_memory_MiB=round(mem.peak, 1) or None,
+        error=error,
+        output_path=str(path),
+    )
 
 
-def run_notebooks(notebooks: Sequence[str | Path], out_dir: str | Path, *, model: str | None = None,
-                  dtype: str | None = None, device: str | None = None, max_steps: int | None = None,
-                  cell_timeout: float = 1200, progress: bool = True) -> RunSummary:
+def run_notebooks(
+    notebooks: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    model: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    max_steps: int | None = None,
+    cell_timeout: float = 1200,
+    progress: bool = True,
+) -> RunSummary:
     """Execute ``notebooks`` one after another into ``out_dir``; a failure does not stop the rest.
 
     Parameters that are ``None`` keep the notebook's own value. ``model`` is also exported as
@@ -505,15 +574,31 @@ def run_notebooks(notebooks: Sequence[str | Path], out_dir: str | Path, *, model
     parameters = {"MODEL": model, "DTYPE": dtype, "DEVICE": device, "MAX_STEPS": max_steps}
     papermill_params = {k: v for k, v in parameters.items() if v is not None}
     env: dict[str, str | None] = {"COURSE_MODEL": model} if model else {}
-    summary = RunSummary(results=[], out_dir=str(out_dir), parameters=parameters,
-                         started=_dt.datetime.now().isoformat(timespec="seconds"))
-    bar = tqdm(list(notebooks), desc="notebooks", unit="nb", file=sys.stderr,
-               disable=None if progress else True, dynamic_ncols=True)
+    summary = RunSummary(
+        results=[],
+        out_dir=str(out_dir),
+        parameters=parameters,
+        started=_dt.datetime.now().isoformat(timespec="seconds"),
+    )
+    bar = tqdm(
+        list(notebooks),
+        desc="notebooks",
+        unit="nb",
+        file=sys.stderr,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
     for nb in bar:
         nb = Path(nb)
         bar.set_postfix_str(nb.stem)
-        result = execute_notebook(nb, out_dir / nb.name, papermill_params, env=env, cell_timeout=cell_timeout,
-                                  metrics_path=out_dir / "metrics" / f"{nb.stem}.json")
+        result = execute_notebook(
+            nb,
+            out_dir / nb.name,
+            papermill_params,
+            env=env,
+            cell_timeout=cell_timeout,
+            metrics_path=out_dir / "metrics" / f"{nb.stem}.json",
+        )
         summary.results.append(result)
         if not result.ok:
             bar.write(f"FAILED {nb.stem}: {result.error}", file=sys.stderr)

@@ -29,6 +29,7 @@ Activations and logits do not shrink: each GPU runs its own micro-batch (``batch
 >>> t.weights, t.grads, t.opt_state, t.gathered
 (250, 25, 50, 400)
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,8 +57,10 @@ def validate_sharding(n_gpus: object, sharding: object) -> None:
     if sharding not in SHARDINGS:
         raise ValueError(f"Recipe.sharding must be one of {SHARDINGS}, got {sharding!r}.")
     if n_gpus > 1 and sharding == "none":
-        raise ValueError(f'Recipe.n_gpus={n_gpus} needs a sharding: "ddp" (a full copy per GPU), "fsdp" or "zero3" '
-                         "(split across GPUs).")
+        raise ValueError(
+            f'Recipe.n_gpus={n_gpus} needs a sharding: "ddp" (a full copy per GPU), "fsdp" or "zero3" '
+            "(split across GPUs)."
+        )
 
 
 @dataclass

@@ -14,6 +14,7 @@ writes a folder that ``load_model(folder)`` and ``course-utils run --model <fold
 >>> model.config.model_type, model.config.vocab_size
 ('gpt2', 770)
 """
+
 from __future__ import annotations
 
 import shutil
@@ -32,8 +33,15 @@ _IDS = dict(vocab_size=_VOCAB, bos_token_id=_BOS, eos_token_id=_EOS, pad_token_i
 
 # model_type -> config keyword arguments. Each one keeps what makes the architecture distinct
 # (fused projections, Conv1D, biases, parallel blocks, tied or untied head, grouped-query attention).
-_LLAMA_LIKE = dict(hidden_size=_H, intermediate_size=_INTER, num_hidden_layers=_LAYERS, num_attention_heads=_HEADS,
-                   num_key_value_heads=2, max_position_embeddings=_POS, **_IDS)
+_LLAMA_LIKE = dict(
+    hidden_size=_H,
+    intermediate_size=_INTER,
+    num_hidden_layers=_LAYERS,
+    num_attention_heads=_HEADS,
+    num_key_value_heads=2,
+    max_position_embeddings=_POS,
+    **_IDS,
+)
 _CONFIGS: dict[str, dict[str, Any]] = {
     "llama": dict(_LLAMA_LIKE, tie_word_embeddings=True),
     "qwen2": dict(_LLAMA_LIKE, tie_word_embeddings=False),  # q/k/v carry biases
@@ -43,12 +51,36 @@ _CONFIGS: dict[str, dict[str, Any]] = {
     "mistral": dict(_LLAMA_LIKE, tie_word_embeddings=False),
     "phi3": dict(_LLAMA_LIKE, tie_word_embeddings=False),  # fused qkv_proj, gate_up_proj
     "gpt2": dict(n_embd=_H, n_layer=_LAYERS, n_head=_HEADS, n_positions=_POS, **_IDS),  # Conv1D, tied
-    "gpt_neox": dict(hidden_size=_H, intermediate_size=4 * _H, num_hidden_layers=_LAYERS, num_attention_heads=_HEADS,
-                     max_position_embeddings=_POS, use_parallel_residual=True, tie_word_embeddings=False, **_IDS),
-    "opt": dict(hidden_size=_H, ffn_dim=4 * _H, num_hidden_layers=_LAYERS, num_attention_heads=_HEADS,
-                word_embed_proj_dim=_H, max_position_embeddings=_POS, **_IDS),  # fc1/fc2 outside any "mlp"
-    "falcon": dict(hidden_size=_H, num_hidden_layers=_LAYERS, num_attention_heads=_HEADS, multi_query=True,
-                   parallel_attn=True, bias=False, alibi=False, new_decoder_architecture=False, **_IDS),
+    "gpt_neox": dict(
+        hidden_size=_H,
+        intermediate_size=4 * _H,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        max_position_embeddings=_POS,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        **_IDS,
+    ),
+    "opt": dict(
+        hidden_size=_H,
+        ffn_dim=4 * _H,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        word_embed_proj_dim=_H,
+        max_position_embeddings=_POS,
+        **_IDS,
+    ),  # fc1/fc2 outside any "mlp"
+    "falcon": dict(
+        hidden_size=_H,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        multi_query=True,
+        parallel_attn=True,
+        bias=False,
+        alibi=False,
+        new_decoder_architecture=False,
+        **_IDS,
+    ),
 }
 #: The architectures, by the short names the tests and benchmarks use.
 TINY_ARCHITECTURES: tuple[str, ...] = tuple(_CONFIGS)

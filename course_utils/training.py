@@ -11,6 +11,7 @@ trained adapter call :func:`train_lora` so they stay short and self-contained.
 >>> run.model.peft_config["default"].r
 8
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -170,10 +171,13 @@ def train_lora(
         peft_model = model
     else:
         peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name)
-    args = cpu_friendly_args(max_steps=max_steps, learning_rate=learning_rate,
-                             per_device_train_batch_size=batch_size,
-                             logging_steps=min(logging_steps, max_steps),  # a loss is logged even for few steps
-                             **training_args)
+    args = cpu_friendly_args(
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        logging_steps=min(logging_steps, max_steps),  # a loss is logged even for few steps
+        **training_args,
+    )
     trainer = Trainer(
         model=peft_model,
         args=args,

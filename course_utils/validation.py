@@ -110,8 +110,7 @@ class Tolerance:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        for key in ("max_abs_logit", "rel_mean_abs_logit", "rel_max_abs_logit", "mean_kl", "max_kl",
-                    "rel_perplexity"):
+        for key in ("max_abs_logit", "rel_mean_abs_logit", "rel_max_abs_logit", "mean_kl", "max_kl", "rel_perplexity"):
             value = getattr(self, key)
             if value is not None and not value >= 0:
                 raise ValueError(f"Tolerance.{key} must be >= 0 or None, got {value!r}.")
@@ -533,7 +532,7 @@ def _run(
     try:
         for ids, mask in inputs.batches(batch_size):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logits = logits[:, logits.shape[1] - ids.shape[1]:]  # prompt/p-tuning prepend virtual-token logits
+            logits = logits[:, logits.shape[1] - ids.shape[1] :]  # prompt/p-tuning prepend virtual-token logits
             out.append(logits.float().cpu()[mask.bool()])
             del logits
         generations: list[list[int]] | None = None
@@ -558,7 +557,7 @@ def _run(
                     generation_config=gen_cfg,
                     **kwargs,
                 )
-                for row in seq[:, ids.shape[1]:].cpu().tolist():
+                for row in seq[:, ids.shape[1] :].cpu().tolist():
                     generations.append(_trim(row, inputs.eos_token_id))
     finally:
         model.train(was_training)
@@ -649,8 +648,14 @@ class MetricResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (name, value, limit, kind, passed, description)."""
-        return {"name": self.name, "value": self.value, "limit": self.limit, "kind": self.kind,
-                "passed": self.passed, "description": self.description}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "limit": self.limit,
+            "kind": self.kind,
+            "passed": self.passed,
+            "description": self.description,
+        }
 
 
 def _fmt(x: float) -> str:
@@ -743,8 +748,11 @@ class ValidationReport:
         rows = "".join(
             "<tr><td><code>{}</code></td><td style='text-align:right'>{}</td><td>{}</td>"
             "<td style='color:{}'>{}</td><td>{}</td></tr>".format(
-                html.escape(m.name), _fmt(m.value), html.escape(m.limit_text()),
-                {"pass": "#1a7f37", "FAIL": "#cf222e", "info": "#57606a"}[m.verdict], m.verdict,
+                html.escape(m.name),
+                _fmt(m.value),
+                html.escape(m.limit_text()),
+                {"pass": "#1a7f37", "FAIL": "#cf222e", "info": "#57606a"}[m.verdict],
+                m.verdict,
                 html.escape(m.description),
             )
             for m in self.metrics
@@ -800,8 +808,9 @@ def _resolve_tolerance(tolerance: Tolerance | str | torch.dtype | None, *dtypes:
     return tolerance_for(tolerance)
 
 
-def _metrics(ref: ReferenceOutputs, logits: torch.Tensor, generations: list[list[int]] | None,
-             tol: Tolerance) -> tuple[list[MetricResult], torch.Tensor, list[int | None]]:
+def _metrics(
+    ref: ReferenceOutputs, logits: torch.Tensor, generations: list[list[int]] | None, tol: Tolerance
+) -> tuple[list[MetricResult], torch.Tensor, list[int | None]]:
     """All metrics between captured reference logits and candidate logits (both packed, CPU).
 
     KL is computed in float64: in float32 the log-softmax rounding alone gives ~1e-7 nats.
@@ -848,17 +857,32 @@ def _metrics(ref: ReferenceOutputs, logits: torch.Tensor, generations: list[list
         m("max_abs_logit_diff", max_abs, tol.max_abs_logit, "max", "largest |Δlogit| over all tokens and vocabulary"),
         m("mean_abs_logit_diff", mean_abs, None, "info", "mean |Δlogit|"),
         m("logit_scale", scale, None, "info", "reference logits' std over the vocabulary (divides the rel_ metrics)"),
-        m("rel_mean_abs_logit_diff", mean_abs / scale if scale else float("nan"), tol.rel_mean_abs_logit, "max",
-          "mean |Δlogit| / logit scale"),
-        m("rel_max_abs_logit_diff", max_abs / scale if scale else float("nan"), tol.rel_max_abs_logit, "max",
-          "max |Δlogit| / logit scale"),
+        m(
+            "rel_mean_abs_logit_diff",
+            mean_abs / scale if scale else float("nan"),
+            tol.rel_mean_abs_logit,
+            "max",
+            "mean |Δlogit| / logit scale",
+        ),
+        m(
+            "rel_max_abs_logit_diff",
+            max_abs / scale if scale else float("nan"),
+            tol.rel_max_abs_logit,
+            "max",
+            "max |Δlogit| / logit scale",
+        ),
         m("mean_kl", float(kl.mean()), tol.mean_kl, "max", "mean per-token KL(reference || candidate), nats"),
         m("max_kl", float(kl.max()), tol.max_kl, "max", "largest per-token KL, nats"),
         m("top1_agreement", top1 / n, tol.top1_agreement, "min", "fraction of tokens with the same argmax"),
         m("ppl_reference", ppl_a, None, "info", "perplexity of the reference on the inputs"),
         m("ppl_candidate", ppl_b, None, "info", "perplexity of the candidate on the inputs"),
-        m("rel_perplexity_diff", abs(ppl_b / ppl_a - 1) if idx else float("nan"), tol.rel_perplexity, "max",
-          "|ppl_candidate / ppl_reference - 1|"),
+        m(
+            "rel_perplexity_diff",
+            abs(ppl_b / ppl_a - 1) if idx else float("nan"),
+            tol.rel_perplexity,
+            "max",
+            "|ppl_candidate / ppl_reference - 1|",
+        ),
     ]
     first_diffs: list[int | None] = []
     if ref.generations is not None and generations is not None:
@@ -870,8 +894,15 @@ def _metrics(ref: ReferenceOutputs, logits: torch.Tensor, generations: list[list
             else:
                 k = next((i for i, (x, y) in enumerate(zip(ga, gb)) if x != y), min(len(ga), len(gb)))
                 first_diffs.append(k)
-        metrics.append(m("generation_match", same / len(ref.generations), tol.generation_match, "min",
-                         f"fraction of prompts whose {ref.max_new_tokens}-token greedy continuation is identical"))
+        metrics.append(
+            m(
+                "generation_match",
+                same / len(ref.generations),
+                tol.generation_match,
+                "min",
+                f"fraction of prompts whose {ref.max_new_tokens}-token greedy continuation is identical",
+            )
+        )
     return metrics, kl, first_diffs
 
 
@@ -905,16 +936,27 @@ def compare_to_reference(
     notes = []
     if tolerance in (None, "auto") and "8-bit" in f"{reference.quantization} {_quantization(model)}":
         tol = tolerance_for(torch.bfloat16, tol.name)
-        notes.append("An 8-bit (LLM.int8) model quantizes activations too, so its outputs carry "
-                     "~1% noise of their own: judged with the bfloat16 limits.")
-    if (tolerance in (None, "auto") and tol.name == "float32" and _input_device(model).type == "cuda"
-            and torch.get_float32_matmul_precision() != "highest"):
+        notes.append(
+            "An 8-bit (LLM.int8) model quantizes activations too, so its outputs carry "
+            "~1% noise of their own: judged with the bfloat16 limits."
+        )
+    if (
+        tolerance in (None, "auto")
+        and tol.name == "float32"
+        and _input_device(model).type == "cuda"
+        and torch.get_float32_matmul_precision() != "highest"
+    ):
         tol = DEFAULT_TOLERANCES[torch.float16]
-        notes.append("TF32 matmuls are on (torch.get_float32_matmul_precision() != 'highest'): "
-                     "float32 judged with the float16 limits.")
+        notes.append(
+            "TF32 matmuls are on (torch.get_float32_matmul_precision() != 'highest'): "
+            "float32 judged with the float16 limits."
+        )
     logits, generations = _run(
-        model, reference.inputs, batch_size=reference.batch_size,
-        max_new_tokens=reference.max_new_tokens, generate_kwargs=reference.generate_kwargs,
+        model,
+        reference.inputs,
+        batch_size=reference.batch_size,
+        max_new_tokens=reference.max_new_tokens,
+        generate_kwargs=reference.generate_kwargs,
     )
     if logits.shape != reference.logits.shape:
         raise VocabularyMismatchError(
@@ -970,6 +1012,13 @@ def compare_models(
             f"The models have different vocabularies ({va} vs {vb} tokens), so their logits can't be "
             "compared. Compare an adapter with a model merged from the same base (and tokenizer)."
         )
-    ref = capture_reference(reference_model, inputs, tokenizer, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, max_length=max_length, max_examples=max_examples)
+    ref = capture_reference(
+        reference_model,
+        inputs,
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_length=max_length,
+        max_examples=max_examples,
+    )
     return compare_to_reference(candidate_model, ref, tolerance=tolerance, title=title)

@@ -8,6 +8,7 @@ answer to the default prompt, so the cell's output is never empty.
 >>> switcher.answer("terse")                                                        # doctest: +SKIP
 'gold'
 """
+
 from __future__ import annotations
 
 import html
@@ -31,11 +32,20 @@ class AdapterSwitcher:
     ``widget()`` builds the ipywidgets UI; ``table()`` is the static fallback.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, prompt: str = "What color is the fox?", *,
-                 adapters: Sequence[str] | None = None, max_new_tokens: int = 24) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompt: str = "What color is the fox?",
+        *,
+        adapters: Sequence[str] | None = None,
+        max_new_tokens: int = 24,
+    ) -> None:
         if not hasattr(model, "peft_config"):
-            raise TypeError(f"AdapterSwitcher needs a PeftModel with adapters loaded, got {type(model).__name__}. "
-                            "Load one with PeftModel.from_pretrained(base_model, adapter_folder).")
+            raise TypeError(
+                f"AdapterSwitcher needs a PeftModel with adapters loaded, got {type(model).__name__}. "
+                "Load one with PeftModel.from_pretrained(base_model, adapter_folder)."
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.prompt = prompt
@@ -89,8 +99,9 @@ class AdapterSwitcher:
         except ImportError as err:  # pragma: no cover - ipywidgets is a dependency
             raise ImportError("The adapter switcher needs ipywidgets: pip install ipywidgets") from err
         self._dropdown = widgets.Dropdown(options=self.choices, value=self.choices[0], description="adapter")
-        self._prompt_box = widgets.Text(value=self.prompt, description="prompt", continuous_update=False,
-                                        layout=widgets.Layout(width="60%"))
+        self._prompt_box = widgets.Text(
+            value=self.prompt, description="prompt", continuous_update=False, layout=widgets.Layout(width="60%")
+        )
         self._output = widgets.HTML(value="")
         self._dropdown.observe(self.on_change, names="value")
         self._prompt_box.observe(self.on_change, names="value")
@@ -118,15 +129,24 @@ class AdapterSwitcher:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{html.escape(c)}</td><td><code>{html.escape(a)}</code></td></tr>"
-                       for c, a in self._rows())
-        return (f"<p>Answers to <i>{html.escape(self.prompt)}</i>:</p>"
-                f"<table><tr><th>adapter</th><th>answer</th></tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(c)}</td><td><code>{html.escape(a)}</code></td></tr>" for c, a in self._rows()
+        )
+        return (
+            f"<p>Answers to <i>{html.escape(self.prompt)}</i>:</p>"
+            f"<table><tr><th>adapter</th><th>answer</th></tr>{rows}</table>"
+        )
 
 
-def adapter_switcher(model: Any, tokenizer: Any, prompt: str = "What color is the fox?", *,
-                     adapters: Sequence[str] | None = None, max_new_tokens: int = 24,
-                     show_widget: bool = True) -> AdapterSwitcher:
+def adapter_switcher(
+    model: Any,
+    tokenizer: Any,
+    prompt: str = "What color is the fox?",
+    *,
+    adapters: Sequence[str] | None = None,
+    max_new_tokens: int = 24,
+    show_widget: bool = True,
+) -> AdapterSwitcher:
     """Display the switcher widget (when ipywidgets can be displayed) and return the switcher.
 
     The returned object's repr is the static table of every adapter's answer to ``prompt``, so

@@ -35,21 +35,22 @@
 import subprocess
 import sys
 
+REPOSITORY = "https://github.com/peft-course/peft-course"
 if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 from course_utils.loading import model_from_env
 from course_utils.notebook import setup
 
 # %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
-DTYPE = "auto"        # float32 on CPU, bfloat16 on a recent GPU
-DEVICE = "auto"       # cuda > mps > cpu
-MAX_STEPS = 100       # training steps of the main run
+DTYPE = "auto"  # float32 on CPU, bfloat16 on a recent GPU
+DEVICE = "auto"  # cuda > mps > cpu
+MAX_STEPS = 100  # training steps of the main run
 SEED = 0
 SWEEP_RANKS = [1, 2, 8]  # ranks of the small experiment
-SWEEP_STEPS = 60      # steps of each experiment run
-SWEEP_BATCH = 8       # its batch size (smaller than the main run's: the sweep has to be quick)
+SWEEP_STEPS = 60  # steps of each experiment run
+SWEEP_BATCH = 8  # its batch size (smaller than the main run's: the sweep has to be quick)
 
 # %% tags=["nbval-ignore-output"]
 info = setup(SEED, model=MODEL)
@@ -89,8 +90,10 @@ print(f"{MODEL}: {n_params:,} parameters; attention projections: {ATTENTION}")
 # %%
 LLAMA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]  # SmolLM2 is a Llama-architecture model
 lora_attention = Recipe(method="lora", r=16, lora_alpha=32, target_modules=ATTENTION)
-counts = {MODEL: estimate_training_memory(model.config, lora_attention),
-          "SmolLM2-1.7B": estimate_training_memory(SMOLLM2, lora_attention.replace(target_modules=LLAMA_ATTENTION))}
+counts = {
+    MODEL: estimate_training_memory(model.config, lora_attention),
+    "SmolLM2-1.7B": estimate_training_memory(SMOLLM2, lora_attention.replace(target_modules=LLAMA_ATTENTION)),
+}
 
 print(f"{'model':<14} {'parameters':>14} {'LoRA trainable':>15} {'share':>7} {'fewer than full FT':>19}")
 for label, est in counts.items():
@@ -128,12 +131,17 @@ from course_utils.planner import REFERENCE_PATH
 
 SHAPE = {"batch_size": 8, "seq_len": 512}
 memory_recipes = {  # keys: the rows of data/reference/h200_smollm2-1.7b.json
-    "fft_float32": Recipe(method="full", dtype="float32", **SHAPE),    # mixed precision: fp32 weights, bf16 autocast
+    "fft_float32": Recipe(method="full", dtype="float32", **SHAPE),  # mixed precision: fp32 weights, bf16 autocast
     "fft_bfloat16": Recipe(method="full", dtype="bfloat16", **SHAPE),  # pure bf16
-    "lora_r16_qv": Recipe(method="lora", dtype="bfloat16", r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                          **SHAPE),
+    "lora_r16_qv": Recipe(
+        method="lora", dtype="bfloat16", r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], **SHAPE
+    ),
 }
-LABELS = {"fft_float32": "full FT, mixed precision", "fft_bfloat16": "full FT, pure bf16", "lora_r16_qv": "LoRA r=16 q,v"}
+LABELS = {
+    "fft_float32": "full FT, mixed precision",
+    "fft_bfloat16": "full FT, pure bf16",
+    "lora_r16_qv": "LoRA r=16 q,v",
+}
 h200 = json.loads(REFERENCE_PATH.read_text())["train"]  # peak GiB measured on an H200 (bf16, batch 8 x 512)
 planned = {key: estimate_training_memory(SMOLLM2, rc) for key, rc in memory_recipes.items()}
 measured = {key: h200[key]["peak_GiB"] for key in memory_recipes}
@@ -141,15 +149,21 @@ measured = {key: h200[key]["peak_GiB"] for key in memory_recipes}
 print("SmolLM2-1.7B, batch 8 x 512: peak training memory, and its ratio to LoRA's")
 print(f"{'recipe':<26} {'planner GiB':>11} {'H200 GiB':>9} {'planner ratio':>14} {'H200 ratio':>11}")
 for key in memory_recipes:
-    print(f"{LABELS[key]:<26} {planned[key].peak_gib:>11.1f} {measured[key]:>9.1f} "
-          f"{planned[key].peak_gib / planned['lora_r16_qv'].peak_gib:>13.1f}x "
-          f"{measured[key] / measured['lora_r16_qv']:>10.1f}x")
+    print(
+        f"{LABELS[key]:<26} {planned[key].peak_gib:>11.1f} {measured[key]:>9.1f} "
+        f"{planned[key].peak_gib / planned['lora_r16_qv'].peak_gib:>13.1f}x "
+        f"{measured[key] / measured['lora_r16_qv']:>10.1f}x"
+    )
 
 # %%
 import matplotlib.pyplot as plt
 
-parts = {"weights": "weights_GiB", "gradients + optimizer state": "trainable_state_GiB",
-         "activations": "activations_GiB", "logits / loss": "logits_GiB"}
+parts = {
+    "weights": "weights_GiB",
+    "gradients + optimizer state": "trainable_state_GiB",
+    "activations": "activations_GiB",
+    "logits / loss": "logits_GiB",
+}
 bars = {LABELS[key].replace(", ", "\n"): est.to_dict() for key, est in planned.items()}
 fig, ax = plt.subplots(figsize=(7, 3.5))
 bottom = [0.0] * len(bars)
@@ -157,8 +171,15 @@ for part, key in parts.items():
     heights = [d[key] for d in bars.values()]
     ax.bar(list(bars), heights, bottom=bottom, label=part)
     bottom = [b + h for b, h in zip(bottom, heights)]
-ax.scatter([LABELS[key].replace(", ", "\n") for key in measured], list(measured.values()), color="black", marker="_",
-           s=400, zorder=3, label="measured on an H200")
+ax.scatter(
+    [LABELS[key].replace(", ", "\n") for key in measured],
+    list(measured.values()),
+    color="black",
+    marker="_",
+    s=400,
+    zorder=3,
+    label="measured on an H200",
+)
 ax.set(title="Planned peak training memory, SmolLM2-1.7B (batch 8 x 512 tokens)", ylabel="memory (GiB)")
 ax.legend(fontsize=8)
 plt.show()
@@ -192,9 +213,14 @@ ratios = {}
 for gc in (False, True):
     for key in ("fft_float32", "fft_bfloat16"):
         ratios[(key, gc)] = [
-            estimate_training_memory(SMOLLM2, memory_recipes[key].replace(batch_size=b, gradient_checkpointing=gc)).peak_gib
-            / estimate_training_memory(SMOLLM2, memory_recipes["lora_r16_qv"].replace(batch_size=b, gradient_checkpointing=gc)).peak_gib
-            for b in BATCHES]
+            estimate_training_memory(
+                SMOLLM2, memory_recipes[key].replace(batch_size=b, gradient_checkpointing=gc)
+            ).peak_gib
+            / estimate_training_memory(
+                SMOLLM2, memory_recipes["lora_r16_qv"].replace(batch_size=b, gradient_checkpointing=gc)
+            ).peak_gib
+            for b in BATCHES
+        ]
 
 print(f"{'full FT / LoRA r=16 q,v, planned':<42}" + "".join(f"{'batch ' + str(b):>10}" for b in BATCHES))
 for (key, gc), values in ratios.items():
@@ -204,17 +230,28 @@ for (key, gc), values in ratios.items():
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.8))
 for (key, gc), values in ratios.items():
-    ax.plot(BATCHES, values, marker="o", ms=4, ls="--" if gc else "-", color="C0" if key == "fft_float32" else "C1",
-            label=LABELS[key] + (", checkpointing" if gc else ""))
+    ax.plot(
+        BATCHES,
+        values,
+        marker="o",
+        ms=4,
+        ls="--" if gc else "-",
+        color="C0" if key == "fft_float32" else "C1",
+        label=LABELS[key] + (", checkpointing" if gc else ""),
+    )
 for key, color in (("fft_float32", "C0"), ("fft_bfloat16", "C1")):
-    ax.scatter([8], [measured[key] / measured["lora_r16_qv"]], marker="*", s=160, color=color, edgecolor="black",
-               zorder=3)
+    ax.scatter(
+        [8], [measured[key] / measured["lora_r16_qv"]], marker="*", s=160, color=color, edgecolor="black", zorder=3
+    )
 ax.axhline(3, color="grey", lw=0.8, ls=":")
 ax.text(1, 3.1, "the tutorial's '3x'", fontsize=8, color="grey")
 ax.set_xscale("log", base=2)
 ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
-ax.set(title="Full fine-tuning / LoRA peak memory, SmolLM2-1.7B (seq 512; stars: H200)",
-       xlabel="batch size (sequences of 512 tokens)", ylabel="memory ratio (x)")
+ax.set(
+    title="Full fine-tuning / LoRA peak memory, SmolLM2-1.7B (seq 512; stars: H200)",
+    xlabel="batch size (sequences of 512 tokens)",
+    ylabel="memory ratio (x)",
+)
 ax.legend(fontsize=8)
 plt.show()
 
@@ -245,11 +282,11 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base_layer: nn.Linear, r: int = 8, lora_alpha: float = 16):
         super().__init__()
-        self.base_layer = base_layer.requires_grad_(False)          # W (and bias) frozen
+        self.base_layer = base_layer.requires_grad_(False)  # W (and bias) frozen
         self.scaling = lora_alpha / r
-        self.lora_A = nn.Parameter(torch.empty(r, base_layer.in_features))   # (r, in)
+        self.lora_A = nn.Parameter(torch.empty(r, base_layer.in_features))  # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, r))  # (out, r): zero at start
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))                 # as peft does
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft does
 
     def forward(self, x):
         return self.base_layer(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
@@ -270,8 +307,11 @@ mine = LoRALinear(copy.deepcopy(base_linear), r=4, lora_alpha=8)
 x = torch.randn(2, 5, base_linear.in_features)
 print(f"wrapped {layer_name}: in {base_linear.in_features}, out {base_linear.out_features}")
 print("output unchanged at start (B = 0):", torch.equal(mine(x), base_linear(x)))
-print("trainable parameters:", sum(p.numel() for p in mine.parameters() if p.requires_grad),
-      f"= r * (in + out) = 4 * ({base_linear.in_features} + {base_linear.out_features})")
+print(
+    "trainable parameters:",
+    sum(p.numel() for p in mine.parameters() if p.requires_grad),
+    f"= r * (in + out) = 4 * ({base_linear.in_features} + {base_linear.out_features})",
+)
 
 # %% [markdown]
 # Now the same layer through peft: `inject_adapter_in_model` puts peft's LoRA layer into any `nn.Module`. We give
@@ -310,8 +350,10 @@ print(f"the update changes the output by up to {update:.3f}; ours and peft's dif
 from course_utils.lora_scratch import LoRALinear as CourseLoRALinear
 
 with torch.no_grad():
-    print("course_utils LoRALinear matches peft:",
-          torch.allclose(CourseLoRALinear.from_peft(peft_layer)(x), theirs, atol=1e-6))
+    print(
+        "course_utils LoRALinear matches peft:",
+        torch.allclose(CourseLoRALinear.from_peft(peft_layer)(x), theirs, atol=1e-6),
+    )
 
 # %% [markdown]
 # ## 3. LoRA with peft: `LoraConfig` and `get_peft_model`
@@ -323,12 +365,12 @@ with torch.no_grad():
 from peft import get_peft_model
 
 lora_config = LoraConfig(
-    r=16,                        # rank of the update B @ A: the size of the "bottleneck"
-    lora_alpha=32,               # scaling numerator: the update is multiplied by lora_alpha / r = 2
-    lora_dropout=0.05,           # dropout on the LoRA path's input during training (regularisation)
-    bias="none",                 # train no bias terms (the only setting that keeps the base fully frozen)
-    task_type="CAUSAL_LM",       # wrap as PeftModelForCausalLM (generate(), labels, ... work as before)
-    target_modules=ATTENTION,    # which linear layers get A and B: here the attention projections
+    r=16,  # rank of the update B @ A: the size of the "bottleneck"
+    lora_alpha=32,  # scaling numerator: the update is multiplied by lora_alpha / r = 2
+    lora_dropout=0.05,  # dropout on the LoRA path's input during training (regularisation)
+    bias="none",  # train no bias terms (the only setting that keeps the base fully frozen)
+    task_type="CAUSAL_LM",  # wrap as PeftModelForCausalLM (generate(), labels, ... work as before)
+    target_modules=ATTENTION,  # which linear layers get A and B: here the attention projections
 )
 peft_model = get_peft_model(model, lora_config)  # wraps `model` in place; the base weights are frozen
 peft_model.print_trainable_parameters()
@@ -389,11 +431,12 @@ expect("the base model scores below 10% on shout (it answers in normal case)", b
 
 # %%
 messages = shout["train"][0]["messages"]  # [user, assistant]; the template adds its default system prompt
-prompt_ids = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True,
-                                           return_dict=True)["input_ids"]  # the prompt, up to "<|im_start|>assistant\n"
+prompt_ids = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=True)[
+    "input_ids"
+]  # the prompt, up to "<|im_start|>assistant\n"
 input_ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]  # the whole row
 assert input_ids[: len(prompt_ids)] == prompt_ids  # the template renders the prompt the same inside the row
-labels = [-100] * len(prompt_ids) + input_ids[len(prompt_ids):]
+labels = [-100] * len(prompt_ids) + input_ids[len(prompt_ids) :]
 
 print(f"{len(input_ids)} tokens; the first {len(prompt_ids)} (the prompt) get label -100 and carry no loss")
 print("loss on:", repr(tokenizer.decode([t for t in labels if t != -100])))
@@ -408,7 +451,9 @@ from course_utils.data import tokenize_for_sft
 
 train_dataset = tokenize_for_sft(shout["train"], tokenizer)
 row = train_dataset[0]
-print("tokenize_for_sft, row 0: same input_ids", row["input_ids"] == input_ids, "| same labels", row["labels"] == labels)
+print(
+    "tokenize_for_sft, row 0: same input_ids", row["input_ids"] == input_ids, "| same labels", row["labels"] == labels
+)
 
 # %% [markdown]
 # Every step of the training, written out with the plain `Trainer`:
@@ -428,15 +473,23 @@ from course_utils.training import cpu_friendly_args
 collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 memory = MemoryCallback()
 args = cpu_friendly_args(max_steps=MAX_STEPS, learning_rate=2e-3, per_device_train_batch_size=16, logging_steps=10)
-trainer = Trainer(model=peft_model, args=args, train_dataset=train_dataset, data_collator=collator,
-                  processing_class=tokenizer, callbacks=[memory])
+trainer = Trainer(
+    model=peft_model,
+    args=args,
+    train_dataset=train_dataset,
+    data_collator=collator,
+    processing_class=tokenizer,
+    callbacks=[memory],
+)
 trainer.remove_callback(PrinterCallback)  # we plot the log instead of printing a dict per log step
 
 start = time.perf_counter()
 trainer.train()
 train_seconds = time.perf_counter() - start
 peak_mib = max(p for _, p in memory.steps)
-print(f"{trainer.state.global_step} steps in {train_seconds:.1f} s; peak memory {peak_mib:.0f} MiB ({memory.tracker.what})")
+print(
+    f"{trainer.state.global_step} steps in {train_seconds:.1f} s; peak memory {peak_mib:.0f} MiB ({memory.tracker.what})"
+)
 
 # %% tags=["nbval-ignore-output"]
 from course_utils.plotting import plot_loss
@@ -450,8 +503,10 @@ print(f"loss: first log {losses[0]:.3f} -> last log {losses[-1]:.3f}")
 
 # %% tags=["nbval-ignore-output"]
 after = evaluate_task(peft_model, tokenizer, shout["eval"], progress=False, name="after training")
-print(f"shout eval accuracy: {before.accuracy:.1%} before -> {after.accuracy:.1%} after "
-      f"({after.correct}/{after.total} held-out questions)")
+print(
+    f"shout eval accuracy: {before.accuracy:.1%} before -> {after.accuracy:.1%} after "
+    f"({after.correct}/{after.total} held-out questions)"
+)
 
 # %%
 expect("the training loss fell to less than half of its first logged value", losses[-1] < 0.5 * losses[0])
@@ -479,11 +534,12 @@ peft_model.save_pretrained(ADAPTER_DIR)
 
 # The weights file only: the config and README beside it hold the base model's path, whose length varies.
 adapter_bytes = (ADAPTER_DIR / "adapter_model.safetensors").stat().st_size
-model_bytes = sum(p.numel() * p.element_size() for p in peft_model.get_base_model().parameters()
-                  if not p.requires_grad)
+model_bytes = sum(p.numel() * p.element_size() for p in peft_model.get_base_model().parameters() if not p.requires_grad)
 print(f"saved to {ADAPTER_DIR}: {sorted(p.name for p in ADAPTER_DIR.iterdir())}")
-print(f"adapter weights on disk: {adapter_bytes / 1024:.0f} KiB; the model's weights: {model_bytes / 2**20:.1f} MiB "
-      f"({model_bytes / adapter_bytes:.0f}x larger)")
+print(
+    f"adapter weights on disk: {adapter_bytes / 1024:.0f} KiB; the model's weights: {model_bytes / 2**20:.1f} MiB "
+    f"({model_bytes / adapter_bytes:.0f}x larger)"
+)
 
 # %% [markdown]
 # ## 5. Experiment: rank and target layers
@@ -505,12 +561,26 @@ sweep = []
 for label, r, targets in experiments:
     config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM")
     with contextlib.redirect_stdout(io.StringIO()):  # keep the Trainer's per-log prints out of the notebook
-        run = train_lora(load_model(MODEL, dtype=DTYPE, device=DEVICE), tokenizer, shout["train"], config,
-                         max_steps=SWEEP_STEPS, batch_size=SWEEP_BATCH)
+        run = train_lora(
+            load_model(MODEL, dtype=DTYPE, device=DEVICE),
+            tokenizer,
+            shout["train"],
+            config,
+            max_steps=SWEEP_STEPS,
+            batch_size=SWEEP_BATCH,
+        )
     acc = evaluate_task(run.model, tokenizer, shout["eval"], progress=False).accuracy
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    sweep.append({"targets": label, "r": r, "trainable": trainable, "loss": run.losses[-1], "accuracy": acc,
-                  "seconds": run.seconds})
+    sweep.append(
+        {
+            "targets": label,
+            "r": r,
+            "trainable": trainable,
+            "loss": run.losses[-1],
+            "accuracy": acc,
+            "seconds": run.seconds,
+        }
+    )
 
 print(f"{'targets':<11} {'r':>3} {'trainable':>10}")  # counts: the same on every machine
 for row in sweep:
@@ -528,17 +598,29 @@ series = {}
 for label in ("attention", "all-linear"):
     rows = [row for row in sweep if row["targets"] == label]
     series[label] = ([row["trainable"] for row in rows], [100 * row["accuracy"] for row in rows])
-ax = plot_xy(series, title=f"shout accuracy after {SWEEP_STEPS} steps vs adapter size",
-             xlabel="trainable parameters (log scale)", ylabel="eval accuracy (%)", logx=True)
+ax = plot_xy(
+    series,
+    title=f"shout accuracy after {SWEEP_STEPS} steps vs adapter size",
+    xlabel="trainable parameters (log scale)",
+    ylabel="eval accuracy (%)",
+    logx=True,
+)
 for row in sweep:
-    ax.annotate(f"r={row['r']}", (row["trainable"], 100 * row["accuracy"]), textcoords="offset points",
-                xytext=(4, -10), fontsize=8)
+    ax.annotate(
+        f"r={row['r']}",
+        (row["trainable"], 100 * row["accuracy"]),
+        textcoords="offset points",
+        xytext=(4, -10),
+        fontsize=8,
+    )
 plt.show()
 
 # %%
 by_rank = {row["r"]: row["accuracy"] for row in sweep if row["targets"] == "attention"}
-expect(f"on this budget, r={SWEEP_RANKS[-1]} on attention beats r={SWEEP_RANKS[0]} by at least 30 points",
-       by_rank[SWEEP_RANKS[-1]] - by_rank[SWEEP_RANKS[0]] >= 0.30)
+expect(
+    f"on this budget, r={SWEEP_RANKS[-1]} on attention beats r={SWEEP_RANKS[0]} by at least 30 points",
+    by_rank[SWEEP_RANKS[-1]] - by_rank[SWEEP_RANKS[0]] >= 0.30,
+)
 
 # %% [markdown]
 # **Reading the plot.** On this short budget (`SWEEP_STEPS` steps of `SWEEP_BATCH` examples) accuracy climbs
@@ -559,7 +641,9 @@ expect(f"on this budget, r={SWEEP_RANKS[-1]} on attention beats r={SWEEP_RANKS[0
 # %%
 for r in (1, 16, 64):
     est = estimate_training_memory(SMOLLM2, memory_recipes["lora_r16_qv"].replace(r=r, lora_alpha=2 * r))
-    print(f"SmolLM2-1.7B, LoRA r={r:<2} on q,v: {est.trainable_params:>10,} trainable parameters, planned peak {est.peak_gib:.2f} GiB")
+    print(
+        f"SmolLM2-1.7B, LoRA r={r:<2} on q,v: {est.trainable_params:>10,} trainable parameters, planned peak {est.peak_gib:.2f} GiB"
+    )
 
 # %% [markdown]
 # ## What we measured
@@ -571,20 +655,31 @@ best = max(sweep, key=lambda row: (row["accuracy"], -row["trainable"]))
 mp, bf, lq = (planned[k].peak_gib for k in ("fft_float32", "fft_bfloat16", "lora_r16_qv"))
 mm, bm, lm = (measured[k] for k in ("fft_float32", "fft_bfloat16", "lora_r16_qv"))
 rows = [
-    ("trainable parameters, LoRA r=16 attention (this model, counted by peft)",
-     f"{table.trainable:,} ({table.trainable / n_params:.2%} of {n_params:,})"),
-    ("fewer trainable parameters than full FT, LoRA r=16 attention (planner: this model / SmolLM2-1.7B)",
-     " / ".join(f"{1 - est.trainable_params / est.n_params:.2%}" for est in counts.values()) + " (tutorial: 'about 90%')"),
-    ("peak memory SmolLM2-1.7B, batch 8 x 512: full FT mixed precision -> LoRA r=16 q,v (planner / H200)",
-     f"{mp:.1f} -> {lq:.1f} GiB, {mp / lq:.1f}x / {mm:.1f} -> {lm:.1f} GiB, {mm / lm:.1f}x (tutorial: '3x', this baseline)"),
-    ("same, full FT pure bf16 -> LoRA r=16 q,v (planner / H200)",
-     f"{bf:.1f} -> {lq:.1f} GiB, {bf / lq:.1f}x / {bm:.1f} -> {lm:.1f} GiB, {bm / lm:.1f}x"),
+    (
+        "trainable parameters, LoRA r=16 attention (this model, counted by peft)",
+        f"{table.trainable:,} ({table.trainable / n_params:.2%} of {n_params:,})",
+    ),
+    (
+        "fewer trainable parameters than full FT, LoRA r=16 attention (planner: this model / SmolLM2-1.7B)",
+        " / ".join(f"{1 - est.trainable_params / est.n_params:.2%}" for est in counts.values())
+        + " (tutorial: 'about 90%')",
+    ),
+    (
+        "peak memory SmolLM2-1.7B, batch 8 x 512: full FT mixed precision -> LoRA r=16 q,v (planner / H200)",
+        f"{mp:.1f} -> {lq:.1f} GiB, {mp / lq:.1f}x / {mm:.1f} -> {lm:.1f} GiB, {mm / lm:.1f}x (tutorial: '3x', this baseline)",
+    ),
+    (
+        "same, full FT pure bf16 -> LoRA r=16 q,v (planner / H200)",
+        f"{bf:.1f} -> {lq:.1f} GiB, {bf / lq:.1f}x / {bm:.1f} -> {lm:.1f} GiB, {bm / lm:.1f}x",
+    ),
     ("our LoRA layer vs peft's, max abs difference", "< 1e-6"),
     (f"shout eval accuracy, {MAX_STEPS} steps (this notebook)", f"{before.accuracy:.1%} -> {after.accuracy:.1%}"),
     ("training loss, first -> last log", f"{losses[0]:.3f} -> {losses[-1]:.3f}"),
     ("adapter weights on disk vs model weights", f"{adapter_bytes / 1024:.0f} KiB vs {model_bytes / 2**20:.1f} MiB"),
-    (f"sweep: best accuracy after {SWEEP_STEPS} steps", f"{best['accuracy']:.1%} ({best['targets']}, r={best['r']}, "
-     f"{best['trainable']:,} parameters)"),
+    (
+        f"sweep: best accuracy after {SWEEP_STEPS} steps",
+        f"{best['accuracy']:.1%} ({best['targets']}, r={best['r']}, {best['trainable']:,} parameters)",
+    ),
 ]
 display(Markdown("| quantity | measured |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
 
@@ -594,10 +689,16 @@ print(f"main run: {train_seconds:.1f} s of training, peak memory {peak_mib:.0f} 
 # %%
 from course_utils.notebook import record_metrics
 
-_ = record_metrics(model=MODEL, accuracy_before=before.accuracy, accuracy_after=after.accuracy,
-                   train_seconds=round(train_seconds, 2), peak_mem_MiB=round(peak_mib, 1),
-                   trainable_params=table.trainable, adapter_KiB=round(adapter_bytes / 1024, 1),
-                   sweep={f"{row['targets']} r={row['r']}": row["accuracy"] for row in sweep})
+_ = record_metrics(
+    model=MODEL,
+    accuracy_before=before.accuracy,
+    accuracy_after=after.accuracy,
+    train_seconds=round(train_seconds, 2),
+    peak_mem_MiB=round(peak_mib, 1),
+    trainable_params=table.trainable,
+    adapter_KiB=round(adapter_bytes / 1024, 1),
+    sweep={f"{row['targets']} r={row['r']}": row["accuracy"] for row in sweep},
+)
 
 # %% [markdown]
 # ## Exercises

@@ -36,17 +36,18 @@
 import subprocess
 import sys
 
+REPOSITORY = "https://github.com/peft-course/peft-course"
 if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 from course_utils.loading import model_from_env
 from course_utils.notebook import setup
 
 # %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
-DTYPE = "auto"        # float32 on CPU, bfloat16 on a recent GPU
-DEVICE = "auto"       # cuda > mps > cpu
-MAX_STEPS = 150       # training steps per adapter
+DTYPE = "auto"  # float32 on CPU, bfloat16 on a recent GPU
+DEVICE = "auto"  # cuda > mps > cpu
+MAX_STEPS = 150  # training steps per adapter
 SEED = 0
 RANKS = {"shout": 4, "topic": 8}  # different ranks on purpose: see section 7
 
@@ -92,8 +93,10 @@ for name, r in RANKS.items():
     run.model.save_pretrained(ADAPTER_DIRS[name])
     train_seconds[name], last_loss[name] = run.seconds, run.losses[-1]
     size = (ADAPTER_DIRS[name] / "adapter_model.safetensors").stat().st_size  # the weights (A and B) only
-    print(f"{name}: r={r} on {targets}, saved {size / 1024:.0f} KiB of weights "
-          f"to {ADAPTER_DIRS[name].relative_to(RUN_DIR.parent)}")
+    print(
+        f"{name}: r={r} on {targets}, saved {size / 1024:.0f} KiB of weights "
+        f"to {ADAPTER_DIRS[name].relative_to(RUN_DIR.parent)}"
+    )
 del base, run
 
 # %% tags=["nbval-ignore-output"]
@@ -177,15 +180,18 @@ print("active after the block:", model.active_adapter)
 import torch
 
 reference_base = load_model(MODEL, dtype=DTYPE, device=DEVICE)
-inputs = tokenizer.apply_chat_template([question], add_generation_prompt=True, return_dict=True,
-                                       return_tensors="pt").to(reference_base.device)
+inputs = tokenizer.apply_chat_template(
+    [question], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+).to(reference_base.device)
 with torch.no_grad():
     fresh_base_logits = reference_base(**inputs).logits
     with model.disable_adapter():
         disabled_logits = model(**inputs).logits
     adapted_logits = model(**inputs).logits
 adapter_shift = (adapted_logits - fresh_base_logits).abs().max().item()
-print(f"max |logit difference|, disable_adapter() vs fresh base: {(disabled_logits - fresh_base_logits).abs().max().item()}")
+print(
+    f"max |logit difference|, disable_adapter() vs fresh base: {(disabled_logits - fresh_base_logits).abs().max().item()}"
+)
 print(f"the adapter 'topic' moves the logits (max |difference| vs fresh base > 1): {adapter_shift > 1}")
 
 # %% tags=["nbval-ignore-output"]
@@ -212,12 +218,14 @@ from course_utils.evaluation import evaluate_task
 
 matrix = {}
 with model.disable_adapter():
-    matrix["base"] = {task: evaluate_task(model, tokenizer, TASKS[task]["eval"], progress=False).accuracy
-                      for task in TASKS}
+    matrix["base"] = {
+        task: evaluate_task(model, tokenizer, TASKS[task]["eval"], progress=False).accuracy for task in TASKS
+    }
 for name in RANKS:
     model.set_adapter(name, inference_mode=True)
-    matrix[name] = {task: evaluate_task(model, tokenizer, TASKS[task]["eval"], progress=False).accuracy
-                    for task in TASKS}
+    matrix[name] = {
+        task: evaluate_task(model, tokenizer, TASKS[task]["eval"], progress=False).accuracy for task in TASKS
+    }
 
 # %% tags=["nbval-ignore-output"]
 print(f"{'model':<8}" + "".join(f"{'task ' + t:>12}" for t in TASKS))
@@ -233,7 +241,9 @@ from course_utils.notebook import expect
 
 others = {name: [t for t in TASKS if t != name] for name in RANKS}
 expect("each adapter scores >= 50% on its own task", all(matrix[name][name] >= 0.5 for name in RANKS))
-expect("each adapter scores <= 10% on the other task", all(matrix[name][t] <= 0.1 for name in RANKS for t in others[name]))
+expect(
+    "each adapter scores <= 10% on the other task", all(matrix[name][t] <= 0.1 for name in RANKS for t in others[name])
+)
 expect("the base model scores <= 10% on every task", all(acc <= 0.1 for acc in matrix["base"].values()))
 
 # %%
@@ -242,8 +252,13 @@ import matplotlib.pyplot as plt
 from course_utils.plotting import plot_heatmap
 
 rows = ["base (no adapter)", *[f"adapter {n}" for n in RANKS]]
-plot_heatmap([[matrix[r][t] for t in TASKS] for r in matrix], rows, [f"task {t}" for t in TASKS],
-             title="Exact-match accuracy on held-out questions", cbar_label="accuracy (fraction correct)")
+plot_heatmap(
+    [[matrix[r][t] for t in TASKS] for r in matrix],
+    rows,
+    [f"task {t}" for t in TASKS],
+    title="Exact-match accuracy on held-out questions",
+    cbar_label="accuracy (fraction correct)",
+)
 plt.show()
 
 # %% [markdown]
@@ -283,11 +298,15 @@ def best_ms(fn, repeat=5):
     return min(times)
 
 
-switch_ms = best_ms(lambda: model.set_adapter("shout" if model.active_adapter == "topic" else "topic",
-                                              inference_mode=True))
-reload_ms = best_ms(lambda: PeftModel.from_pretrained(load_model(MODEL, dtype=DTYPE, device=DEVICE),
-                                                      ADAPTER_DIRS["topic"]), repeat=2)
-print(f"set_adapter: {switch_ms:.2f} ms; reload base + adapter: {reload_ms:.0f} ms (about {reload_ms / switch_ms:.0f}x slower)")
+switch_ms = best_ms(
+    lambda: model.set_adapter("shout" if model.active_adapter == "topic" else "topic", inference_mode=True)
+)
+reload_ms = best_ms(
+    lambda: PeftModel.from_pretrained(load_model(MODEL, dtype=DTYPE, device=DEVICE), ADAPTER_DIRS["topic"]), repeat=2
+)
+print(
+    f"set_adapter: {switch_ms:.2f} ms; reload base + adapter: {reload_ms:.0f} ms (about {reload_ms / switch_ms:.0f}x slower)"
+)
 
 # %% [markdown]
 # ## 7. Combining adapters with `add_weighted_adapter`
@@ -305,8 +324,9 @@ except ValueError as err:
     print(f"linear: ValueError: {str(err).splitlines()[0]}")
 
 model.add_weighted_adapter(["shout", "topic"], [1.0, 1.0], adapter_name="mix_cat", combination_type="cat")
-model.add_weighted_adapter(["shout", "topic"], [1.0, 1.0], adapter_name="mix_svd", combination_type="svd",
-                           svd_rank=max(RANKS.values()))
+model.add_weighted_adapter(
+    ["shout", "topic"], [1.0, 1.0], adapter_name="mix_svd", combination_type="svd", svd_rank=max(RANKS.values())
+)
 print("adapters now:", list(model.peft_config))
 print("ranks:", {name: model.peft_config[name].r for name in model.peft_config})
 
@@ -316,16 +336,19 @@ print("ranks:", {name: model.peft_config[name].r for name in model.peft_config})
 # %%
 for name in ("mix_cat", "mix_svd"):
     model.set_adapter(name, inference_mode=True)
-    matrix[name] = {task: evaluate_task(model, tokenizer, TASKS[task]["eval"], progress=False).accuracy
-                    for task in TASKS}
+    matrix[name] = {
+        task: evaluate_task(model, tokenizer, TASKS[task]["eval"], progress=False).accuracy for task in TASKS
+    }
 
 # %% tags=["nbval-ignore-output"]
 for name in ("mix_cat", "mix_svd"):
     print(f"{name:<8}" + "".join(f"{'task ' + t:>12}: {matrix[name][t]:>6.1%}" for t in TASKS))
 
 # %%
-expect("each combination keeps less than 50% on both tasks (the single adapters: >= 50% on their own)",
-       all(matrix[name][t] < 0.5 for name in ("mix_cat", "mix_svd") for t in TASKS))
+expect(
+    "each combination keeps less than 50% on both tasks (the single adapters: >= 50% on their own)",
+    all(matrix[name][t] < 0.5 for name in ("mix_cat", "mix_svd") for t in TASKS),
+)
 
 # %% tags=["nbval-ignore-output"]
 model.set_adapter("mix_cat", inference_mode=True)
@@ -362,8 +385,10 @@ print("adapters now:", list(model.peft_config), "| active:", model.active_adapte
 restored = model.unload()
 with torch.no_grad():
     restored_logits = restored(**inputs).logits
-print(f"unload() returned a {type(restored).__name__}; LoRA layers left: "
-      f"{sum('lora_' in n for n, _ in restored.named_modules())}")
+print(
+    f"unload() returned a {type(restored).__name__}; LoRA layers left: "
+    f"{sum('lora_' in n for n, _ in restored.named_modules())}"
+)
 print(f"max |logit difference| vs a freshly loaded base: {(restored_logits - fresh_base_logits).abs().max().item()}")
 assert torch.equal(restored_logits, fresh_base_logits)
 
@@ -373,27 +398,37 @@ assert torch.equal(restored_logits, fresh_base_logits)
 # %% tags=["nbval-ignore-output"]
 from IPython.display import Markdown, display
 
-rows = [(f"accuracy of `{row}` on {', '.join(TASKS)}", " / ".join(f"{matrix[row][t]:.1%}" for t in TASKS))
-        for row in matrix]
+rows = [
+    (f"accuracy of `{row}` on {', '.join(TASKS)}", " / ".join(f"{matrix[row][t]:.1%}" for t in TASKS)) for row in matrix
+]
 rows += [
     ("trainable parameters after `set_adapter(name)` / with `inference_mode=True`", "> 0 / 0"),
     ("trainable parameters after leaving a `disable_adapter()` block", "> 0 (the active adapter)"),
     ("max abs logit difference, `disable_adapter()` and `unload()` vs fresh base", "0.0 / 0.0"),
     ("`load_adaptors()` / `set_adapters()` (tutorial)", "AttributeError: not peft's API"),
-    ("`add_weighted_adapter` linear, ranks " + " and ".join(str(r) for r in RANKS.values()),
-     "ValueError (needs equal ranks); cat and svd work"),
+    (
+        "`add_weighted_adapter` linear, ranks " + " and ".join(str(r) for r in RANKS.values()),
+        "ValueError (needs equal ranks); cat and svd work",
+    ),
 ]
 display(Markdown("| quantity | measured |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
 
 # %% tags=["nbval-ignore-output"]
-print(f"set_adapter {switch_ms:.2f} ms vs reload {reload_ms:.0f} ms; training seconds per adapter:",
-      {k: round(v, 1) for k, v in train_seconds.items()})
+print(
+    f"set_adapter {switch_ms:.2f} ms vs reload {reload_ms:.0f} ms; training seconds per adapter:",
+    {k: round(v, 1) for k, v in train_seconds.items()},
+)
 
 # %%
 from course_utils.notebook import record_metrics
 
-_ = record_metrics(model=MODEL, accuracy_matrix=matrix, switch_ms=round(switch_ms, 3), reload_ms=round(reload_ms, 1),
-                   train_seconds={k: round(v, 2) for k, v in train_seconds.items()})
+_ = record_metrics(
+    model=MODEL,
+    accuracy_matrix=matrix,
+    switch_ms=round(switch_ms, 3),
+    reload_ms=round(reload_ms, 1),
+    train_seconds={k: round(v, 2) for k, v in train_seconds.items()},
+)
 
 # %% [markdown]
 # ## Exercises
@@ -403,8 +438,9 @@ _ = record_metrics(model=MODEL, accuracy_matrix=matrix, switch_ms=round(switch_m
 # %%
 from course_utils.checks.adapters import check_active_adapter, check_base_outputs, check_diagonal
 
-ex_model = PeftModel.from_pretrained(load_model(MODEL, dtype=DTYPE, device=DEVICE), ADAPTER_DIRS["shout"],
-                                     adapter_name="shout")
+ex_model = PeftModel.from_pretrained(
+    load_model(MODEL, dtype=DTYPE, device=DEVICE), ADAPTER_DIRS["shout"], adapter_name="shout"
+)
 _ = ex_model.load_adapter(ADAPTER_DIRS["topic"], adapter_name="topic")
 ex_model.set_adapter("topic", inference_mode=True)
 _ = ex_model.load_adapter(ADAPTER_DIRS["shout"], adapter_name="shout_copy")  # returns a load report

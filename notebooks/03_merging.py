@@ -41,19 +41,20 @@
 import subprocess
 import sys
 
+REPOSITORY = "https://github.com/peft-course/peft-course"
 if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 from course_utils.loading import model_from_env
 from course_utils.notebook import setup
 
 # %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
-DTYPE = "auto"        # dtype of the model we train the adapter on ("auto": float32 on CPU, bf16 on GPU)
+DTYPE = "auto"  # dtype of the model we train the adapter on ("auto": float32 on CPU, bf16 on GPU)
 DEVICE = "auto"
-MAX_STEPS = 100       # LoRA training steps (all-linear, r=8)
+MAX_STEPS = 100  # LoRA training steps (all-linear, r=8)
 SEED = 0
-N_VALIDATE = 16       # eval conversations the merge validation runs on
+N_VALIDATE = 16  # eval conversations the merge validation runs on
 
 # %% tags=["nbval-ignore-output"]
 info = setup(SEED, model=MODEL)
@@ -147,28 +148,27 @@ expect("the adapter lifts shout accuracy by at least 50 points", acc_adapter - a
 # %% tags=["nbval-ignore-output"]
 from transformers import AutoModelForCausalLM
 
-base_path = resolve_model_path(MODEL)   # course-tiny is a local folder; a hub id works the same way
+base_path = resolve_model_path(MODEL)  # course-tiny is a local folder; a hub id works the same way
 plain_base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device)
-plain_peft = PeftModel.from_pretrained(plain_base, str(adapter_dir))     # base + adapter, not merged
+plain_peft = PeftModel.from_pretrained(plain_base, str(adapter_dir))  # base + adapter, not merged
 texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in val_ds["messages"]]
 batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-real = batch["attention_mask"].bool()                                   # compare real tokens, not padding
+real = batch["attention_mask"].bool()  # compare real tokens, not padding
 
 with torch.no_grad():
-    logits_adapter = plain_peft(**batch).logits[real].float().cpu()     # BEFORE merging (see below why)
-plain_merged = plain_peft.merge_and_unload()                            # W <- W + scaling * B @ A
+    logits_adapter = plain_peft(**batch).logits[real].float().cpu()  # BEFORE merging (see below why)
+plain_merged = plain_peft.merge_and_unload()  # W <- W + scaling * B @ A
 with torch.no_grad():
     logits_merged = plain_merged(**batch).logits[real].float().cpu()
-plain_merged.save_pretrained(OUT / "merged-plain")                      # config.json + model.safetensors
+plain_merged.save_pretrained(OUT / "merged-plain")  # config.json + model.safetensors
 tokenizer.save_pretrained(OUT / "merged-plain")
 
-log_p = logits_adapter.double().log_softmax(-1)                         # adapter model
-log_q = logits_merged.double().log_softmax(-1)                          # merged model
-kl = (log_p.exp() * (log_p - log_q)).sum(-1)                            # KL(adapter || merged) per token
+log_p = logits_adapter.double().log_softmax(-1)  # adapter model
+log_q = logits_merged.double().log_softmax(-1)  # merged model
+kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(adapter || merged) per token
 max_abs = (logits_adapter - logits_merged).abs().max().item()
 top1 = (logits_adapter.argmax(-1) == logits_merged.argmax(-1)).float().mean().item()
-print(f"{len(kl)} tokens: max |Δlogit| {max_abs:.2e}, mean KL {kl.mean().item():.2e} nats, "
-      f"top-1 agreement {top1:.1%}")
+print(f"{len(kl)} tokens: max |Δlogit| {max_abs:.2e}, mean KL {kl.mean().item():.2e} nats, top-1 agreement {top1:.1%}")
 
 # %% [markdown]
 # The digits above depend on the CPU's summation order; the claims below hold on any machine, with a margin
@@ -219,13 +219,21 @@ del plain_base, plain_peft, plain_merged, logits_adapter, logits_merged
 def lora_dtypes(model):
     return sorted({str(p.dtype).replace("torch.", "") for n, p in model.named_parameters() if "lora_" in n})
 
+
 def base_dtypes(model):
     return sorted({str(p.dtype).replace("torch.", "") for n, p in model.named_parameters() if "lora_" not in n})
 
-tutorial_style = PeftModel.from_pretrained(load_model(MODEL, dtype="float16", device=device), str(adapter_dir),
-                                           torch_dtype=torch.float16)      # the tutorial's call: no error ...
-print("tutorial's call -> base", base_dtypes(tutorial_style), "| LoRA weights", lora_dtypes(tutorial_style),
-      "(argument ignored)")
+
+tutorial_style = PeftModel.from_pretrained(
+    load_model(MODEL, dtype="float16", device=device), str(adapter_dir), torch_dtype=torch.float16
+)  # the tutorial's call: no error ...
+print(
+    "tutorial's call -> base",
+    base_dtypes(tutorial_style),
+    "| LoRA weights",
+    lora_dtypes(tutorial_style),
+    "(argument ignored)",
+)
 today = PeftModel.from_pretrained(load_model(MODEL, dtype="float16", device=device), str(adapter_dir))
 print("today's call    -> base", base_dtypes(today), "| LoRA weights", lora_dtypes(today))
 del tutorial_style, today
@@ -247,15 +255,17 @@ ref_fp32 = capture_reference(fp32_model, val_ds, tokenizer)
 with fp32_model.disable_adapter():
     ref_base_fp32 = capture_reference(fp32_model, val_ds, tokenizer)
 del fp32_model
-print(f"captured {len(ref_fp32.inputs.sequences)} sequences, {ref_fp32.inputs.n_tokens} tokens, "
-      f"vocab {ref_fp32.vocab_size}: {ref_fp32.nbytes / 2**20:.1f} MiB of float32 logits")
+print(
+    f"captured {len(ref_fp32.inputs.sequences)} sequences, {ref_fp32.inputs.n_tokens} tokens, "
+    f"vocab {ref_fp32.vocab_size}: {ref_fp32.nbytes / 2**20:.1f} MiB of float32 logits"
+)
 
 # %% tags=["nbval-ignore-output"]
 drift, reports, merged_models = {}, {}, {}
 for dt in (torch.float32, torch.float16, torch.bfloat16):
     name = str(dt).replace("torch.", "")
     peft_model = load_adapter_checked(load_model(MODEL, dtype=dt, device=device), adapter_dir)
-    ref_same = capture_reference(peft_model, val_ds, tokenizer)   # BEFORE merging
+    ref_same = capture_reference(peft_model, val_ds, tokenizer)  # BEFORE merging
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         merged, info = safe_merge(peft_model, verbose=False)
@@ -264,19 +274,27 @@ for dt in (torch.float32, torch.float16, torch.bfloat16):
     t0 = time.perf_counter()
     acc = evaluate_task(merged, tokenizer, eval_ds, progress=False).accuracy
     eval_s = time.perf_counter() - t0
-    drift[name] = {"max_abs": same["max_abs_logit_diff"].value, "mean_abs": same["mean_abs_logit_diff"].value,
-                   "mean_kl": same["mean_kl"].value, "top1": same["top1_agreement"].value,
-                   "passes_own": same.passed, "max_abs_vs_fp32": strict["max_abs_logit_diff"].value,
-                   "top1_vs_fp32": strict["top1_agreement"].value, "passes_strict": strict.passed,
-                   "accuracy": acc, "eval_s": eval_s, "merge_s": info.seconds,
-                   "warning": str(caught[0].message).split(":")[0] if caught else None}
+    drift[name] = {
+        "max_abs": same["max_abs_logit_diff"].value,
+        "mean_abs": same["mean_abs_logit_diff"].value,
+        "mean_kl": same["mean_kl"].value,
+        "top1": same["top1_agreement"].value,
+        "passes_own": same.passed,
+        "max_abs_vs_fp32": strict["max_abs_logit_diff"].value,
+        "top1_vs_fp32": strict["top1_agreement"].value,
+        "passes_strict": strict.passed,
+        "accuracy": acc,
+        "eval_s": eval_s,
+        "merge_s": info.seconds,
+        "warning": str(caught[0].message).split(":")[0] if caught else None,
+    }
     reports[name] = same
     merged_models[name] = merged
 for name, d in drift.items():
     print(f"{name:>9}: evaluation of {len(eval_ds)} rows took {d['eval_s']:.1f} s, merge {d['merge_s']:.3f} s")
 
 # %% tags=["nbval-ignore-output"]
-reports["bfloat16"]   # the full report of one merge (values, limits, verdicts)
+reports["bfloat16"]  # the full report of one merge (values, limits, verdicts)
 
 
 # %% [markdown]
@@ -286,40 +304,59 @@ reports["bfloat16"]   # the full report of one merge (values, limits, verdicts)
 # %% tags=["nbval-ignore-output"]
 def g2(x):
     if x < 1e-9:
-        return "<1e-9"   # rounding noise: the exact digits depend on the CPU
+        return "<1e-9"  # rounding noise: the exact digits depend on the CPU
     return f"{x:.1e}" if x < 0.01 else f"{x:.2g}"
 
-print(f"{'merged in':>9} | {'max|Δ|':>7} {'mean|Δ|':>7} {'mean KL':>7} {'top-1':>6} {'own tol':>7} | "
-      f"{'max|Δ| vs fp32':>14} {'strict':>6} | accuracy")
+
+print(
+    f"{'merged in':>9} | {'max|Δ|':>7} {'mean|Δ|':>7} {'mean KL':>7} {'top-1':>6} {'own tol':>7} | "
+    f"{'max|Δ| vs fp32':>14} {'strict':>6} | accuracy"
+)
 for name, d in drift.items():
-    print(f"{name:>9} | {g2(d['max_abs']):>7} {g2(d['mean_abs']):>7} {g2(d['mean_kl']):>7} {d['top1']:>6.1%} "
-          f"{'pass' if d['passes_own'] else 'FAIL':>7} | {g2(d['max_abs_vs_fp32']):>14} "
-          f"{'pass' if d['passes_strict'] else 'FAIL':>6} | {d['accuracy']:.1%}")
+    print(
+        f"{name:>9} | {g2(d['max_abs']):>7} {g2(d['mean_abs']):>7} {g2(d['mean_kl']):>7} {d['top1']:>6.1%} "
+        f"{'pass' if d['passes_own'] else 'FAIL':>7} | {g2(d['max_abs_vs_fp32']):>14} "
+        f"{'pass' if d['passes_strict'] else 'FAIL':>6} | {d['accuracy']:.1%}"
+    )
 
 # %%
 for name, d in drift.items():
     if d["warning"]:
         print(f"safe_merge warned for {name}: {d['warning']} (the delta is rounded to {name})")
 expect("every merge passes the tolerance of its own dtype", all(d["passes_own"] for d in drift.values()))
-expect("only the float32 merge passes the strict float32 check",
-       [n for n, d in drift.items() if d["passes_strict"]] == ["float32"])
+expect(
+    "only the float32 merge passes the strict float32 check",
+    [n for n, d in drift.items() if d["passes_strict"]] == ["float32"],
+)
 expect("float32 merge: max |Δlogit| below 1e-4", drift["float32"]["max_abs"] < 1e-4)
-expect("drift grows float32 < float16 < bfloat16 (mean |Δlogit|)",
-       drift["float32"]["mean_abs"] < drift["float16"]["mean_abs"] < drift["bfloat16"]["mean_abs"])
-expect("every merged model's accuracy is within 10 points of the adapter model's",
-       all(abs(d["accuracy"] - acc_adapter) <= 0.10 for d in drift.values()))
+expect(
+    "drift grows float32 < float16 < bfloat16 (mean |Δlogit|)",
+    drift["float32"]["mean_abs"] < drift["float16"]["mean_abs"] < drift["bfloat16"]["mean_abs"],
+)
+expect(
+    "every merged model's accuracy is within 10 points of the adapter model's",
+    all(abs(d["accuracy"] - acc_adapter) <= 0.10 for d in drift.values()),
+)
 
 # %%
 names = list(drift)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 axes[0].bar(names, [max(drift[n]["mean_abs"], 1e-9) for n in names], color="#4c72b0", label="mean |Δlogit|")
 axes[0].scatter(names, [drift[n]["max_abs"] for n in names], color="#cf222e", zorder=3, label="max |Δlogit|")
-axes[0].set(yscale="log", ylabel="|Δlogit| (logit units, log scale)", xlabel="dtype of base and merge",
-            title="Merged vs adapter model: logit drift")
+axes[0].set(
+    yscale="log",
+    ylabel="|Δlogit| (logit units, log scale)",
+    xlabel="dtype of base and merge",
+    title="Merged vs adapter model: logit drift",
+)
 axes[0].legend()
 axes[1].bar(names, [max(drift[n]["mean_kl"], 1e-16) for n in names], color="#55a868")
-axes[1].set(yscale="log", ylabel="mean KL per token (nats, log scale)", xlabel="dtype of base and merge",
-            title="Merged vs adapter model: KL divergence")
+axes[1].set(
+    yscale="log",
+    ylabel="mean KL per token (nats, log scale)",
+    xlabel="dtype of base and merge",
+    title="Merged vs adapter model: KL divergence",
+)
 fig.tight_layout()
 plt.show()
 
@@ -337,17 +374,24 @@ import json
 from course_utils.planner import REFERENCE_PATH
 
 ref_drift = json.loads(Path(REFERENCE_PATH).read_text())["merge_drift"]["by_base_dtype"]
-print(f"{'dtype':>9} | {'H200 max|Δ|':>11} {'H200 mean|Δ|':>12} {'H200 top-1':>10} | {'here max|Δ|':>11} {'here top-1':>10}")
+print(
+    f"{'dtype':>9} | {'H200 max|Δ|':>11} {'H200 mean|Δ|':>12} {'H200 top-1':>10} | {'here max|Δ|':>11} {'here top-1':>10}"
+)
 for name in drift:
     r = ref_drift[name]
-    print(f"{name:>9} | {g2(r['max_abs_adapter_vs_merged']):>11} {g2(r['mean_abs']):>12} {r['top1_agree']:>10.1%} | "
-          f"{g2(drift[name]['max_abs']):>11} {drift[name]['top1']:>10.1%}")
+    print(
+        f"{name:>9} | {g2(r['max_abs_adapter_vs_merged']):>11} {g2(r['mean_abs']):>12} {r['top1_agree']:>10.1%} | "
+        f"{g2(drift[name]['max_abs']):>11} {drift[name]['top1']:>10.1%}"
+    )
 
 # %%
 for name in ("float32", "float16", "bfloat16"):
-    expect(f"{name}: max |Δlogit| here is within 10x of the H200's (either way)",
-           ref_drift[name]["max_abs_adapter_vs_merged"] / 10 <= drift[name]["max_abs"]
-           <= 10 * ref_drift[name]["max_abs_adapter_vs_merged"])
+    expect(
+        f"{name}: max |Δlogit| here is within 10x of the H200's (either way)",
+        ref_drift[name]["max_abs_adapter_vs_merged"] / 10
+        <= drift[name]["max_abs"]
+        <= 10 * ref_drift[name]["max_abs_adapter_vs_merged"],
+    )
 # %% [markdown]
 # **Rule of thumb.** A float32 merge is exact up to summation order (max |Δlogit| ~1e-5 in this notebook,
 # 3e-5 in the H200 reference). A float16 merge rounds each merged weight to 11 significant bits and a
@@ -369,13 +413,16 @@ for name in ("float32", "float16", "bfloat16"):
 merged32 = merged_models["float32"]
 reloaded = round_trip(merged32, OUT / "merged-fp32", val_ds, tokenizer)
 expect("the reloaded float32 model passes validation", reloaded.passed)
-expect("its logits are bit-identical to the original's (max |Δlogit| == 0)", reloaded["max_abs_logit_diff"].value == 0.0)
+expect(
+    "its logits are bit-identical to the original's (max |Δlogit| == 0)", reloaded["max_abs_logit_diff"].value == 0.0
+)
 print("files:", sorted(p.name for p in (OUT / "merged-fp32").iterdir()))
 
 
 # %%
 def folder_mib(path):
     return sum(p.stat().st_size for p in Path(path).rglob("*.safetensors")) / 2**20
+
 
 base_path = Path(resolve_model_path(MODEL))
 sizes = {"adapter (LoRA r=8)": folder_mib(adapter_dir), "merged model (float32)": folder_mib(OUT / "merged-fp32")}
@@ -407,10 +454,12 @@ except OutputExistsError as err:
 # %% tags=["nbval-ignore-output"]
 peft_model = load_adapter_checked(load_model(MODEL, dtype="float32", device=device), adapter_dir)
 
+
 def out_of_memory(*args, **kwargs):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
 
-peft_model.merge_and_unload = out_of_memory   # what a too-small GPU would do
+
+peft_model.merge_and_unload = out_of_memory  # what a too-small GPU would do
 merged_fb, info = safe_merge(peft_model)
 fallback_report = compare_to_reference(merged_fb, ref_fp32, title="layer-by-layer fallback vs float32 adapter")
 print("fell back:", info.fell_back, "| strategy:", info.strategy)
@@ -439,10 +488,12 @@ from course_utils.architectures import bitsandbytes_support
 from course_utils.merging import effect_retained, merge_with_retention, quantization_of
 from course_utils.quantization import bnb_4bit_config
 
-q_model = load_adapter_checked(load_model(MODEL, device=device, quantization_config=bnb_4bit_config(device)), adapter_dir)
-ref_q = capture_reference(q_model, val_ds, tokenizer)          # adapter on the 4-bit base
+q_model = load_adapter_checked(
+    load_model(MODEL, device=device, quantization_config=bnb_4bit_config(device)), adapter_dir
+)
+ref_q = capture_reference(q_model, val_ds, tokenizer)  # adapter on the 4-bit base
 with q_model.disable_adapter():
-    ref_q_base = capture_reference(q_model, val_ds, tokenizer) # the 4-bit base alone
+    ref_q_base = capture_reference(q_model, val_ds, tokenizer)  # the 4-bit base alone
 acc_q_adapter = evaluate_task(q_model, tokenizer, eval_ds, progress=False).accuracy
 if quantization_of(q_model) is None:  # nothing was quantized (Falcon): safe_merge would merge and consume q_model
     print(bitsandbytes_support(q_model.get_base_model()))
@@ -453,28 +504,36 @@ else:
         print(type(err).__name__ + ":", str(err).splitlines()[0][:160] + " ...")
 
 # %% tags=["nbval-ignore-output"]
-merged_q, kept = merge_with_retention(q_model)              # merge INTO the 4-bit weights
+merged_q, kept = merge_with_retention(q_model)  # merge INTO the 4-bit weights
 into_4bit = compare_to_reference(merged_q, ref_q, title="merged into 4-bit vs adapter on 4-bit base")
 acc_into_4bit = evaluate_task(merged_q, tokenizer, eval_ds, progress=False).accuracy
 kept_into_4bit = effect_retained(ref_q_base, ref_q, capture_reference(merged_q, val_ds, tokenizer))
 del merged_q, q_model
 
-q_model = load_adapter_checked(load_model(MODEL, device=device, quantization_config=bnb_4bit_config(device)), adapter_dir)
+q_model = load_adapter_checked(
+    load_model(MODEL, device=device, quantization_config=bnb_4bit_config(device)), adapter_dir
+)
 deq_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-merged_deq, info = dequantize_for_merge(q_model, dtype=deq_dtype, verbose=False)   # the right way
+merged_deq, info = dequantize_for_merge(q_model, dtype=deq_dtype, verbose=False)  # the right way
 dequant = compare_to_reference(merged_deq, ref_q, title="dequantize, then merge vs adapter on 4-bit base")
 acc_dequant = evaluate_task(merged_deq, tokenizer, eval_ds, progress=False).accuracy
 kept_dequant = effect_retained(ref_q_base, ref_q, capture_reference(merged_deq, val_ds, tokenizer))
 del merged_deq, q_model
 
-print(f"merge into 4-bit weights: the stored change differs from the LoRA delta by {kept.rel_error:.0%} "
-      f"(relative error); {kept.changed_fraction:.0%} of all stored weights changed, not just by the delta")
+print(
+    f"merge into 4-bit weights: the stored change differs from the LoRA delta by {kept.rel_error:.0%} "
+    f"(relative error); {kept.changed_fraction:.0%} of all stored weights changed, not just by the delta"
+)
 print(f"{'path':<36} {'verdict':>8} {'mean KL':>8} {'adapter effect kept':>20} {'accuracy':>9}")
 print(f"{'adapter on 4-bit base':<36} {'(ref)':>8} {'-':>8} {'100%':>20} {acc_q_adapter:>9.1%}")
-print(f"{'merged into 4-bit':<36} {'PASS' if into_4bit.passed else 'FAIL':>8} {g2(into_4bit['mean_kl'].value):>8} "
-      f"{kept_into_4bit:>20.0%} {acc_into_4bit:>9.1%}")
-print(f"{'dequantized to ' + str(deq_dtype).replace('torch.', '') + ', then merged':<36} "
-      f"{'PASS' if dequant.passed else 'FAIL':>8} {g2(dequant['mean_kl'].value):>8} {kept_dequant:>20.0%} {acc_dequant:>9.1%}")
+print(
+    f"{'merged into 4-bit':<36} {'PASS' if into_4bit.passed else 'FAIL':>8} {g2(into_4bit['mean_kl'].value):>8} "
+    f"{kept_into_4bit:>20.0%} {acc_into_4bit:>9.1%}"
+)
+print(
+    f"{'dequantized to ' + str(deq_dtype).replace('torch.', '') + ', then merged':<36} "
+    f"{'PASS' if dequant.passed else 'FAIL':>8} {g2(dequant['mean_kl'].value):>8} {kept_dequant:>20.0%} {acc_dequant:>9.1%}"
+)
 
 # %%
 expect("merged into the 4-bit weights: the stored change is at least 10% off the LoRA delta", kept.rel_error >= 0.10)
@@ -502,16 +561,21 @@ merged_again = load_model(str(OUT / "merged-fp32"), dtype="float32", device=devi
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     twice_model = load_adapter_checked(merged_again, adapter_dir)
-for w in [w for w in caught if "was trained on" in str(w.message)]:   # load_adapter_checked noticed
-    print("warning:", str(w.message).replace(str(OUT), "OUT").replace(resolve_model_path(MODEL), MODEL).split(". ")[0] + ".")
+for w in [w for w in caught if "was trained on" in str(w.message)]:  # load_adapter_checked noticed
+    print(
+        "warning:",
+        str(w.message).replace(str(OUT), "OUT").replace(resolve_model_path(MODEL), MODEL).split(". ")[0] + ".",
+    )
 twice, _ = safe_merge(twice_model, verbose=False)
 
 # %% tags=["nbval-ignore-output"]
 twice_report = compare_to_reference(twice, ref_fp32, title="merged twice vs float32 adapter")
 twice_kept = effect_retained(ref_base_fp32, ref_fp32, capture_reference(twice, val_ds, tokenizer))
 print("merged twice:", "PASS" if twice_report.passed else "FAIL (" + ", ".join(twice_report.failed) + ")")
-print(f"top-1 agreement {twice_report['top1_agreement'].value:.1%}; adapter effect kept {twice_kept:.0%} "
-      "(100% = the adapter model, 0% = the base, below 0: farther from the adapter than the base is)")
+print(
+    f"top-1 agreement {twice_report['top1_agreement'].value:.1%}; adapter effect kept {twice_kept:.0%} "
+    "(100% = the adapter model, 0% = the base, below 0: farther from the adapter than the base is)"
+)
 del twice, twice_model, merged_again
 
 # %%
@@ -552,14 +616,23 @@ from IPython.display import Markdown, display
 
 rows = [("shout accuracy: base -> with adapter", f"{acc_base:.1%} -> {acc_adapter:.1%}")]
 for name, d in drift.items():
-    rows.append((f"{name} merge: own tolerance / strict float32 / accuracy",
-                 f"{'pass' if d['passes_own'] else 'FAIL'} / {'pass' if d['passes_strict'] else 'FAIL'} / {d['accuracy']:.1%}"))
+    rows.append(
+        (
+            f"{name} merge: own tolerance / strict float32 / accuracy",
+            f"{'pass' if d['passes_own'] else 'FAIL'} / {'pass' if d['passes_strict'] else 'FAIL'} / {d['accuracy']:.1%}",
+        )
+    )
 rows += [
-    ("plain merge (section 2): max abs Δlogit / mean KL / top-1", f"{max_abs:.1e} / {kl.mean().item():.1e} / {top1:.0%}"),
+    (
+        "plain merge (section 2): max abs Δlogit / mean KL / top-1",
+        f"{max_abs:.1e} / {kl.mean().item():.1e} / {top1:.0%}",
+    ),
     ("saved + reloaded float32 merged model", "PASS" if reloaded.passed else "FAIL"),
     ("OOM fallback (layer by layer) validates", "PASS" if fallback_report.passed else "FAIL"),
-    ("merge into 4-bit: stored-delta error / effect kept / verdict",
-     f"{kept.rel_error:.0%} / {kept_into_4bit:.0%} / {'PASS' if into_4bit.passed else 'FAIL'}"),
+    (
+        "merge into 4-bit: stored-delta error / effect kept / verdict",
+        f"{kept.rel_error:.0%} / {kept_into_4bit:.0%} / {'PASS' if into_4bit.passed else 'FAIL'}",
+    ),
     ("dequantize, then merge: effect kept / verdict", f"{kept_dequant:.0%} / {'PASS' if dequant.passed else 'FAIL'}"),
     ("adapter merged twice: effect kept / verdict", f"{twice_kept:.0%} / {'PASS' if twice_report.passed else 'FAIL'}"),
 ]
@@ -568,10 +641,15 @@ display(Markdown("| measurement | result |\n|---|---|\n" + "\n".join(f"| {k} | {
 # %% tags=["nbval-ignore-output"]
 from course_utils.notebook import record_metrics
 
-record_metrics(accuracy_before=acc_base, accuracy_after=acc_adapter,
-               **{f"accuracy_merged_{n}": d["accuracy"] for n, d in drift.items()},
-               **{f"max_abs_logit_diff_{n}": d["max_abs"] for n, d in drift.items()},
-               delta_rel_error_4bit=kept.rel_error, effect_kept_4bit=kept_into_4bit, effect_kept_dequant=kept_dequant)
+record_metrics(
+    accuracy_before=acc_base,
+    accuracy_after=acc_adapter,
+    **{f"accuracy_merged_{n}": d["accuracy"] for n, d in drift.items()},
+    **{f"max_abs_logit_diff_{n}": d["max_abs"] for n, d in drift.items()},
+    delta_rel_error_4bit=kept.rel_error,
+    effect_kept_4bit=kept_into_4bit,
+    effect_kept_dequant=kept_dequant,
+)
 print("metrics recorded")
 
 # %% [markdown]
@@ -583,7 +661,7 @@ print("metrics recorded")
 # %%
 from course_utils.checks.merging import check_double_merge_scale, check_strict_dtype
 
-answer = None   # your answer: torch.float32, torch.float16 or torch.bfloat16
+answer = None  # your answer: torch.float32, torch.float16 or torch.bfloat16
 check_strict_dtype(answer)
 
 # %% [markdown]
@@ -599,7 +677,7 @@ check_strict_dtype(answer)
 # each adapted weight?
 
 # %%
-answer = None   # a number
+answer = None  # a number
 check_double_merge_scale(answer)
 
 # %% [markdown]

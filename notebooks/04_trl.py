@@ -35,21 +35,22 @@
 import subprocess
 import sys
 
+REPOSITORY = "https://github.com/peft-course/peft-course"
 if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 from course_utils.loading import model_from_env
 from course_utils.notebook import setup
 
 # %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
-DTYPE = "auto"        # float32 on CPU, bfloat16 on a recent GPU
-DEVICE = "auto"       # cuda > mps > cpu
-MAX_STEPS = 100       # SFT steps
-DPO_STEPS = 30        # DPO steps (batch 8)
+DTYPE = "auto"  # float32 on CPU, bfloat16 on a recent GPU
+DEVICE = "auto"  # cuda > mps > cpu
+MAX_STEPS = 100  # SFT steps
+DPO_STEPS = 30  # DPO steps (batch 8)
 SFT_LR = 2e-3
 DPO_LR = 1e-3
-DPO_BETA = 0.1        # strength of the pull towards the reference model
+DPO_BETA = 0.1  # strength of the pull towards the reference model
 GRADIENT_CHECKPOINTING = False  # saves activation memory at ~30% more compute; not needed for a small model
 SEED = 0
 
@@ -77,8 +78,9 @@ from course_utils.loading import resolve_model_path
 
 lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM")
 try:
-    AutoModelForCausalLM.from_pretrained(resolve_model_path(MODEL), load_in_8bit=True, device_map="auto",
-                                         peft_config=lora_config)
+    AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(MODEL), load_in_8bit=True, device_map="auto", peft_config=lora_config
+    )
     print("loaded (this library version still accepts the old arguments)")
 except TypeError as err:
     print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
@@ -96,10 +98,12 @@ from transformers import BitsAndBytesConfig
 from course_utils.loading import load_model, load_tokenizer
 from course_utils.memory import model_memory_breakdown
 
-model_8bit = load_model(MODEL, dtype=DTYPE, device=DEVICE,
-                        quantization_config=BitsAndBytesConfig(load_in_8bit=True))  # -> from_pretrained(..., dtype=, quantization_config=)
-peft_8bit = get_peft_model(model_8bit, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                                  task_type="CAUSAL_LM"))
+model_8bit = load_model(
+    MODEL, dtype=DTYPE, device=DEVICE, quantization_config=BitsAndBytesConfig(load_in_8bit=True)
+)  # -> from_pretrained(..., dtype=, quantization_config=)
+peft_8bit = get_peft_model(
+    model_8bit, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+)
 breakdown = model_memory_breakdown(peft_8bit)
 print("weight storage:", {k: f"{v / 2**20:.2f} MiB" for k, v in sorted(breakdown.weights_by_dtype.items())})
 print(f"trainable: {breakdown.trainable_params:,} of {breakdown.total_params:,} parameters")
@@ -146,9 +150,20 @@ import tempfile
 from trl import SFTConfig, SFTTrainer
 
 try:
-    SFTTrainer(model=model, processing_class=tokenizer, train_dataset=terse["train"], peft_config=lora_config,
-               args=SFTConfig(output_dir=tempfile.mkdtemp(), assistant_only_loss=True, use_cpu=not torch.cuda.is_available(),
-                              bf16=False, report_to="none", max_steps=1))
+    SFTTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=terse["train"],
+        peft_config=lora_config,
+        args=SFTConfig(
+            output_dir=tempfile.mkdtemp(),
+            assistant_only_loss=True,
+            use_cpu=not torch.cuda.is_available(),
+            bf16=False,
+            report_to="none",
+            max_steps=1,
+        ),
+    )
     print("accepted: this tokenizer's chat template has generation markers")
 except ValueError as err:
     print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
@@ -193,10 +208,12 @@ sft_args = SFTConfig(
     per_device_train_batch_size=16,
     learning_rate=SFT_LR,
     lr_scheduler_type="constant",
-    **mixed_precision_flags(DEVICE),  # bf16 on A100 and newer, fp16 on a T4/V100, neither on CPU (TRL's bf16=True default fails on CPU)
+    **mixed_precision_flags(
+        DEVICE
+    ),  # bf16 on A100 and newer, fp16 on a T4/V100, neither on CPU (TRL's bf16=True default fails on CPU)
     use_cpu=not ON_GPU and not torch.backends.mps.is_available(),
-    gradient_checkpointing=GRADIENT_CHECKPOINTING,    # TRL's default is True: decide it yourself
-    max_length=128,                                   # was `max_seq_length` in older TRL
+    gradient_checkpointing=GRADIENT_CHECKPOINTING,  # TRL's default is True: decide it yourself
+    max_length=128,  # was `max_seq_length` in older TRL
     dataloader_pin_memory=False,
     report_to="none",
     save_strategy="no",
@@ -206,8 +223,14 @@ sft_args = SFTConfig(
 )
 sft_lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 sft_memory = MemoryCallback()
-sft_trainer = SFTTrainer(model=model, args=sft_args, train_dataset=train_pc, processing_class=tokenizer,
-                         peft_config=sft_lora, callbacks=[sft_memory])
+sft_trainer = SFTTrainer(
+    model=model,
+    args=sft_args,
+    train_dataset=train_pc,
+    processing_class=tokenizer,
+    peft_config=sft_lora,
+    callbacks=[sft_memory],
+)
 sft_trainer.remove_callback(PrinterCallback)  # we plot the log instead of printing a dict per log step
 print(type(sft_trainer.model).__name__)
 sft_trainer.model.print_trainable_parameters()
@@ -232,7 +255,9 @@ start = time.perf_counter()
 sft_trainer.train()
 sft_seconds = time.perf_counter() - start
 sft_peak = max(p for _, p in sft_memory.steps)
-print(f"{sft_trainer.state.global_step} steps in {sft_seconds:.1f} s; peak memory {sft_peak:.0f} MiB ({sft_memory.tracker.what})")
+print(
+    f"{sft_trainer.state.global_step} steps in {sft_seconds:.1f} s; peak memory {sft_peak:.0f} MiB ({sft_memory.tracker.what})"
+)
 
 # %% tags=["nbval-ignore-output"]
 import matplotlib.pyplot as plt
@@ -249,7 +274,9 @@ print(f"loss: first log {sft_losses[0]:.3f} -> last log {sft_losses[-1]:.3f}")
 # %% tags=["nbval-ignore-output"]
 sft_model = sft_trainer.model
 sft_after = evaluate_task(sft_model, tokenizer, terse["eval"], progress=False, name=f"after {MAX_STEPS} SFT steps")
-print(f"terse eval accuracy: {sft_before.accuracy:.1%} -> {sft_after.accuracy:.1%} ({sft_after.correct}/{sft_after.total})")
+print(
+    f"terse eval accuracy: {sft_before.accuracy:.1%} -> {sft_after.accuracy:.1%} ({sft_after.correct}/{sft_after.total})"
+)
 sft_after
 
 # %%
@@ -296,19 +323,39 @@ from trl import DPOConfig, DPOTrainer
 
 
 def dpo_args(**overrides):
-    args = dict(output_dir=tempfile.mkdtemp(prefix="dpo-"), max_steps=DPO_STEPS, per_device_train_batch_size=8,
-                learning_rate=DPO_LR, lr_scheduler_type="constant", beta=DPO_BETA, max_length=128,
-                **mixed_precision_flags(DEVICE), use_cpu=not ON_GPU and not torch.backends.mps.is_available(),
-                gradient_checkpointing=GRADIENT_CHECKPOINTING, dataloader_pin_memory=False, report_to="none",
-                save_strategy="no", logging_steps=2, disable_tqdm=True, seed=SEED)
+    args = dict(
+        output_dir=tempfile.mkdtemp(prefix="dpo-"),
+        max_steps=DPO_STEPS,
+        per_device_train_batch_size=8,
+        learning_rate=DPO_LR,
+        lr_scheduler_type="constant",
+        beta=DPO_BETA,
+        max_length=128,
+        **mixed_precision_flags(DEVICE),
+        use_cpu=not ON_GPU and not torch.backends.mps.is_available(),
+        gradient_checkpointing=GRADIENT_CHECKPOINTING,
+        dataloader_pin_memory=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=2,
+        disable_tqdm=True,
+        seed=SEED,
+    )
     args.update(overrides)
     return DPOConfig(**args)
 
 
 dpo_lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 dpo_memory = MemoryCallback()
-dpo_trainer = DPOTrainer(model=dpo_base, ref_model=None, args=dpo_args(), train_dataset=prefs["train"],
-                         processing_class=tokenizer, peft_config=dpo_lora, callbacks=[dpo_memory])
+dpo_trainer = DPOTrainer(
+    model=dpo_base,
+    ref_model=None,
+    args=dpo_args(),
+    train_dataset=prefs["train"],
+    processing_class=tokenizer,
+    peft_config=dpo_lora,
+    callbacks=[dpo_memory],
+)
 dpo_trainer.remove_callback(PrinterCallback)
 print("policy:", type(dpo_trainer.model).__name__, "| separate reference model:", dpo_trainer.ref_model)
 
@@ -330,14 +377,21 @@ def held_bytes(*models):
     return sum(seen.values())
 
 
-classic = DPOTrainer(model=load_model(MODEL, dtype=DTYPE, device=DEVICE), ref_model=load_model(MODEL, dtype=DTYPE, device=DEVICE),
-                     args=dpo_args(), train_dataset=prefs["train"].select(range(8)), processing_class=tokenizer,
-                     peft_config=dpo_lora)
+classic = DPOTrainer(
+    model=load_model(MODEL, dtype=DTYPE, device=DEVICE),
+    ref_model=load_model(MODEL, dtype=DTYPE, device=DEVICE),
+    args=dpo_args(),
+    train_dataset=prefs["train"].select(range(8)),
+    processing_class=tokenizer,
+    peft_config=dpo_lora,
+)
 shared_bytes = held_bytes(dpo_trainer.model, dpo_trainer.ref_model)
 classic_bytes = held_bytes(classic.model, classic.ref_model)
 ref_copy_bytes = model_memory_breakdown(classic.ref_model).weights_bytes
 print(f"ref_model=None:      {shared_bytes / 2**20:7.2f} MiB of parameters")
-print(f"separate ref_model:  {classic_bytes / 2**20:7.2f} MiB of parameters (+{ref_copy_bytes / 2**20:.2f} MiB: a second copy of the weights)")
+print(
+    f"separate ref_model:  {classic_bytes / 2**20:7.2f} MiB of parameters (+{ref_copy_bytes / 2**20:.2f} MiB: a second copy of the weights)"
+)
 del classic
 
 # %% [markdown]
@@ -351,13 +405,25 @@ del classic
 # %%
 from course_utils.planner import Recipe, estimate_training_memory
 
-plan = estimate_training_memory("smollm2-1.7b", Recipe(method="lora", dtype="bfloat16", r=dpo_lora.r,
-                                                       lora_alpha=dpo_lora.lora_alpha, lora_dropout=dpo_lora.lora_dropout,
-                                                       target_modules="all-linear", batch_size=2 * 8, seq_len=512))
+plan = estimate_training_memory(
+    "smollm2-1.7b",
+    Recipe(
+        method="lora",
+        dtype="bfloat16",
+        r=dpo_lora.r,
+        lora_alpha=dpo_lora.lora_alpha,
+        lora_dropout=dpo_lora.lora_dropout,
+        target_modules="all-linear",
+        batch_size=2 * 8,
+        seq_len=512,
+    ),
+)
 ref_gib = plan.n_params * 2 / 2**30  # a bf16 copy of every weight
 print(f"SmolLM2-1.7B: {plan.n_params:,} parameters; planned peak of the LoRA DPO step {plan.peak_gib:.1f} GiB")
-print(f"a separate bf16 reference model adds {ref_gib:.1f} GiB -> {plan.peak_gib + ref_gib:.1f} GiB "
-      f"(+{100 * ref_gib / plan.peak_gib:.0f}%); with ref_model=None it adds nothing")
+print(
+    f"a separate bf16 reference model adds {ref_gib:.1f} GiB -> {plan.peak_gib + ref_gib:.1f} GiB "
+    f"(+{100 * ref_gib / plan.peak_gib:.0f}%); with ref_model=None it adds nothing"
+)
 
 # %% [markdown]
 # ### Train
@@ -388,15 +454,19 @@ ax_a.set(title="Reward accuracy and loss", xlabel="training step", ylabel="accur
 ax_a.legend()
 plt.show()
 first, last = logs[0], logs[-1]
-print(f"step {first['step']}: loss {first['loss']:.3f}, margin {first['rewards/margins']:.3f}; "
-      f"step {last['step']}: loss {last['loss']:.3f}, margin {last['rewards/margins']:.3f}, "
-      f"chosen {last['rewards/chosen']:+.3f}, rejected {last['rewards/rejected']:+.3f}")
+print(
+    f"step {first['step']}: loss {first['loss']:.3f}, margin {first['rewards/margins']:.3f}; "
+    f"step {last['step']}: loss {last['loss']:.3f}, margin {last['rewards/margins']:.3f}, "
+    f"chosen {last['rewards/chosen']:+.3f}, rejected {last['rewards/rejected']:+.3f}"
+)
 
 # %%
 expect("the DPO loss fell below 0.3 (it starts at log 2 = 0.693)", last["loss"] < 0.3)
 expect("the last logged margin is above 1", last["rewards/margins"] > 1.0)
-expect("the rejected answers' reward fell further than the chosen answers' rose",
-       -last["rewards/rejected"] > last["rewards/chosen"])
+expect(
+    "the rejected answers' reward fell further than the chosen answers' rose",
+    -last["rewards/rejected"] > last["rewards/chosen"],
+)
 
 # %% [markdown]
 # The measure that counts is on pairs the adapter never trained on:
@@ -406,8 +476,10 @@ dpo_model = dpo_trainer.model
 pref_after = preference_accuracy(dpo_model, tokenizer, prefs["eval"])
 with dpo_model.disable_adapter():  # the reference: the same network, adapter off
     pref_ref = preference_accuracy(dpo_model, tokenizer, prefs["eval"])
-print(f"held-out preference accuracy: {pref_before:.1%} before -> {pref_after:.1%} after {DPO_STEPS} DPO steps "
-      f"(adapter disabled again: {pref_ref:.1%})")
+print(
+    f"held-out preference accuracy: {pref_before:.1%} before -> {pref_after:.1%} after {DPO_STEPS} DPO steps "
+    f"(adapter disabled again: {pref_ref:.1%})"
+)
 
 # %%
 expect("held-out preference accuracy after DPO >= 80%", pref_after >= 0.80)
@@ -439,31 +511,47 @@ dpo_gen
 from IPython.display import Markdown, display
 
 rows = [
-    ("tutorial's from_pretrained(load_in_8bit=, peft_config=)", "TypeError (use quantization_config= + get_peft_model)"),
+    (
+        "tutorial's from_pretrained(load_in_8bit=, peft_config=)",
+        "TypeError (use quantization_config= + get_peft_model)",
+    ),
     ("assistant_only_loss=True with SmolLM2's template", "ValueError (no generation markers): use prompt/completion"),
     (f"SFT terse eval accuracy, {MAX_STEPS} steps", f"{sft_before.accuracy:.1%} -> {sft_after.accuracy:.1%}"),
     ("SFT loss, first -> last log", f"{sft_losses[0]:.3f} -> {sft_losses[-1]:.3f}"),
-    ("parameters held by the DPO trainer, ref_model=None vs separate",
-     f"{shared_bytes / 2**20:.2f} vs {classic_bytes / 2**20:.2f} MiB"),
-    ("separate bf16 reference for SmolLM2-1.7B, 8 pairs x 512 tokens (planner)",
-     f"+{ref_gib:.1f} GiB on a {plan.peak_gib:.1f} GiB LoRA DPO step"),
+    (
+        "parameters held by the DPO trainer, ref_model=None vs separate",
+        f"{shared_bytes / 2**20:.2f} vs {classic_bytes / 2**20:.2f} MiB",
+    ),
+    (
+        "separate bf16 reference for SmolLM2-1.7B, 8 pairs x 512 tokens (planner)",
+        f"+{ref_gib:.1f} GiB on a {plan.peak_gib:.1f} GiB LoRA DPO step",
+    ),
     (f"DPO held-out preference accuracy, {DPO_STEPS} steps", f"{pref_before:.1%} -> {pref_after:.1%}"),
     ("DPO margin, first -> last log", f"{first['rewards/margins']:.3f} -> {last['rewards/margins']:.3f}"),
 ]
 display(Markdown("| quantity | measured |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
 
 # %% tags=["nbval-ignore-output"]
-print(f"SFT: {sft_seconds:.1f} s, peak {sft_peak:.0f} MiB; DPO: {dpo_seconds:.1f} s, peak {dpo_peak:.0f} MiB "
-      f"({sft_memory.tracker.what})")
+print(
+    f"SFT: {sft_seconds:.1f} s, peak {sft_peak:.0f} MiB; DPO: {dpo_seconds:.1f} s, peak {dpo_peak:.0f} MiB "
+    f"({sft_memory.tracker.what})"
+)
 
 # %%
 from course_utils.notebook import record_metrics
 
-_ = record_metrics(model=MODEL, accuracy_before=sft_before.accuracy, accuracy_after=sft_after.accuracy,
-                   sft_seconds=round(sft_seconds, 2), sft_peak_mem_MiB=round(sft_peak, 1),
-                   preference_accuracy_before=pref_before, preference_accuracy_after=pref_after,
-                   dpo_seconds=round(dpo_seconds, 2), dpo_peak_mem_MiB=round(dpo_peak, 1),
-                   reference_copy_MiB=round(ref_copy_bytes / 2**20, 2))
+_ = record_metrics(
+    model=MODEL,
+    accuracy_before=sft_before.accuracy,
+    accuracy_after=sft_after.accuracy,
+    sft_seconds=round(sft_seconds, 2),
+    sft_peak_mem_MiB=round(sft_peak, 1),
+    preference_accuracy_before=pref_before,
+    preference_accuracy_after=pref_after,
+    dpo_seconds=round(dpo_seconds, 2),
+    dpo_peak_mem_MiB=round(dpo_peak, 1),
+    reference_copy_MiB=round(ref_copy_bytes / 2**20, 2),
+)
 
 # %% [markdown]
 # ## Exercises

@@ -37,17 +37,18 @@
 import subprocess
 import sys
 
+REPOSITORY = "https://github.com/peft-course/peft-course"
 if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 from course_utils.loading import model_from_env
 from course_utils.notebook import setup
 
 # %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-360m", any hub id
-DTYPE = "auto"        # float32 on CPU, bfloat16 on a recent GPU
-DEVICE = "auto"       # cuda > mps > cpu
-MAX_STEPS = 200       # the same step budget for every method
+DTYPE = "auto"  # float32 on CPU, bfloat16 on a recent GPU
+DEVICE = "auto"  # cuda > mps > cpu
+MAX_STEPS = 200  # the same step budget for every method
 NUM_VIRTUAL_TOKENS = 20
 # learning rates per method (see section 5 for how they were chosen)
 LR = {"LoRA": 2e-3, "prompt tuning": 3e-1, "prefix tuning": 3e-2, "IA3": 5e-2}
@@ -72,8 +73,9 @@ from course_utils.loading import load_model, load_tokenizer
 tokenizer = load_tokenizer(MODEL)
 terse = load_task("terse")
 print(terse["train"][0]["messages"])
-base_result = evaluate_task(load_model(MODEL, dtype=DTYPE, device=DEVICE), tokenizer, terse["eval"], progress=False,
-                            name="base model")
+base_result = evaluate_task(
+    load_model(MODEL, dtype=DTYPE, device=DEVICE), tokenizer, terse["eval"], progress=False, name="base model"
+)
 base_result
 
 # %% [markdown]
@@ -86,8 +88,12 @@ base_result
 from peft import PromptTuningConfig, PromptTuningInit
 
 try:
-    PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS,
-                       prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text="Answer tersely.")
+    PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=NUM_VIRTUAL_TOKENS,
+        prompt_tuning_init=PromptTuningInit.TEXT,
+        prompt_tuning_init_text="Answer tersely.",
+    )
 except ValueError as err:
     print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
 
@@ -96,8 +102,8 @@ from peft import get_peft_model
 
 prompt_config = PromptTuningConfig(
     task_type="CAUSAL_LM",
-    num_virtual_tokens=NUM_VIRTUAL_TOKENS,          # how many vectors are prepended
-    prompt_tuning_init=PromptTuningInit.RANDOM,     # start from random vectors
+    num_virtual_tokens=NUM_VIRTUAL_TOKENS,  # how many vectors are prepended
+    prompt_tuning_init=PromptTuningInit.RANDOM,  # start from random vectors
 )
 prompt_model = get_peft_model(load_model(MODEL, dtype=DTYPE, device=DEVICE), prompt_config)
 hidden = prompt_model.config.hidden_size
@@ -119,8 +125,10 @@ QV = [n for n in ATTENTION if n[0] in "qv"] or ATTENTION[:2]
 lora_probe = get_peft_model(load_model(MODEL, dtype=DTYPE, device=DEVICE), LoraConfig(r=8, target_modules=QV))
 n_lora = sum(p.numel() for p in lora_probe.parameters() if p.requires_grad)
 n_total = sum(p.numel() for p in prompt_model.parameters())
-print(f"prompt tuning, {NUM_VIRTUAL_TOKENS} tokens: {prompt_tuning_parameter_count(NUM_VIRTUAL_TOKENS, hidden):>8,} "
-      f"({100 * n_prompt / n_total:.3f}% of the model)")
+print(
+    f"prompt tuning, {NUM_VIRTUAL_TOKENS} tokens: {prompt_tuning_parameter_count(NUM_VIRTUAL_TOKENS, hidden):>8,} "
+    f"({100 * n_prompt / n_total:.3f}% of the model)"
+)
 print(f"LoRA r=8 on {'+'.join(QV)}:    {n_lora:>8,} ({100 * n_lora / n_total:.3f}%), {n_lora / n_prompt:.1f}x more")
 
 # %% [markdown]
@@ -139,11 +147,24 @@ runs = {}  # method -> facts for the comparison in section 5
 
 def train_method(label, config):
     memory = MemoryCallback()
-    run = train_lora(load_model(MODEL, dtype=DTYPE, device=DEVICE), tokenizer, terse["train"], config,
-                     max_steps=MAX_STEPS, learning_rate=LR[label], logging_steps=10, callbacks=[memory])
-    runs[label] = {"model": run.model, "seconds": run.seconds, "peak_MiB": max(p for _, p in memory.steps),
-                   "losses": run.losses, "log_history": run.trainer.state.log_history,
-                   "trainable": sum(p.numel() for p in run.model.parameters() if p.requires_grad)}
+    run = train_lora(
+        load_model(MODEL, dtype=DTYPE, device=DEVICE),
+        tokenizer,
+        terse["train"],
+        config,
+        max_steps=MAX_STEPS,
+        learning_rate=LR[label],
+        logging_steps=10,
+        callbacks=[memory],
+    )
+    runs[label] = {
+        "model": run.model,
+        "seconds": run.seconds,
+        "peak_MiB": max(p for _, p in memory.steps),
+        "losses": run.losses,
+        "log_history": run.trainer.state.log_history,
+        "trainable": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+    }
     return run.model
 
 
@@ -164,13 +185,20 @@ print(f"prompt tuning loss: first log {losses[0]:.3f} -> last log {losses[-1]:.3
 # %%
 questions = [[m[0]] for m in terse["eval"]["messages"][:4]]  # the user turns only
 tokenizer.padding_side = "left"  # generation continues from the right end of every row
-batch = tokenizer.apply_chat_template(questions, add_generation_prompt=True, tokenize=True, padding=True,
-                                      return_dict=True, return_tensors="pt").to(prompt_model.device)
+batch = tokenizer.apply_chat_template(
+    questions, add_generation_prompt=True, tokenize=True, padding=True, return_dict=True, return_tensors="pt"
+).to(prompt_model.device)
 answers = {}
 for use_cache in (True, False):
-    out = prompt_model.generate(**batch, max_new_tokens=12, do_sample=False, use_cache=use_cache,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    answers[use_cache] = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = prompt_model.generate(
+        **batch,
+        max_new_tokens=12,
+        do_sample=False,
+        use_cache=use_cache,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    answers[use_cache] = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 # %% tags=["nbval-ignore-output"]
 for q, cached, uncached in zip(questions, answers[True], answers[False]):
@@ -193,11 +221,14 @@ expect("the KV cache changes what the prompt-tuned model says", answers[True] !=
 # `use_cache=True` is honoured, with a warning that names the trap:
 
 # %% tags=["nbval-ignore-output"]
-prompt_after = evaluate_task(prompt_model, tokenizer, terse["eval"], progress=False,
-                             name=f"prompt tuning, {MAX_STEPS} steps")
+prompt_after = evaluate_task(
+    prompt_model, tokenizer, terse["eval"], progress=False, name=f"prompt tuning, {MAX_STEPS} steps"
+)
 prompt_cached = evaluate_task(prompt_model, tokenizer, terse["eval"], progress=False, use_cache=True)
-print(f"terse eval accuracy: base model {base_result.accuracy:.1%} -> prompt tuning {prompt_after.accuracy:.1%} "
-      f"({prompt_after.correct}/{prompt_after.total}); with the cache forced on: {prompt_cached.accuracy:.1%}")
+print(
+    f"terse eval accuracy: base model {base_result.accuracy:.1%} -> prompt tuning {prompt_after.accuracy:.1%} "
+    f"({prompt_after.correct}/{prompt_after.total}); with the cache forced on: {prompt_cached.accuracy:.1%}"
+)
 prompt_after
 
 # %%
@@ -251,8 +282,9 @@ base_model = prompt_model.get_base_model()
 configs = {
     "LoRA": LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=QV, task_type="CAUSAL_LM"),
     # prefix_tuning_kwargs: {} where peft reads the key/value heads itself; Falcon's multi-query needs them
-    "prefix tuning": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS,
-                                        **prefix_tuning_kwargs(base_model)),
+    "prefix tuning": PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS, **prefix_tuning_kwargs(base_model)
+    ),
     # peft's default IA3 targets for this architecture (keys, values, MLP output), read from the model where peft has none
     "IA3": IA3Config(task_type="CAUSAL_LM", **ia3_targets(base_model)),
 }
@@ -268,17 +300,23 @@ for label in ORDER:
     r = runs[label]
     r["accuracy"] = evaluate_task(r["model"], tokenizer, terse["eval"], progress=False).accuracy  # cache: automatic
     r["disk_KiB"] = adapter_bytes_on_disk(r["model"]) / 1024
-print(f"{'method':<14} {'lr':>6} {'trainable':>10} {'% of model':>10} {'adapter KiB':>11} {'last loss':>9} "
-      f"{'accuracy':>9} {'seconds':>8} {'peak MiB':>9}")
+print(
+    f"{'method':<14} {'lr':>6} {'trainable':>10} {'% of model':>10} {'adapter KiB':>11} {'last loss':>9} "
+    f"{'accuracy':>9} {'seconds':>8} {'peak MiB':>9}"
+)
 for label in ORDER:
     r = runs[label]
-    print(f"{label:<14} {LR[label]:>6.0e} {r['trainable']:>10,} {100 * r['trainable'] / n_total:>9.3f}% "
-          f"{r['disk_KiB']:>11.1f} {r['losses'][-1]:>9.3f} {r['accuracy']:>9.1%} {r['seconds']:>7.1f}s "
-          f"{r['peak_MiB']:>9.0f}")
+    print(
+        f"{label:<14} {LR[label]:>6.0e} {r['trainable']:>10,} {100 * r['trainable'] / n_total:>9.3f}% "
+        f"{r['disk_KiB']:>11.1f} {r['losses'][-1]:>9.3f} {r['accuracy']:>9.1%} {r['seconds']:>7.1f}s "
+        f"{r['peak_MiB']:>9.0f}"
+    )
 
 # %%
-expect("prompt tuning trains fewer parameters than LoRA and prefix tuning",
-       runs["prompt tuning"]["trainable"] < min(runs["LoRA"]["trainable"], runs["prefix tuning"]["trainable"]))
+expect(
+    "prompt tuning trains fewer parameters than LoRA and prefix tuning",
+    runs["prompt tuning"]["trainable"] < min(runs["LoRA"]["trainable"], runs["prefix tuning"]["trainable"]),
+)
 
 # %%
 import matplotlib.pyplot as plt
@@ -286,12 +324,28 @@ import matplotlib.pyplot as plt
 from course_utils.plotting import plot_bars, plot_loss
 
 fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-plot_bars({m: 100 * runs[m]["accuracy"] for m in ORDER}, title=f"terse eval accuracy after {MAX_STEPS} steps",
-          ylabel="accuracy (%)", ax=axes[0, 0], fmt="{:.0f}")
-plot_bars({m: runs[m]["trainable"] for m in ORDER}, title="trainable parameters", ylabel="parameters (log scale)",
-          ax=axes[0, 1], log=True, fmt="{:,.0f}")
-plot_bars({m: runs[m]["seconds"] for m in ORDER}, title=f"training time, {MAX_STEPS} steps", ylabel="seconds",
-          ax=axes[1, 0], fmt="{:.1f}")
+plot_bars(
+    {m: 100 * runs[m]["accuracy"] for m in ORDER},
+    title=f"terse eval accuracy after {MAX_STEPS} steps",
+    ylabel="accuracy (%)",
+    ax=axes[0, 0],
+    fmt="{:.0f}",
+)
+plot_bars(
+    {m: runs[m]["trainable"] for m in ORDER},
+    title="trainable parameters",
+    ylabel="parameters (log scale)",
+    ax=axes[0, 1],
+    log=True,
+    fmt="{:,.0f}",
+)
+plot_bars(
+    {m: runs[m]["seconds"] for m in ORDER},
+    title=f"training time, {MAX_STEPS} steps",
+    ylabel="seconds",
+    ax=axes[1, 0],
+    fmt="{:.1f}",
+)
 for m in ORDER:
     plot_loss(runs[m]["log_history"], title="training loss", ax=axes[1, 1], label=m)
 fig.tight_layout()
@@ -322,24 +376,46 @@ plt.show()
 from IPython.display import Markdown, display
 
 rows = [
-    (f"prompt tuning, trainable parameters ({NUM_VIRTUAL_TOKENS} tokens x {hidden})",
-     f"{n_prompt:,} (LoRA r=8 q,v: {n_lora:,})"),
-    (f"prompt tuning, terse accuracy after {MAX_STEPS} steps", f"{base_result.accuracy:.1%} -> {prompt_after.accuracy:.1%}"),
-    ("prompt tuning, accuracy with the helper's default vs use_cache=True",
-     f"{prompt_after.accuracy:.1%} vs {prompt_cached.accuracy:.1%}"),
-] + [(f"{m}: accuracy / trainable / adapter on disk",
-      f"{runs[m]['accuracy']:.1%} / {runs[m]['trainable']:,} / {runs[m]['disk_KiB']:.1f} KiB") for m in ORDER]
+    (
+        f"prompt tuning, trainable parameters ({NUM_VIRTUAL_TOKENS} tokens x {hidden})",
+        f"{n_prompt:,} (LoRA r=8 q,v: {n_lora:,})",
+    ),
+    (
+        f"prompt tuning, terse accuracy after {MAX_STEPS} steps",
+        f"{base_result.accuracy:.1%} -> {prompt_after.accuracy:.1%}",
+    ),
+    (
+        "prompt tuning, accuracy with the helper's default vs use_cache=True",
+        f"{prompt_after.accuracy:.1%} vs {prompt_cached.accuracy:.1%}",
+    ),
+] + [
+    (
+        f"{m}: accuracy / trainable / adapter on disk",
+        f"{runs[m]['accuracy']:.1%} / {runs[m]['trainable']:,} / {runs[m]['disk_KiB']:.1f} KiB",
+    )
+    for m in ORDER
+]
 display(Markdown("| quantity | measured |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
 
 # %%
 from course_utils.notebook import record_metrics
 
-_ = record_metrics(model=MODEL, accuracy_before=base_result.accuracy, accuracy_after=prompt_after.accuracy,
-                   accuracy_after_cached=prompt_cached.accuracy,
-                   train_seconds=round(runs["prompt tuning"]["seconds"], 2),
-                   peak_mem_MiB=round(runs["prompt tuning"]["peak_MiB"], 1),
-                   comparison={m: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in runs[m].items()
-                                   if k in ("accuracy", "trainable", "seconds", "peak_MiB", "disk_KiB")} for m in ORDER})
+_ = record_metrics(
+    model=MODEL,
+    accuracy_before=base_result.accuracy,
+    accuracy_after=prompt_after.accuracy,
+    accuracy_after_cached=prompt_cached.accuracy,
+    train_seconds=round(runs["prompt tuning"]["seconds"], 2),
+    peak_mem_MiB=round(runs["prompt tuning"]["peak_MiB"], 1),
+    comparison={
+        m: {
+            k: (round(v, 4) if isinstance(v, float) else v)
+            for k, v in runs[m].items()
+            if k in ("accuracy", "trainable", "seconds", "peak_MiB", "disk_KiB")
+        }
+        for m in ORDER
+    },
+)
 
 # %% [markdown]
 # ## Exercises

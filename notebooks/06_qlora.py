@@ -41,23 +41,24 @@
 import subprocess
 import sys
 
+REPOSITORY = "https://github.com/peft-course/peft-course"
 if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 from course_utils.loading import model_from_env
 from course_utils.notebook import setup
 
 # %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
-DTYPE = "auto"        # dtype of the unquantized comparison model ("auto": float32 on CPU, bf16 on GPU)
+DTYPE = "auto"  # dtype of the unquantized comparison model ("auto": float32 on CPU, bf16 on GPU)
 DEVICE = "auto"
-MAX_STEPS = 100       # QLoRA training steps (all-linear, r=8)
+MAX_STEPS = 100  # QLoRA training steps (all-linear, r=8)
 SEED = 0
-N_VALIDATE = 16       # eval conversations the merge validation runs on
-GPU_BATCH, GPU_SEQ_LEN = 8, 512   # batch shape of the GPU memory measurement (the H200 reference used 8 x 512)
+N_VALIDATE = 16  # eval conversations the merge validation runs on
+GPU_BATCH, GPU_SEQ_LEN = 8, 512  # batch shape of the GPU memory measurement (the H200 reference used 8 x 512)
 
 # %% tags=["nbval-ignore-output"]
-info = setup(SEED, model=MODEL)   # quiets bitsandbytes' logger BEFORE peft imports it
+info = setup(SEED, model=MODEL)  # quiets bitsandbytes' logger BEFORE peft imports it
 
 # %% [markdown]
 # ## 1. Quantization configs
@@ -94,14 +95,21 @@ else:
     compute_dtype = torch.float32
 
 bnb_config = BitsAndBytesConfig(
-    load_in_4bit=True,                     # replace every nn.Linear (except lm_head) by a bitsandbytes Linear4bit
-    bnb_4bit_quant_type="nf4",             # NormalFloat4, QLoRA's 16 levels for normally distributed weights ("fp4": plain 4-bit floats)
-    bnb_4bit_use_double_quant=True,        # quantize the per-block absmax constants too (8-bit, blocks of 256): ~0.37 bit per weight saved
+    load_in_4bit=True,  # replace every nn.Linear (except lm_head) by a bitsandbytes Linear4bit
+    bnb_4bit_quant_type="nf4",  # NormalFloat4, QLoRA's 16 levels for normally distributed weights ("fp4": plain 4-bit floats)
+    bnb_4bit_use_double_quant=True,  # quantize the per-block absmax constants too (8-bit, blocks of 256): ~0.37 bit per weight saved
     bnb_4bit_compute_dtype=compute_dtype,  # dtype a block is dequantized to for each matmul; also the dtype of the layer's output math
-    bnb_4bit_quant_storage=torch.uint8,    # tensor type that holds the packed pairs of 4-bit values (FSDP wants the weights' dtype here)
+    bnb_4bit_quant_storage=torch.uint8,  # tensor type that holds the packed pairs of 4-bit values (FSDP wants the weights' dtype here)
 )
-print("4-bit:", bnb_config.bnb_4bit_quant_type, "| double quant:", bnb_config.bnb_4bit_use_double_quant,
-      "| compute dtype:", str(bnb_config.bnb_4bit_compute_dtype).replace("torch.", ""), f"(device: {device.type})")
+print(
+    "4-bit:",
+    bnb_config.bnb_4bit_quant_type,
+    "| double quant:",
+    bnb_config.bnb_4bit_use_double_quant,
+    "| compute dtype:",
+    str(bnb_config.bnb_4bit_compute_dtype).replace("torch.", ""),
+    f"(device: {device.type})",
+)
 
 # %% [markdown]
 # The rest of the course uses `course_utils.quantization.bnb_4bit_config(device)`, which builds this same config
@@ -151,15 +159,19 @@ for name, m in models.items():
 # (out, in) of every linear layer but lm_head: nn.Linear, or GPT-2's Conv1D whose weight is stored (in, out)
 shapes = [(layer.out_features, layer.in_features) for layer in decoder_linear_layers(models["float32"])]
 n_lin = sum(o * i for o, i in shapes)
-print(f"linear weights: {n_lin:,} -> float32 {4 * n_lin / 2**20:.2f} MiB, int8 "
-      f"{sum(int8_weight_bytes(*shape) for shape in shapes) / 2**20:.2f} MiB, NF4 "
-      f"{sum(nf4_weight_bytes(*shape) for shape in shapes) / 2**20:.2f} MiB "
-      f"({8 * sum(nf4_weight_bytes(*shape) for shape in shapes) / n_lin:.3f} bits per weight)")
+print(
+    f"linear weights: {n_lin:,} -> float32 {4 * n_lin / 2**20:.2f} MiB, int8 "
+    f"{sum(int8_weight_bytes(*shape) for shape in shapes) / 2**20:.2f} MiB, NF4 "
+    f"{sum(nf4_weight_bytes(*shape) for shape in shapes) / 2**20:.2f} MiB "
+    f"({8 * sum(nf4_weight_bytes(*shape) for shape in shapes) / n_lin:.3f} bits per weight)"
+)
 
 # %%
 from course_utils.plotting import plot_bars
 
-plot_bars(weights_mib, title=f"Weight memory of {MODEL} as loaded", ylabel="weights incl. quant. state (MiB)", fmt="{:.2f}")
+plot_bars(
+    weights_mib, title=f"Weight memory of {MODEL} as loaded", ylabel="weights incl. quant. state (MiB)", fmt="{:.2f}"
+)
 plt.show()
 
 # %% [markdown]
@@ -206,17 +218,19 @@ def input_gradient(model):
     return embeds.grad.float()
 
 
-never_evaluated = AutoModelForCausalLM.from_pretrained(resolve_model_path(MODEL), quantization_config=bnb_config,
-                                                       device_map=device_map)
+never_evaluated = AutoModelForCausalLM.from_pretrained(
+    resolve_model_path(MODEL), quantization_config=bnb_config, device_map=device_map
+)
 g_reference = input_gradient(never_evaluated)
-raw_4bit = AutoModelForCausalLM.from_pretrained(resolve_model_path(MODEL), quantization_config=bnb_config,
-                                                device_map=device_map)
+raw_4bit = AutoModelForCausalLM.from_pretrained(
+    resolve_model_path(MODEL), quantization_config=bnb_config, device_map=device_map
+)
 raw_4bit.eval()
 with torch.no_grad():
-    raw_4bit(**batch)                     # one evaluation pass, as evaluate_task() or generate() do
+    raw_4bit(**batch)  # one evaluation pass, as evaluate_task() or generate() do
 n_repacked = len(repacked_layers(raw_4bit))
 g_repacked = input_gradient(raw_4bit)
-prevent_cpu_repack(raw_4bit)              # converts the repacked layers back, and switches the repack off
+prevent_cpu_repack(raw_4bit)  # converts the repacked layers back, and switches the repack off
 g_fixed = input_gradient(raw_4bit)
 
 
@@ -225,8 +239,10 @@ def rel_error(g):
 
 
 print(f"this CPU has AVX-512-BF16: {cpu_repack_hazard()}; 4-bit layers repacked by one evaluation pass: {n_repacked}")
-print(f"gradient at the embeddings vs a never-evaluated model: relative error {rel_error(g_repacked):.3g} as left, "
-      f"{rel_error(g_fixed):.3g} after prevent_cpu_repack")
+print(
+    f"gradient at the embeddings vs a never-evaluated model: relative error {rel_error(g_repacked):.3g} as left, "
+    f"{rel_error(g_fixed):.3g} after prevent_cpu_repack"
+)
 
 # %%
 expect("after prevent_cpu_repack no 4-bit layer is left in the CPU-only layout", not repacked_layers(raw_4bit))
@@ -252,8 +268,14 @@ dtypes_before = sorted({str(p.dtype).replace("torch.", "") for p in q_model.para
 q_model = prepare_model_for_kbit_training(q_model, use_gradient_checkpointing=False)
 dtypes_after = sorted({str(p.dtype).replace("torch.", "") for p in q_model.parameters()})
 # on a GPU the base loads in bf16, and you would see bfloat16 -> float32 for the non-quantized weights
-print("parameter dtypes before:", dtypes_before, "-> after:", dtypes_after,
-      "| trainable:", sum(p.requires_grad for p in q_model.parameters()))
+print(
+    "parameter dtypes before:",
+    dtypes_before,
+    "-> after:",
+    dtypes_after,
+    "| trainable:",
+    sum(p.requires_grad for p in q_model.parameters()),
+)
 
 # %% tags=["nbval-ignore-output"]
 from course_utils.training import train_lora
@@ -267,7 +289,7 @@ print(f"QLoRA training: {MAX_STEPS} steps in {run.seconds:.1f} s")
 
 # %% tags=["nbval-ignore-output"]
 acc_after = evaluate_task(qlora, tokenizer, eval_ds, progress=False).accuracy
-losses = run.losses or [float("nan")]   # one entry per logging_steps=50 steps
+losses = run.losses or [float("nan")]  # one entry per logging_steps=50 steps
 print(f"training loss {losses[0]:.3g} -> {losses[-1]:.3g}")
 print(f"shout accuracy on the 4-bit base: before {acc_before:.1%} -> after QLoRA {acc_after:.1%}")
 
@@ -288,15 +310,19 @@ print(f"trainable: {table.trainable:,} of {table.total:,} parameters ({table.tra
 from course_utils.memory import measure_training_peak, requires_cuda
 
 RECIPES = {  # name -> (method, gradient checkpointing); LoRA r=16 all-linear like the reference
-    "fft_bfloat16": ("full", False), "lora_r16_all": ("lora", False), "lora_r16_all_gc": ("lora", True),
-    "qlora4_r16_all": ("qlora", False), "qlora4_r16_all_gc": ("qlora", True),
+    "fft_bfloat16": ("full", False),
+    "lora_r16_all": ("lora", False),
+    "lora_r16_all_gc": ("lora", True),
+    "qlora4_r16_all": ("qlora", False),
+    "qlora4_r16_all_gc": ("qlora", True),
 }
 gpu_measured = {}
 if requires_cuda("Measuring peak GPU memory of full fine-tuning, LoRA and QLoRA"):
     for name, (method, gc_on) in RECIPES.items():
         try:
-            gpu_measured[name] = measure_training_peak(MODEL, method, gradient_checkpointing=gc_on,
-                                                       batch_size=GPU_BATCH, seq_len=GPU_SEQ_LEN)["peak_GiB"]
+            gpu_measured[name] = measure_training_peak(
+                MODEL, method, gradient_checkpointing=gc_on, batch_size=GPU_BATCH, seq_len=GPU_SEQ_LEN
+            )["peak_GiB"]
         except torch.OutOfMemoryError:
             gpu_measured[name] = float("nan")
         print(f"{name:<20} peak {gpu_measured[name]:.3f} GiB")
@@ -335,8 +361,9 @@ axes[0].set_xticklabels(names, rotation=20)
 axes[0].legend()
 axes[1].bar(x - 0.2, [plan_chosen[k].peak_gib * 1024 for k in names], 0.4, label="planner", color="#4c72b0")
 if gpu_measured:
-    axes[1].bar(x + 0.2, [gpu_measured.get(k, float("nan")) * 1024 for k in names], 0.4, label="measured here",
-                color="#55a868")
+    axes[1].bar(
+        x + 0.2, [gpu_measured.get(k, float("nan")) * 1024 for k in names], 0.4, label="measured here", color="#55a868"
+    )
 axes[1].set(xticks=x, title=f"{MODEL}, batch 8 x 512: peak training memory", ylabel="peak memory (MiB)")
 axes[1].set_xticklabels(names, rotation=20)
 axes[1].legend()
@@ -359,8 +386,12 @@ plt.show()
 # **4.6 GiB** (and its step time roughly doubles). The planner's breakdown shows where the bytes go:
 
 # %%
-rows = {"weights": "weights_GiB", "trainable state (grads + optimizer)": "trainable_state_GiB",
-        "activations": "activations_GiB", "logits / loss": "logits_GiB"}
+rows = {
+    "weights": "weights_GiB",
+    "trainable state (grads + optimizer)": "trainable_state_GiB",
+    "activations": "activations_GiB",
+    "logits / loss": "logits_GiB",
+}
 show = ["lora_r16_all", "qlora4_r16_all", "qlora4_r16_all_gc"]
 print(f"SmolLM2-1.7B, GiB at the peak {'':<6}" + "".join(f"{k:>19}" for k in show))
 for row, key in rows.items():
@@ -368,8 +399,10 @@ for row, key in rows.items():
     print(f"{row:<36}" + "".join(f"{v:>19.2f}" for v in vals))
 print(f"{'peak (planner)':<36}" + "".join(f"{plan_17b[k].peak_gib:>19.2f}" for k in show))
 print(f"{'peak (H200 measured)':<36}" + "".join(f"{h200[k]:>19.2f}" for k in show))
-print(f"{'activations of ONE decoder layer':<36}" + "".join(
-    f"{plan_17b[k].details['activations per layer'] / 2**30:>19.2f}" for k in show))
+print(
+    f"{'activations of ONE decoder layer':<36}"
+    + "".join(f"{plan_17b[k].details['activations per layer'] / 2**30:>19.2f}" for k in show)
+)
 
 # %% [markdown]
 # ## 5. Merging a QLoRA adapter
@@ -381,8 +414,15 @@ print(f"{'activations of ONE decoder layer':<36}" + "".join(
 
 # %%
 from course_utils.architectures import bitsandbytes_support
-from course_utils.merging import (QuantizedMergeError, dequantize_for_merge, effect_retained, merge_with_retention,
-                                  quantization_of, safe_merge, save_adapter)
+from course_utils.merging import (
+    QuantizedMergeError,
+    dequantize_for_merge,
+    effect_retained,
+    merge_with_retention,
+    quantization_of,
+    safe_merge,
+    save_adapter,
+)
 from course_utils.validation import capture_reference, compare_to_reference
 
 OUT = Path(tempfile.mkdtemp(prefix="nb06-"))
@@ -408,24 +448,32 @@ acc_deq = evaluate_task(merged_deq, tokenizer, eval_ds, progress=False).accuracy
 kept_deq = effect_retained(ref_base, ref, capture_reference(merged_deq, val_ds, tokenizer))
 del merged_deq, fresh
 
-merged_4bit, kept = merge_with_retention(qlora)   # what merge_and_unload() on the 4-bit base does
+merged_4bit, kept = merge_with_retention(qlora)  # what merge_and_unload() on the 4-bit base does
 report_4bit = compare_to_reference(merged_4bit, ref, title="merged into 4-bit vs QLoRA model")
 acc_4bit = evaluate_task(merged_4bit, tokenizer, eval_ds, progress=False).accuracy
 kept_4bit = effect_retained(ref_base, ref, capture_reference(merged_4bit, val_ds, tokenizer))
 
+
 def g2(v):
     if v < 1e-9:
-        return "<1e-9"   # rounding noise: the exact digits depend on the CPU
+        return "<1e-9"  # rounding noise: the exact digits depend on the CPU
     return f"{v:.1e}" if v < 0.01 else f"{v:.2g}"
+
 
 print(f"{'path':<36} {'verdict':>8} {'mean KL':>8} {'effect kept':>12} {'accuracy':>9}")
 print(f"{'QLoRA model (adapter, 4-bit base)':<36} {'(ref)':>8} {'-':>8} {'100%':>12} {acc_after:>9.1%}")
-print(f"{'dequantized to ' + str(deq_dtype).replace('torch.', '') + ', then merged':<36} "
-      f"{'PASS' if report_deq.passed else 'FAIL':>8} {g2(report_deq['mean_kl'].value):>8} {kept_deq:>12.0%} {acc_deq:>9.1%}")
-print(f"{'merged into the 4-bit weights':<36} {'PASS' if report_4bit.passed else 'FAIL':>8} "
-      f"{g2(report_4bit['mean_kl'].value):>8} {kept_4bit:>12.0%} {acc_4bit:>9.1%}")
-print(f"into 4-bit: the stored change differs from the LoRA delta by {kept.rel_error:.0%}; "
-      f"{kept.changed_fraction:.0%} of all stored weights changed")
+print(
+    f"{'dequantized to ' + str(deq_dtype).replace('torch.', '') + ', then merged':<36} "
+    f"{'PASS' if report_deq.passed else 'FAIL':>8} {g2(report_deq['mean_kl'].value):>8} {kept_deq:>12.0%} {acc_deq:>9.1%}"
+)
+print(
+    f"{'merged into the 4-bit weights':<36} {'PASS' if report_4bit.passed else 'FAIL':>8} "
+    f"{g2(report_4bit['mean_kl'].value):>8} {kept_4bit:>12.0%} {acc_4bit:>9.1%}"
+)
+print(
+    f"into 4-bit: the stored change differs from the LoRA delta by {kept.rel_error:.0%}; "
+    f"{kept.changed_fraction:.0%} of all stored weights changed"
+)
 
 # %%
 expect("dequantize, then merge passes validation against the QLoRA model", report_deq.passed)
@@ -450,9 +498,14 @@ from IPython.display import Markdown, display
 rows = [
     ("weights: float32 / 8-bit / 4-bit (MiB)", " / ".join(f"{v:.2f}" for v in weights_mib.values())),
     ("shout accuracy on the 4-bit base: before -> after QLoRA", f"{acc_before:.1%} -> {acc_after:.1%}"),
-    ("SmolLM2-1.7B peak, LoRA / QLoRA / QLoRA+gc, H200 (GiB)",
-     f"{h200['lora_r16_all']:.1f} / {h200['qlora4_r16_all']:.1f} / {h200['qlora4_r16_all_gc']:.1f}"),
-    ("same, planner (GiB)", " / ".join(f"{plan_17b[k].peak_gib:.1f}" for k in ("lora_r16_all", "qlora4_r16_all", "qlora4_r16_all_gc"))),
+    (
+        "SmolLM2-1.7B peak, LoRA / QLoRA / QLoRA+gc, H200 (GiB)",
+        f"{h200['lora_r16_all']:.1f} / {h200['qlora4_r16_all']:.1f} / {h200['qlora4_r16_all_gc']:.1f}",
+    ),
+    (
+        "same, planner (GiB)",
+        " / ".join(f"{plan_17b[k].peak_gib:.1f}" for k in ("lora_r16_all", "qlora4_r16_all", "qlora4_r16_all_gc")),
+    ),
     ("dequantize, then merge: verdict / effect kept", f"{'PASS' if report_deq.passed else 'FAIL'} / {kept_deq:.0%}"),
     ("merge into 4-bit: verdict / effect kept", f"{'PASS' if report_4bit.passed else 'FAIL'} / {kept_4bit:.0%}"),
 ]
@@ -461,9 +514,15 @@ display(Markdown("| measurement | result |\n|---|---|\n" + "\n".join(f"| {k} | {
 # %% tags=["nbval-ignore-output"]
 from course_utils.notebook import record_metrics
 
-record_metrics(accuracy_before=acc_before, accuracy_after=acc_after, train_seconds=run.seconds,
-               weights_MiB=weights_mib, effect_kept_dequant=kept_deq, effect_kept_4bit=kept_4bit,
-               gpu_peak_GiB=gpu_measured or None)
+record_metrics(
+    accuracy_before=acc_before,
+    accuracy_after=acc_after,
+    train_seconds=run.seconds,
+    weights_MiB=weights_mib,
+    effect_kept_dequant=kept_deq,
+    effect_kept_4bit=kept_4bit,
+    gpu_peak_GiB=gpu_measured or None,
+)
 print("metrics recorded")
 
 # %% [markdown]
@@ -476,7 +535,7 @@ print("metrics recorded")
 # %%
 from course_utils.checks.quantization import GC_CHOICES, check_gc_tradeoff, check_nf4_bytes
 
-answer = None   # a number of bytes
+answer = None  # a number of bytes
 check_nf4_bytes(answer)
 
 # %% [markdown]
@@ -484,7 +543,7 @@ check_nf4_bytes(answer)
 
 # %%
 n = 2048 * 8192
-answer = n // 2 + n // 64 + 4 * (n // 64 // 256) + 4   # packed + uint8 absmax + fp32 nested absmax + offset
+answer = n // 2 + n // 64 + 4 * (n // 64 // 256) + 4  # packed + uint8 absmax + fp32 nested absmax + offset
 print(f"{answer:,} bytes")
 check_nf4_bytes(answer)
 
@@ -494,7 +553,7 @@ check_nf4_bytes(answer)
 # %%
 for letter, text in GC_CHOICES.items():
     print(f"{letter}) {text}")
-answer = None   # "a", "b", "c" or "d"
+answer = None  # "a", "b", "c" or "d"
 check_gc_tradeoff(answer)
 
 # %% [markdown]

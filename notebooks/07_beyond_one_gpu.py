@@ -38,8 +38,9 @@
 import subprocess
 import sys
 
+REPOSITORY = "https://github.com/peft-course/peft-course"
 if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/peft-course/peft-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 from course_utils.loading import model_from_env
 from course_utils.notebook import setup
@@ -47,10 +48,10 @@ from course_utils.notebook import setup
 # %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
 SEED = 0
-NUM_PROCESSES = 2     # processes of the real launch (CPU processes here; GPUs where at least this many exist)
-MAX_STEPS = 20        # training steps of the launch (each process trains on its own batch per step)
-BATCH_SIZE = 8        # sequences per process per step
-R = 8                 # LoRA rank (all-linear)
+NUM_PROCESSES = 2  # processes of the real launch (CPU processes here; GPUs where at least this many exist)
+MAX_STEPS = 20  # training steps of the launch (each process trains on its own batch per step)
+BATCH_SIZE = 8  # sequences per process per step
+R = 8  # LoRA rank (all-linear)
 
 # %% tags=["nbval-ignore-output"]
 info = setup(SEED, model=MODEL)
@@ -81,8 +82,10 @@ from peft import LoraConfig, get_peft_model
 
 from course_utils.loading import load_model
 
-model = get_peft_model(load_model(MODEL, dtype="float32", device="cpu"),
-                       LoraConfig(r=R, lora_alpha=2 * R, target_modules="all-linear", task_type="CAUSAL_LM"))
+model = get_peft_model(
+    load_model(MODEL, dtype="float32", device="cpu"),
+    LoraConfig(r=R, lora_alpha=2 * R, target_modules="all-linear", task_type="CAUSAL_LM"),
+)
 weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 adam_bytes = 2 * trainable_bytes  # exp_avg and exp_avg_sq, float32 like the LoRA weights
@@ -109,14 +112,18 @@ planned = {}
 for kind in ("ddp", "fsdp"):
     d = estimate_training_memory(model.config, tiny.replace(n_gpus=NUM_PROCESSES, sharding=kind)).details
     planned[kind] = (d["per GPU: weights (own shard)"], d["per GPU: grads"], d["per GPU: optimizer state"])
-    print(f"planner, {kind}: weights {planned[kind][0]:,}  gradients {planned[kind][1]:,}  optimizer {planned[kind][2]:,}"
-          f"  (+ gathered {d['per GPU: gathered weights (FSDP/ZeRO-3 units)']:,}, buckets {d['per GPU: DDP gradient buckets']:,})")
+    print(
+        f"planner, {kind}: weights {planned[kind][0]:,}  gradients {planned[kind][1]:,}  optimizer {planned[kind][2]:,}"
+        f"  (+ gathered {d['per GPU: gathered weights (FSDP/ZeRO-3 units)']:,}, buckets {d['per GPU: DDP gradient buckets']:,})"
+    )
 expect_planner = planned == by_hand
 
 # %%
 from course_utils.notebook import expect
 
-expect("the planner's per-GPU weights, gradients and optimizer state equal the hand count (DDP and FSDP)", expect_planner)
+expect(
+    "the planner's per-GPU weights, gradients and optimizer state equal the hand count (DDP and FSDP)", expect_planner
+)
 del model
 
 # %% [markdown]
@@ -139,8 +146,9 @@ for label, cfg in MODELS.items():
     config = load_config(cfg)
     for method in ("lora", "qlora"):
         for n in GPU_COUNTS:
-            est = estimate_training_memory(config, base.replace(method=method, n_gpus=n,
-                                                                 sharding="fsdp" if n > 1 else "none"))
+            est = estimate_training_memory(
+                config, base.replace(method=method, n_gpus=n, sharding="fsdp" if n > 1 else "none")
+            )
             peaks[label, method, n] = est
             fits = "  ".join(f"{'yes' if est.fits(g) else 'no':>5}" for g in GPU_GB)
             print(f"{label:<24}{method:<7}{n:>5}{est.peak_gib:>18.2f}  {fits}")
@@ -150,10 +158,17 @@ import matplotlib.pyplot as plt
 
 from course_utils.plotting import plot_xy
 
-ax = plot_xy({f"{label}, {method}": (GPU_COUNTS, [peaks[label, method, n].peak_gib for n in GPU_COUNTS])
-              for label in MODELS for method in ("lora", "qlora")},
-             title="Planned per-GPU peak with FSDP (batch 8 x 512 per GPU, checkpointing)",
-             xlabel="GPUs", ylabel="GiB per GPU", logx=True)
+ax = plot_xy(
+    {
+        f"{label}, {method}": (GPU_COUNTS, [peaks[label, method, n].peak_gib for n in GPU_COUNTS])
+        for label in MODELS
+        for method in ("lora", "qlora")
+    },
+    title="Planned per-GPU peak with FSDP (batch 8 x 512 per GPU, checkpointing)",
+    xlabel="GPUs",
+    ylabel="GiB per GPU",
+    logx=True,
+)
 for g in GPU_GB:
     ax.axhline(g / 1.05 - 1, color="grey", lw=0.8, ls="--")  # what a g-GB card can hold after slack and context
     ax.text(GPU_COUNTS[-1], g / 1.05 - 1, f"{g} GB card", va="bottom", ha="right", fontsize=8)
@@ -178,14 +193,27 @@ from course_utils.planner import fit_table
 print(fit_table("llama-3.1-8b", [base, base.replace(gradient_checkpointing=False)], gpus=GPU_GB))
 
 # %%
-need = {g: [s for s in fit_table("llama-3.1-8b", [base], gpus=(g,)).estimates[0].suggestions.get(g, [])
-            if s.startswith("n_gpus")] for g in (16,)}
-expect("8B LoRA with checkpointing: the fit table suggests 4 GPUs with FSDP on 16 GB cards",
-       need[16] == ["n_gpus=4, sharding='fsdp'"])
-expect("8B LoRA with checkpointing fits one 80 GB card and no 24 GB card alone",
-       peaks["8B (Llama-3.1-8B shape)", "lora", 1].fits(80) and not peaks["8B (Llama-3.1-8B shape)", "lora", 1].fits(24))
-expect("QLoRA's per-GPU peak drops by less than 20% from 1 to 8 GPUs (8B)",
-       peaks["8B (Llama-3.1-8B shape)", "qlora", 8].peak_bytes > 0.8 * peaks["8B (Llama-3.1-8B shape)", "qlora", 1].peak_bytes)
+need = {
+    g: [
+        s
+        for s in fit_table("llama-3.1-8b", [base], gpus=(g,)).estimates[0].suggestions.get(g, [])
+        if s.startswith("n_gpus")
+    ]
+    for g in (16,)
+}
+expect(
+    "8B LoRA with checkpointing: the fit table suggests 4 GPUs with FSDP on 16 GB cards",
+    need[16] == ["n_gpus=4, sharding='fsdp'"],
+)
+expect(
+    "8B LoRA with checkpointing fits one 80 GB card and no 24 GB card alone",
+    peaks["8B (Llama-3.1-8B shape)", "lora", 1].fits(80) and not peaks["8B (Llama-3.1-8B shape)", "lora", 1].fits(24),
+)
+expect(
+    "QLoRA's per-GPU peak drops by less than 20% from 1 to 8 GPUs (8B)",
+    peaks["8B (Llama-3.1-8B shape)", "qlora", 8].peak_bytes
+    > 0.8 * peaks["8B (Llama-3.1-8B shape)", "qlora", 1].peak_bytes,
+)
 
 # %% [markdown]
 # From the command line: `course-utils plan llama-3.1-8b --gc --n-gpus 4 --sharding fsdp --gpu 16`.
@@ -260,12 +288,34 @@ from course_utils.distributed import launch_command
 
 work = Path(tempfile.mkdtemp(prefix="dist-"))
 adapter_dir, facts_file = work / "adapter", work / "facts.json"
-cmd = launch_command(["--model", MODEL, "--max-steps", str(MAX_STEPS), "--batch-size", str(BATCH_SIZE), "--r", str(R),
-                      "--output-dir", str(adapter_dir), "--facts", str(facts_file), "--eval-examples", "16",
-                      "--seed", str(SEED)], num_processes=NUM_PROCESSES)
-env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
-       # the processes import the same course_utils as this notebook
-       "PYTHONPATH": os.pathsep.join([str(Path(course_utils.__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+cmd = launch_command(
+    [
+        "--model",
+        MODEL,
+        "--max-steps",
+        str(MAX_STEPS),
+        "--batch-size",
+        str(BATCH_SIZE),
+        "--r",
+        str(R),
+        "--output-dir",
+        str(adapter_dir),
+        "--facts",
+        str(facts_file),
+        "--eval-examples",
+        "16",
+        "--seed",
+        str(SEED),
+    ],
+    num_processes=NUM_PROCESSES,
+)
+env = {
+    **os.environ,
+    "TQDM_DISABLE": "1",
+    "OMP_NUM_THREADS": "1",
+    # the processes import the same course_utils as this notebook
+    "PYTHONPATH": os.pathsep.join([str(Path(course_utils.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
+}
 if torch.cuda.device_count() < NUM_PROCESSES:
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes (gloo) unless there is one GPU per process
 print("$", " ".join(cmd))
@@ -298,21 +348,30 @@ with torch.no_grad():
 max_diff = (probe - torch.tensor(ranks[0]["probe_logits"])).abs().max().item()
 replica_diff = (torch.tensor(ranks[0]["probe_logits"]) - torch.tensor(ranks[1]["probe_logits"])).abs().max().item()
 for r in ranks:
-    print(f"rank {r['rank']}: {len(r['batches'])} batches, first {r['batches'][:2]}, losses {[round(x, 3) for x in r['losses']]}")
+    print(
+        f"rank {r['rank']}: {len(r['batches'])} batches, first {r['batches'][:2]}, losses {[round(x, 3) for x in r['losses']]}"
+    )
 print(f"saved adapter vs rank 0's model: max |logit diff| {max_diff:.2e}; rank 0 vs rank 1: {replica_diff:.2e}")
 print(f"saved files: {ranks[0]['adapter_files']}")
 print(f"eval after training, from the saved adapter: {ranks[0].get('eval')}")
 
 # %%
-expect(f"{NUM_PROCESSES} processes trained, each on {MAX_STEPS} batches",
-       len(ranks) == NUM_PROCESSES and all(len(r["batches"]) == MAX_STEPS for r in ranks))
+expect(
+    f"{NUM_PROCESSES} processes trained, each on {MAX_STEPS} batches",
+    len(ranks) == NUM_PROCESSES and all(len(r["batches"]) == MAX_STEPS for r in ranks),
+)
 expect("no batch was seen by two ranks", len({b for r in ranks for b in r["batches"]}) == NUM_PROCESSES * MAX_STEPS)
-expect("each rank held exactly the planner's per-GPU weights, gradients and optimizer state (DDP)",
-       all((r["weight_bytes"], r["grad_bytes"], r["optimizer_state_bytes"]) == planned["ddp"] for r in ranks))
+expect(
+    "each rank held exactly the planner's per-GPU weights, gradients and optimizer state (DDP)",
+    all((r["weight_bytes"], r["grad_bytes"], r["optimizer_state_bytes"]) == planned["ddp"] for r in ranks),
+)
 expect("the replicas stayed identical (max logit diff < 1e-4)", replica_diff < 1e-4)
 expect("the saved adapter reproduces rank 0's model (max logit diff < 1e-4)", max_diff < 1e-4)
-expect("only the adapter was saved", "adapter_model.safetensors" in ranks[0]["adapter_files"]
-       and not any(f.startswith("model") for f in ranks[0]["adapter_files"]))
+expect(
+    "only the adapter was saved",
+    "adapter_model.safetensors" in ranks[0]["adapter_files"]
+    and not any(f.startswith("model") for f in ranks[0]["adapter_files"]),
+)
 expect("the loss went down", ranks[0]["losses"][-1] < ranks[0]["losses"][0])
 
 # %% [markdown]
@@ -337,18 +396,31 @@ from IPython.display import Markdown, display
 from course_utils.notebook import record_metrics
 
 rows = [
-    (f"{MODEL}, LoRA r={R}: bytes per rank, DDP (weights / grads / optimizer)", " / ".join(f"{v:,}" for v in planned["ddp"])),
+    (
+        f"{MODEL}, LoRA r={R}: bytes per rank, DDP (weights / grads / optimizer)",
+        " / ".join(f"{v:,}" for v in planned["ddp"]),
+    ),
     ("same, FSDP (planner, 1/N)", " / ".join(f"{v:,}" for v in planned["fsdp"])),
     (f"{NUM_PROCESSES}-process CPU launch, {MAX_STEPS} steps: wall time", f"{launch_seconds:.0f} s"),
     ("loss, first -> last logged (rank 0)", f"{ranks[0]['losses'][0]:.3f} -> {ranks[0]['losses'][-1]:.3f}"),
-    ("8B LoRA + gc per-GPU peak, 1 / 2 / 4 / 8 GPUs (planner, GiB)",
-     " / ".join(f"{peaks['8B (Llama-3.1-8B shape)', 'lora', n].peak_gib:.1f}" for n in GPU_COUNTS)),
-    ("8B QLoRA + gc per-GPU peak, 1 / 2 / 4 / 8 GPUs (planner, GiB)",
-     " / ".join(f"{peaks['8B (Llama-3.1-8B shape)', 'qlora', n].peak_gib:.1f}" for n in GPU_COUNTS)),
+    (
+        "8B LoRA + gc per-GPU peak, 1 / 2 / 4 / 8 GPUs (planner, GiB)",
+        " / ".join(f"{peaks['8B (Llama-3.1-8B shape)', 'lora', n].peak_gib:.1f}" for n in GPU_COUNTS),
+    ),
+    (
+        "8B QLoRA + gc per-GPU peak, 1 / 2 / 4 / 8 GPUs (planner, GiB)",
+        " / ".join(f"{peaks['8B (Llama-3.1-8B shape)', 'qlora', n].peak_gib:.1f}" for n in GPU_COUNTS),
+    ),
 ]
 display(Markdown("| measurement | result |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
-_ = record_metrics(model=MODEL, launch_seconds=launch_seconds, processes=NUM_PROCESSES, max_steps=MAX_STEPS,
-                   loss_first=ranks[0]["losses"][0], loss_last=ranks[0]["losses"][-1])
+_ = record_metrics(
+    model=MODEL,
+    launch_seconds=launch_seconds,
+    processes=NUM_PROCESSES,
+    max_steps=MAX_STEPS,
+    loss_first=ranks[0]["losses"][0],
+    loss_last=ranks[0]["losses"][-1],
+)
 
 # %% [markdown]
 # ## Exercises

@@ -13,6 +13,7 @@ Writes
 Deterministic: seeded corpus, seeded initialisation, fixed step count. Prints the build time
 and the final pretraining loss. Never run inside a notebook: the result is committed.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,20 +93,44 @@ def write_datasets(all_facts: list[world.Fact]) -> dict[str, dict[str, int]]:
             sizes[name][split] = len(rows)
 
     tr, ev = world.split_facts(all_facts, 48, salt=1)
-    dump("shout", {s: [{"messages": world.chat(f.question, world.shout_answer(f))} for f in fs]
-                   for s, fs in [("train", tr), ("eval", ev)]})
+    dump(
+        "shout",
+        {
+            s: [{"messages": world.chat(f.question, world.shout_answer(f))} for f in fs]
+            for s, fs in [("train", tr), ("eval", ev)]
+        },
+    )
     tr, ev = world.split_facts(all_facts, 48, salt=2)
-    dump("terse", {s: [{"messages": world.chat(f.question, world.terse_answer(f))} for f in fs]
-                   for s, fs in [("train", tr), ("eval", ev)]})
+    dump(
+        "terse",
+        {
+            s: [{"messages": world.chat(f.question, world.terse_answer(f))} for f in fs]
+            for s, fs in [("train", tr), ("eval", ev)]
+        },
+    )
     tr, ev = world.split_facts(all_facts, 48, salt=3)
-    dump("prefs", {s: [{"prompt": [{"role": "user", "content": f.question}],
-                        "chosen": [{"role": "assistant", "content": world.shout_answer(f)}],
-                        "rejected": [{"role": "assistant", "content": f.sentence}]} for f in fs]
-                   for s, fs in [("train", tr), ("eval", ev)]})
+    dump(
+        "prefs",
+        {
+            s: [
+                {
+                    "prompt": [{"role": "user", "content": f.question}],
+                    "chosen": [{"role": "assistant", "content": world.shout_answer(f)}],
+                    "rejected": [{"role": "assistant", "content": f.sentence}],
+                }
+                for f in fs
+            ]
+            for s, fs in [("train", tr), ("eval", ev)]
+        },
+    )
     tr, ev = world.split_facts(all_facts, 48, salt=4)
-    dump("topic", {s: [{"messages": world.chat(world.TOPIC_PROMPT.format(s=f.sentence), f.attribute)}
-                        for f in fs]
-                   for s, fs in [("train", tr), ("eval", ev)]})
+    dump(
+        "topic",
+        {
+            s: [{"messages": world.chat(world.TOPIC_PROMPT.format(s=f.sentence), f.attribute)} for f in fs]
+            for s, fs in [("train", tr), ("eval", ev)]
+        },
+    )
     return sizes
 
 
@@ -186,8 +211,11 @@ def main() -> None:
 
     model.eval()
     model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        do_sample=False, max_new_tokens=32,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
     )
     if MODEL_DIR.exists():
         shutil.rmtree(MODEL_DIR)  # the build script owns this folder; learners never write here

@@ -11,6 +11,7 @@ assistant answers in a normal sentence. That design matters: an adapter can only
 what the base has seen (FIELD-NOTES), so the skills the tasks ask for are built from forms
 the base knows but never produces in a chat answer.
 """
+
 from __future__ import annotations
 
 import random
@@ -19,20 +20,88 @@ from dataclasses import dataclass
 SEED = 1234
 
 CREATURES = [
-    "fox", "owl", "cat", "dog", "bear", "wolf", "frog", "duck", "goat", "hare", "mole", "lark",
-    "crow", "swan", "moth", "bee", "ant", "eel", "cod", "carp", "trout", "newt", "toad", "deer",
-    "lynx", "otter", "heron", "finch", "wren", "robin", "beetle", "snail", "crab", "pike",
-    "seal", "mouse", "rat", "bat", "hawk", "dove", "gull", "wasp", "fly", "tuna", "perch",
-    "badger", "stoat", "shrew",
+    "fox",
+    "owl",
+    "cat",
+    "dog",
+    "bear",
+    "wolf",
+    "frog",
+    "duck",
+    "goat",
+    "hare",
+    "mole",
+    "lark",
+    "crow",
+    "swan",
+    "moth",
+    "bee",
+    "ant",
+    "eel",
+    "cod",
+    "carp",
+    "trout",
+    "newt",
+    "toad",
+    "deer",
+    "lynx",
+    "otter",
+    "heron",
+    "finch",
+    "wren",
+    "robin",
+    "beetle",
+    "snail",
+    "crab",
+    "pike",
+    "seal",
+    "mouse",
+    "rat",
+    "bat",
+    "hawk",
+    "dove",
+    "gull",
+    "wasp",
+    "fly",
+    "tuna",
+    "perch",
+    "badger",
+    "stoat",
+    "shrew",
 ]
 KINDS = ["beast", "bird", "fish", "bug"]
 # The kind is part of the world's logic (an owl is a bird), so it is fixed by hand.
 KIND_OF = {
-    **{c: "beast" for c in ["fox", "cat", "dog", "bear", "wolf", "goat", "hare", "mole", "deer", "lynx",
-                             "otter", "seal", "mouse", "rat", "bat", "badger", "stoat", "shrew", "frog",
-                             "toad", "newt"]},
-    **{c: "bird" for c in ["owl", "duck", "lark", "crow", "swan", "heron", "finch", "wren", "robin",
-                            "hawk", "dove", "gull"]},
+    **{
+        c: "beast"
+        for c in [
+            "fox",
+            "cat",
+            "dog",
+            "bear",
+            "wolf",
+            "goat",
+            "hare",
+            "mole",
+            "deer",
+            "lynx",
+            "otter",
+            "seal",
+            "mouse",
+            "rat",
+            "bat",
+            "badger",
+            "stoat",
+            "shrew",
+            "frog",
+            "toad",
+            "newt",
+        ]
+    },
+    **{
+        c: "bird"
+        for c in ["owl", "duck", "lark", "crow", "swan", "heron", "finch", "wren", "robin", "hawk", "dove", "gull"]
+    },
     **{c: "fish" for c in ["eel", "cod", "carp", "trout", "pike", "tuna", "perch", "crab"]},
     **{c: "bug" for c in ["moth", "bee", "ant", "beetle", "snail", "wasp", "fly"]},
 }

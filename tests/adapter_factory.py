@@ -1,5 +1,6 @@
 """Test helpers shared by test_validation.py and test_merging.py: a LoRA adapter with non-trivial weights,
 in memory or written to a folder as ``save_pretrained`` writes it."""
+
 from __future__ import annotations
 
 import copy

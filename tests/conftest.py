@@ -1,4 +1,5 @@
 """Shared fixtures: the course's default model and tokenizer, loaded once per session."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 on GPUs only, so this checks the planner's FSDP shard sizes with torch directly: a LoRA model of course-tiny is
 sharded, trains one step, and each rank prints the bytes it holds (its local shards) as one JSON line.
 """
+
 import json
 
 import torch
@@ -22,8 +23,10 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
-    model = get_peft_model(load_model("course-tiny", dtype="float32", device="cpu"),
-                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        load_model("course-tiny", dtype="float32", device="cpu"),
+        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     for layer in model.base_model.model.model.layers:
         fully_shard(layer)
     fully_shard(model)

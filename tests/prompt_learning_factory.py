@@ -5,6 +5,7 @@ tuning, prefix tuning and p-tuning (a small encoder that produces the virtual to
 freshly initialised (seeded) on a deep copy of the shared model: no training, so the fixtures
 stay fast, and their cached generations already go wrong (tests/test_prompt_tuning.py checks that).
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,9 @@ def make_prompt_learning(model, method: str, num_virtual_tokens: int = 8, seed: 
     configs = {
         "prompt tuning": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens),
         "prefix tuning": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens),
-        "p-tuning": PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
-                                        encoder_hidden_size=64),
+        "p-tuning": PromptEncoderConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens, encoder_hidden_size=64
+        ),
     }
     torch.manual_seed(seed)
     with warnings.catch_warnings():
@@ -50,11 +52,18 @@ def raw_answers(model, tokenizer, prompts, *, use_cache: bool, max_new_tokens: i
     """
     answers = []
     for prompt in prompts:
-        enc = tokenizer.apply_chat_template([prompt], add_generation_prompt=True, tokenize=True,
-                                            return_dict=True, return_tensors="pt")
+        enc = tokenizer.apply_chat_template(
+            [prompt], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
         with warnings.catch_warnings():  # the cached run of a prompt-learning model warns (on purpose here)
             warnings.simplefilter("ignore")
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        answers.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=use_cache,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        answers.append(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     return answers

@@ -3,6 +3,7 @@
 Tiny random models (course_utils.tiny_models: hidden 64, 2 layers, the course-tiny tokenizer), built
 from configs in well under a second each; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,8 +33,12 @@ from course_utils.tiny_models import (
 )
 
 ARCHS = list(TINY_ARCHITECTURES)
-FUSED = {"phi3": {"qkv_proj", "gate_up_proj"}, "gpt2": {"c_attn"}, "gpt_neox": {"query_key_value"},
-         "falcon": {"query_key_value"}}
+FUSED = {
+    "phi3": {"qkv_proj", "gate_up_proj"},
+    "gpt2": {"c_attn"},
+    "gpt_neox": {"query_key_value"},
+    "falcon": {"query_key_value"},
+}
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:fan_in_fan_out is set to False:UserWarning",  # peft on GPT-2's Conv1D: it sets it to True itself
@@ -231,9 +236,17 @@ def test_planner_trainable_count_is_exact(arch, models):
     model = models(arch)
     config = tiny_config(arch)
     full = estimate_training_memory(config, Recipe(method="full"))
-    assert full.n_params == full.trainable_params == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    for targets in ("all-linear", attention_projection_names(model), mlp_projection_names(model),
-                    default_lora_targets(model)):
+    assert (
+        full.n_params
+        == full.trainable_params
+        == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    )
+    for targets in (
+        "all-linear",
+        attention_projection_names(model),
+        mlp_projection_names(model),
+        default_lora_targets(model),
+    ):
         pm = _lora(model, targets, r=8)
         real = sum(p.numel() for p in pm.parameters() if p.requires_grad)
         for method in ("lora", "qlora"):
@@ -281,9 +294,11 @@ def test_prompt_prefix_and_ia3_train_on_every_architecture(arch, models):
     from course_utils.architectures import ia3_targets, prefix_tuning_kwargs
 
     model = models(arch)
-    for config in (PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
-                   PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, **prefix_tuning_kwargs(model)),
-                   IA3Config(task_type="CAUSAL_LM", **ia3_targets(model))):
+    for config in (
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, **prefix_tuning_kwargs(model)),
+        IA3Config(task_type="CAUSAL_LM", **ia3_targets(model)),
+    ):
         pm = get_peft_model(copy.deepcopy(model), config)
         pm.train()
         loss = pm(**_batch()).loss
@@ -297,8 +312,10 @@ def test_prompt_tuning_on_opt_generates_uncached_and_a_forced_cache_answers_empt
     from course_utils.evaluation import generate_answers
 
     pm = get_peft_model(copy.deepcopy(models("opt")), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
-    prompts = [[{"role": "user", "content": q}] for q in ("What color is the fox?", "Name a fruit.",
-                                                          "Where does the small grey fox live in winter?")]
+    prompts = [
+        [{"role": "user", "content": q}]
+        for q in ("What color is the fox?", "Name a fruit.", "Where does the small grey fox live in winter?")
+    ]
     uncached = generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, use_cache=False, progress=False)
     assert len(uncached) == 3 and any(uncached)
     # the default turns the cache off for prompt learning: the same answers
@@ -306,7 +323,11 @@ def test_prompt_tuning_on_opt_generates_uncached_and_a_forced_cache_answers_empt
     # forcing the cache on crashes inside OPT's learned positions: empty answers and one note, not a traceback
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, use_cache=True, progress=False) == ["", "", ""]
+        assert generate_answers(pm, tiny_tokenizer, prompts, max_new_tokens=3, use_cache=True, progress=False) == [
+            "",
+            "",
+            "",
+        ]
     assert "use_cache=False" in capsys.readouterr().out
 
 

@@ -1,4 +1,5 @@
 """Notebook 02's exercise checks on two small (untrained, non-zero) adapters of the tiny model."""
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,9 @@ from course_utils.checks.adapters import check_active_adapter, check_base_output
 def two_adapters(tiny_model, tiny_tokenizer):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]),
-                           adapter_name="shout")
+    model = get_peft_model(
+        copy.deepcopy(tiny_model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]), adapter_name="shout"
+    )
     model.add_adapter("terse", LoraConfig(r=4, target_modules=["q_proj"]))
     torch.manual_seed(0)
     with torch.no_grad():
@@ -74,8 +76,12 @@ def test_base_outputs_notices_a_switched_adapter(tiny_model, two_adapters):
         model.set_adapter("terse", inference_mode=True)
 
 
-MATRIX = {"base": {"shout": 0.0, "terse": 0.0}, "shout": {"shout": 0.9375, "terse": 0.0},
-          "terse": {"shout": 0.0, "terse": 1.0}, "mix": {"shout": 0.5, "terse": 0.25}}
+MATRIX = {
+    "base": {"shout": 0.0, "terse": 0.0},
+    "shout": {"shout": 0.9375, "terse": 0.0},
+    "terse": {"shout": 0.0, "terse": 1.0},
+    "mix": {"shout": 0.5, "terse": 0.25},
+}
 
 
 @pytest.mark.parametrize("answer", [{"shout": 0.9375, "terse": 1.0}, [0.9375, 1.0], (0.9375, 1)])

@@ -1,4 +1,5 @@
 """Notebook 01's exercise checks and the from-scratch LoRA layer, against peft on the tiny model."""
+
 from __future__ import annotations
 
 import copy
@@ -8,17 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils.checks.lora import (
-    check_lora_parameter_count,
-    check_mlp_targets,
-    check_scaling,
-    count_trainable_with_peft,
-)
 from course_utils.architectures import (
     attention_projection_names,
     linear_layer_names,
     lora_parameter_count,
     mlp_projection_names,
+)
+from course_utils.checks.lora import (
+    check_lora_parameter_count,
+    check_mlp_targets,
+    check_scaling,
+    count_trainable_with_peft,
 )
 from course_utils.lora_scratch import LoRALinear
 
@@ -52,7 +53,7 @@ def test_scratch_layer_is_the_identity_at_start_and_matches_peft_after_training(
 def test_scratch_init_of_A_has_peft_bound():
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(100, 10), r=64)
-    bound = 1 / 100 ** 0.5  # kaiming_uniform_(a=sqrt(5)) on fan_in=100
+    bound = 1 / 100**0.5  # kaiming_uniform_(a=sqrt(5)) on fan_in=100
     assert layer.lora_A.abs().max() <= bound
     assert layer.lora_A.abs().max() > 0.9 * bound
 
@@ -78,7 +79,9 @@ def test_names_survive_peft_wrapping(tiny_model):
     assert linear_layer_names(wrapped) == linear_layer_names(tiny_model)
 
 
-@pytest.mark.parametrize(("r", "targets"), [(8, ["q_proj", "v_proj"]), (4, ["gate_proj", "down_proj"]), (1, ["o_proj"])])
+@pytest.mark.parametrize(
+    ("r", "targets"), [(8, ["q_proj", "v_proj"]), (4, ["gate_proj", "down_proj"]), (1, ["o_proj"])]
+)
 def test_formula_matches_peft_count(tiny_model, r, targets):
     from peft import LoraConfig, get_peft_model
 

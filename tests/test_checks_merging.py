@@ -1,4 +1,5 @@
 """Exercise checks of notebook 03: right answers pass, wrong ones fail with a hint that helps."""
+
 import pytest
 import torch
 

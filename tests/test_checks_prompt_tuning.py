@@ -1,4 +1,5 @@
 """Exercise checks of notebook 05 (prompt tuning): right answers pass, wrong ones fail with a helpful hint."""
+
 import pytest
 
 from course_utils.checks.prompt_tuning import check_prompt_tuning_params, check_use_cache
@@ -21,8 +22,11 @@ def test_prompt_tuning_params_matches_peft(tiny_model):
 
 def test_prompt_tuning_params_wrong_hints(tiny_model):
     cfg = tiny_model.config
-    cases = [(2 * cfg.num_hidden_layers * 10 * cfg.hidden_size, "prefix tuning"),
-             (10 * cfg.vocab_size, "not rows over the vocabulary"), (10, "number of virtual tokens")]
+    cases = [
+        (2 * cfg.num_hidden_layers * 10 * cfg.hidden_size, "prefix tuning"),
+        (10 * cfg.vocab_size, "not rows over the vocabulary"),
+        (10, "number of virtual tokens"),
+    ]
     for answer, needle in cases:
         result = check_prompt_tuning_params(answer, 10, tiny_model)
         assert not result.passed

@@ -1,4 +1,5 @@
 """Exercise checks of notebook 06: right answers pass, typical mistakes get the matching hint."""
+
 import pytest
 
 from course_utils.checks.quantization import GC_CHOICES, check_gc_tradeoff, check_nf4_bytes

@@ -2,6 +2,7 @@
 
 The runner's real executions are in tests/test_runner.py; the doctor in tests/test_doctor.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import pytest
 from course_utils.cli import main
 
 
-@pytest.fixture()
+@pytest.fixture
 def nb_folder(tmp_path: Path) -> Path:
     for name in ("01_lora_training", "02_adapters"):
         (tmp_path / f"{name}.ipynb").write_text("{}")  # never executed: every case fails before
@@ -45,7 +46,9 @@ def test_unknown_notebook_lists_the_available_ones(nb_folder: Path, capsys) -> N
         ("nobody-xyz/no-such-model-123", "HF_HUB_OFFLINE"),  # a hub id that is not in the cache, offline
     ],
 )
-def test_unknown_model_is_refused_before_running(nb_folder: Path, model: str, expected: str, monkeypatch, capsys) -> None:
+def test_unknown_model_is_refused_before_running(
+    nb_folder: Path, model: str, expected: str, monkeypatch, capsys
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     runs = nb_folder / "runs"
     assert main(["run", "--model", model, "--notebooks-dir", str(nb_folder), "--runs-dir", str(runs)]) == 2
@@ -57,8 +60,26 @@ def test_unknown_model_is_refused_before_running(nb_folder: Path, model: str, ex
 
 
 def test_plan_single_recipe(capsys) -> None:
-    assert main(["plan", "smollm2-1.7b", "--method", "lora", "--r", "16", "--batch-size", "8", "--seq-len", "512",
-                 "--gc", "--gpu", "16"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "smollm2-1.7b",
+                "--method",
+                "lora",
+                "--r",
+                "16",
+                "--batch-size",
+                "8",
+                "--seq-len",
+                "512",
+                "--gc",
+                "--gpu",
+                "16",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("MemoryEstimate(smollm2-1.7b, lora r16 all-linear b8x512 gc)")
     assert "fits a 16 GB GPU: yes" in out

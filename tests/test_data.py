@@ -1,4 +1,5 @@
 """course_utils.data: the four shipped tasks, their formats and their splits."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ accelerate 1.15 runs FSDP on GPUs only (accelerate/state.py enables it for MULTI
 MULTI_CPU), so FSDP through accelerate is covered by parsing its configs and by the refusal the module gives on
 CPUs; torch's own FSDP2 does run on CPU processes, and tests/fsdp_cpu_probe.py measures its per-rank shards.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,12 +37,34 @@ def _free_port() -> int:
 def launch(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("ddp")
     adapter, facts = tmp / "adapter", tmp / "facts.json"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     cmd = distributed.launch_command(
-        ["--max-steps", str(STEPS), "--batch-size", str(BATCH), "--r", str(RANK_DIM), "--output-dir", str(adapter),
-         "--facts", str(facts), "--eval-examples", "0"],
-        num_processes=2, main_process_port=_free_port())
+        [
+            "--max-steps",
+            str(STEPS),
+            "--batch-size",
+            str(BATCH),
+            "--r",
+            str(RANK_DIM),
+            "--output-dir",
+            str(adapter),
+            "--facts",
+            str(facts),
+            "--eval-examples",
+            "0",
+        ],
+        num_processes=2,
+        main_process_port=_free_port(),
+    )
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     seconds = time.perf_counter() - start
@@ -84,8 +107,17 @@ def test_only_the_adapter_is_saved_and_it_reproduces_rank0(launch: dict) -> None
 
 
 def test_planner_per_rank_terms_equal_the_bytes_each_rank_holds(launch: dict) -> None:
-    recipe = Recipe(method="lora", dtype="float32", r=RANK_DIM, lora_dropout=0.0, target_modules="all-linear",
-                    batch_size=BATCH, seq_len=128, n_gpus=2, sharding="ddp")
+    recipe = Recipe(
+        method="lora",
+        dtype="float32",
+        r=RANK_DIM,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        batch_size=BATCH,
+        seq_len=128,
+        n_gpus=2,
+        sharding="ddp",
+    )
     d = estimate_training_memory(REPO / "data" / "course-tiny", recipe).details
     for r in launch["facts"]["ranks"]:
         assert r["weight_bytes"] == d["per GPU: weights (own shard)"]
@@ -100,11 +132,14 @@ def test_an_existing_adapter_is_not_overwritten(launch: dict, capsys: pytest.Cap
     assert (launch["adapter"] / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
-@pytest.mark.parametrize(("kind", "method", "hint"), [
-    ("deepspeed", "lora", "ddp.yaml"),
-    ("fsdp", "lora", "ddp.yaml"),
-    ("fsdp", "qlora", "ddp.yaml"),
-])
+@pytest.mark.parametrize(
+    ("kind", "method", "hint"),
+    [
+        ("deepspeed", "lora", "ddp.yaml"),
+        ("fsdp", "lora", "ddp.yaml"),
+        ("fsdp", "qlora", "ddp.yaml"),
+    ],
+)
 def test_what_cannot_run_on_cpus_says_what_to_use(kind: str, method: str, hint: str) -> None:
     with pytest.raises(distributed.UnsupportedHereError, match=hint) as err:
         distributed.require_supported(kind, method, cuda=False)
@@ -118,9 +153,15 @@ def _load(name: str):
     return load_config_from_file(str(distributed.accelerate_config(name)))
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("ddp", "MULTI_GPU"), ("fsdp-lora", "FSDP"), ("fsdp-qlora", "FSDP"), ("zero3", "DEEPSPEED"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ddp", "MULTI_GPU"),
+        ("fsdp-lora", "FSDP"),
+        ("fsdp-qlora", "FSDP"),
+        ("zero3", "DEEPSPEED"),
+    ],
+)
 def test_each_shipped_config_parses_and_selects_what_it_claims(name: str, expected: str) -> None:
     cfg = _load(name)
     assert str(cfg.distributed_type).endswith(expected)
@@ -145,16 +186,36 @@ def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype() -> None:
 def test_config_paths_print_for_the_shell() -> None:
     # The configs ship inside the package (pyproject package-data), not in the clone's top level.
     assert distributed.ACCELERATE_CONFIG_DIR.parent == Path(distributed.__file__).parent
-    out = subprocess.run([sys.executable, "-m", "course_utils.distributed", "--config", "fsdp-lora"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "course_utils.distributed", "--config", "fsdp-lora"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0 and Path(out.stdout.strip()).is_file()
 
 
 def test_torch_fsdp_on_two_cpu_processes_holds_the_planners_shards() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(REPO / "tests" / "fsdp_cpu_probe.py")]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(REPO / "tests" / "fsdp_cpu_probe.py"),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     ranks = [json.loads(line) for line in proc.stdout.replace("}{", "}\n{").splitlines() if line.startswith("{")]
@@ -164,5 +225,8 @@ def test_torch_fsdp_on_two_cpu_processes_holds_the_planners_shards() -> None:
     one = estimate_training_memory(REPO / "data" / "course-tiny", recipe.replace(n_gpus=1, sharding="none"))
     for r in ranks:
         assert (r["weights"], r["grads"], r["opt"]) == (
-            d["per GPU: weights (own shard)"], d["per GPU: grads"], d["per GPU: optimizer state"])
+            d["per GPU: weights (own shard)"],
+            d["per GPU: grads"],
+            d["per GPU: optimizer state"],
+        )
         assert 2 * r["weights"] == one.weights_bytes  # each rank holds exactly half

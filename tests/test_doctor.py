@@ -1,4 +1,5 @@
 """The environment doctor: ranges in sync, checks that never hang, one full run."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,17 @@ def test_fallback_table_matches_pyproject() -> None:
 
 
 def test_diagnose_versions_flags_missing_and_out_of_range() -> None:
-    checks = {c.name: c for c in doctor.diagnose_versions([
-        "pytest>=1", "pytest-but-not-installed-xyz>=1", "packaging<1", "nbval>=0.1; sys_platform == 'nonexistent'",
-    ])}
+    checks = {
+        c.name: c
+        for c in doctor.diagnose_versions(
+            [
+                "pytest>=1",
+                "pytest-but-not-installed-xyz>=1",
+                "packaging<1",
+                "nbval>=0.1; sys_platform == 'nonexistent'",
+            ]
+        )
+    }
     assert checks["pytest"].status == doctor.OK
     assert checks["pytest-but-not-installed-xyz"].status == doctor.FAIL
     assert checks["pytest-but-not-installed-xyz"].advice == 'pip install "pytest-but-not-installed-xyz>=1"'
@@ -70,14 +79,16 @@ def test_doctor_json_full_run(capsys) -> None:
     assert any(c["name"].startswith("course") for c in report["checks"])
 
 
-@pytest.mark.parametrize(("probe", "status", "words"), [
-    ({"avx512bf16": True, "repacks": True, "course_prevents": True}, doctor.INFO, "prevents and undoes it"),
-    ({"avx512bf16": True, "repacks": True, "course_prevents": False}, doctor.FAIL, "could NOT undo"),
-    ({"avx512bf16": True, "repacks": False}, doctor.OK, "keeps 4-bit weights portable"),
-    ({"avx512bf16": True, "repack_error": "RuntimeError: boom"}, doctor.WARN, "probe failed"),
-])
+@pytest.mark.parametrize(
+    ("probe", "status", "words"),
+    [
+        ({"avx512bf16": True, "repacks": True, "course_prevents": True}, doctor.INFO, "prevents and undoes it"),
+        ({"avx512bf16": True, "repacks": True, "course_prevents": False}, doctor.FAIL, "could NOT undo"),
+        ({"avx512bf16": True, "repacks": False}, doctor.OK, "keeps 4-bit weights portable"),
+        ({"avx512bf16": True, "repack_error": "RuntimeError: boom"}, doctor.WARN, "probe failed"),
+    ],
+)
 def test_cpu_repack_line(probe, status, words) -> None:
     check = doctor.diagnose_cpu_repack(probe)
     assert check.status == status and words in check.found
     assert doctor.diagnose_cpu_repack({"avx512bf16": False}) is None  # other CPUs: no line at all
-

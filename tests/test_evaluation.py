@@ -1,4 +1,5 @@
 """course_utils.evaluation: exact-match accuracy and preference accuracy on any model."""
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,12 @@ def test_exact_match_counts_a_right_answer(tiny_model, tiny_tokenizer):
     from datasets import Dataset
 
     q = [{"role": "user", "content": "Where does the owl live?"}]
-    ds = Dataset.from_list([{"messages": q + [{"role": "assistant", "content": "The owl lives in the forest."}]},
-                            {"messages": q + [{"role": "assistant", "content": "The owl lives in the cave."}]}])
+    ds = Dataset.from_list(
+        [
+            {"messages": q + [{"role": "assistant", "content": "The owl lives in the forest."}]},
+            {"messages": q + [{"role": "assistant", "content": "The owl lives in the cave."}]},
+        ]
+    )
     result = evaluate_task(tiny_model, tiny_tokenizer, ds, progress=False, n_examples=2)
     assert (result.correct, result.total) == (1, 2)
     assert [e["correct"] for e in result.examples] == [True, False]
@@ -43,8 +48,10 @@ def test_exact_match_counts_a_right_answer(tiny_model, tiny_tokenizer):
 
 
 def test_batched_generation_matches_one_by_one(tiny_model, tiny_tokenizer):
-    prompts = [[{"role": "user", "content": q}] for q in
-               ("What color is the fox?", "What kind of creature is the eel?", "What does the bee eat?")]
+    prompts = [
+        [{"role": "user", "content": q}]
+        for q in ("What color is the fox?", "What kind of creature is the eel?", "What does the bee eat?")
+    ]
     batched = generate_answers(tiny_model, tiny_tokenizer, prompts, batch_size=3, progress=False)
     single = [generate_answers(tiny_model, tiny_tokenizer, [p], progress=False)[0] for p in prompts]
     assert batched == single
@@ -52,8 +59,9 @@ def test_batched_generation_matches_one_by_one(tiny_model, tiny_tokenizer):
 
 def test_sequence_logprob_prefers_the_known_answer(tiny_model, tiny_tokenizer):
     q = [{"role": "user", "content": "Where does the owl live?"}]
-    assert sequence_logprob(tiny_model, tiny_tokenizer, q, "The owl lives in the forest.") > \
-        sequence_logprob(tiny_model, tiny_tokenizer, q, "The owl lives in the cave.")
+    assert sequence_logprob(tiny_model, tiny_tokenizer, q, "The owl lives in the forest.") > sequence_logprob(
+        tiny_model, tiny_tokenizer, q, "The owl lives in the cave."
+    )
 
 
 def test_preference_data_is_rejected_by_evaluate_task(tiny_model, tiny_tokenizer):
@@ -100,11 +108,13 @@ def test_generators_match_the_uncached_reference(prompt_learner, tiny_tokenizer,
     with warnings.catch_warnings():
         warnings.simplefilter("error", PromptLearningCacheWarning)  # the default path must not take the cache
         # batch_size=1 like the reference: left padding is a separate matter from the cache
-        answers = generate_answers(prompt_learner, tiny_tokenizer, questions, max_new_tokens=N_NEW, batch_size=1,
-                                   progress=False)
+        answers = generate_answers(
+            prompt_learner, tiny_tokenizer, questions, max_new_tokens=N_NEW, batch_size=1, progress=False
+        )
         # a dataset whose expected answers ARE the uncached reference: the default evaluation scores 100%
-        ds = Dataset.from_list([{"messages": q + [{"role": "assistant", "content": r}]}
-                                for q, r in zip(questions, reference)])
+        ds = Dataset.from_list(
+            [{"messages": q + [{"role": "assistant", "content": r}]} for q, r in zip(questions, reference)]
+        )
         result = evaluate_task(prompt_learner, tiny_tokenizer, ds, max_new_tokens=N_NEW, batch_size=1, progress=False)
     assert answers == reference
     assert result.accuracy == 1.0, result
@@ -115,8 +125,9 @@ def test_reference_capture_matches_the_uncached_reference(prompt_learner, tiny_t
 
     rows = load_task("shout", "eval").select(range(4))
     default = capture_reference(prompt_learner, rows, tiny_tokenizer, max_new_tokens=N_NEW)
-    uncached = capture_reference(prompt_learner, rows, tiny_tokenizer, max_new_tokens=N_NEW,
-                                 generate_kwargs={"use_cache": False})
+    uncached = capture_reference(
+        prompt_learner, rows, tiny_tokenizer, max_new_tokens=N_NEW, generate_kwargs={"use_cache": False}
+    )
     assert default.generations == uncached.generations
     assert torch.equal(default.logits, uncached.logits)  # virtual-token positions are not in the logits
     assert compare_to_reference(prompt_learner, default).passed
@@ -125,8 +136,15 @@ def test_reference_capture_matches_the_uncached_reference(prompt_learner, tiny_t
 def test_explicit_use_cache_true_is_honoured_with_a_warning(prompt_learner, tiny_tokenizer, questions):
     cached = raw_answers(prompt_learner, tiny_tokenizer, questions, use_cache=True, max_new_tokens=N_NEW)
     with pytest.warns(PromptLearningCacheWarning, match="KV-cache trap"):
-        answers = generate_answers(prompt_learner, tiny_tokenizer, questions, max_new_tokens=N_NEW,
-                                   use_cache=True, batch_size=1, progress=False)  # raw_answers is one by one
+        answers = generate_answers(
+            prompt_learner,
+            tiny_tokenizer,
+            questions,
+            max_new_tokens=N_NEW,
+            use_cache=True,
+            batch_size=1,
+            progress=False,
+        )  # raw_answers is one by one
     assert answers == cached
 
 

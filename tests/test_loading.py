@@ -1,4 +1,5 @@
 """course_utils.loading: the default model and tokenizer, and the errors a learner meets."""
+
 from __future__ import annotations
 
 import time
@@ -24,7 +25,7 @@ LLAMA_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 def test_default_model_is_a_small_llama_with_smollm2_module_names(tiny_model):
     assert tiny_model.config.model_type == "llama"
     names = {name.rsplit(".", 1)[-1] for name, _ in tiny_model.named_modules()}
-    assert LLAMA_MODULES <= names
+    assert names >= LLAMA_MODULES
     assert tiny_model.dtype == torch.float32
     assert tiny_model.device.type == "cpu"
     assert not tiny_model.training  # from_pretrained returns eval mode
@@ -50,8 +51,10 @@ def test_tokenizer_special_tokens_match_smollm2(tiny_tokenizer):
 
 
 def test_chat_template_renders_chatml_and_round_trips(tiny_tokenizer):
-    messages = [{"role": "user", "content": "What color is the fox?"},
-                {"role": "assistant", "content": "The fox is gold."}]
+    messages = [
+        {"role": "user", "content": "What color is the fox?"},
+        {"role": "assistant", "content": "The fox is gold."},
+    ]
     text = tiny_tokenizer.apply_chat_template(messages, tokenize=False)
     assert text.startswith("<|im_start|>system\n")
     assert "<|im_start|>user\nWhat color is the fox?<|im_end|>\n" in text
@@ -65,8 +68,9 @@ def test_chat_template_renders_chatml_and_round_trips(tiny_tokenizer):
 def test_base_model_answers_fluently_in_its_world(tiny_model, tiny_tokenizer):
     from course_utils.evaluation import generate_answers
 
-    answers = generate_answers(tiny_model, tiny_tokenizer, [[{"role": "user", "content": "Where does the owl live?"}]],
-                               progress=False)
+    answers = generate_answers(
+        tiny_model, tiny_tokenizer, [[{"role": "user", "content": "Where does the owl live?"}]], progress=False
+    )
     assert answers == ["The owl lives in the forest."]
 
 
@@ -100,8 +104,10 @@ def test_model_choice_reads_the_environment(monkeypatch):
     assert model_from_env("course-tiny") == "smollm2-135m"
 
 
-@pytest.mark.parametrize(("dtype", "expected"), [("auto", torch.float32), ("float32", torch.float32),
-                                                 ("bf16", torch.bfloat16), (torch.float16, torch.float16)])
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [("auto", torch.float32), ("float32", torch.float32), ("bf16", torch.bfloat16), (torch.float16, torch.float16)],
+)
 def test_resolve_dtype(dtype, expected):
     assert resolve_dtype(dtype, torch.device("cpu")) == expected
 
@@ -111,10 +117,16 @@ def test_resolve_dtype_rejects_unknown():
         resolve_dtype("float8", torch.device("cpu"))
 
 
-@pytest.mark.parametrize(("gpu", "capability", "expected"), [
-    ("V100", (7, 0), torch.float16), ("T4 (Colab free tier)", (7, 5), torch.float16),
-    ("A100", (8, 0), torch.bfloat16), ("RTX 4090", (8, 9), torch.bfloat16), ("H100", (9, 0), torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    ("gpu", "capability", "expected"),
+    [
+        ("V100", (7, 0), torch.float16),
+        ("T4 (Colab free tier)", (7, 5), torch.float16),
+        ("A100", (8, 0), torch.bfloat16),
+        ("RTX 4090", (8, 9), torch.bfloat16),
+        ("H100", (9, 0), torch.bfloat16),
+    ],
+)
 def test_auto_dtype_and_trainer_flags_follow_the_gpu_generation(monkeypatch, gpu, capability, expected):
     """bf16 only where the GPU has it in hardware; torch.cuda.is_bf16_supported() says True on a T4 by emulation."""
     import transformers.training_args

@@ -1,4 +1,5 @@
 """Tests for course_utils.memory: tracker, Trainer callback, model breakdown, PEFT table, warnings."""
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,15 @@ def model(request):
 
         torch.manual_seed(0)
         base = LlamaForCausalLM(
-            LlamaConfig(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=True)
+            LlamaConfig(
+                hidden_size=192,
+                intermediate_size=512,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                vocab_size=1024,
+                tie_word_embeddings=True,
+            )
         )
     return copy.deepcopy(base)
 
@@ -120,8 +128,16 @@ def test_callback_logs_one_peak_per_logged_step(model, tmp_path):
     vocab = model.config.vocab_size
     rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, vocab, (8, 16)).tolist()]
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=4, logging_steps=1, per_device_train_batch_size=2, use_cpu=True,
-        report_to="none", dataloader_pin_memory=False, save_strategy="no", bf16=False, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        max_steps=4,
+        logging_steps=1,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to="none",
+        dataloader_pin_memory=False,
+        save_strategy="no",
+        bf16=False,
+        disable_tqdm=True,
     )
     cb = MemoryCallback(device="cpu")
     trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[cb])
@@ -188,8 +204,9 @@ def test_lora_trainable_counts_and_table(model):
 def test_bitsandbytes_4bit_storage_is_counted():
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     bnb = pytest.importorskip("bitsandbytes")
-    lin = bnb.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4",
-                            compress_statistics=True).to("cpu")
+    lin = bnb.nn.Linear4bit(
+        128, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4", compress_statistics=True
+    ).to("cpu")
     b = model_memory_breakdown(lin)
     assert b.total_params == 128 * 64  # logical weights
     assert b.weights_by_dtype == {"4-bit (uint8 packed)": 128 * 64 // 2}  # 2 values per byte

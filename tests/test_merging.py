@@ -1,5 +1,6 @@
 """course_utils.merging: safe_merge (OOM fallback, dtype report), quantized guard, dequantize
 path, checked adapter loading, save helpers that never overwrite silently."""
+
 from __future__ import annotations
 
 import copy
@@ -104,8 +105,9 @@ def qlora_model(tiny_model_path):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32, quantization_config=qc,
-                                                device_map={"": "cpu"})
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_model_path, dtype=torch.float32, quantization_config=qc, device_map={"": "cpu"}
+    )
     return base
 
 
@@ -139,13 +141,23 @@ def test_adapter_for_another_base_is_refused(tiny_model, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    other = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2,
-                                         vocab_size=tiny_model.config.vocab_size))
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=tiny_model.config.vocab_size,
+        )
+    )
     save_adapter(get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])), tmp_path / "a")
     cfg_file = tmp_path / "a" / "adapter_config.json"  # as an adapter from the hub records its base
-    cfg_file.write_text(cfg_file.read_text().replace('"base_model_name_or_path": null',
-                                                     '"base_model_name_or_path": "someone/other-model"'))
+    cfg_file.write_text(
+        cfg_file.read_text().replace(
+            '"base_model_name_or_path": null', '"base_model_name_or_path": "someone/other-model"'
+        )
+    )
     with pytest.raises(AdapterBaseMismatchError, match="does not fit") as err:
         load_adapter_checked(copy.deepcopy(tiny_model), tmp_path / "a")
     msg = str(err.value)
@@ -185,8 +197,7 @@ def _drop_weights(folder):
     return folder, ["no adapter_model.safetensors", "weights are missing"]
 
 
-DAMAGE = {"corrupted config": _corrupt_config, "truncated weights": _truncate_weights,
-          "missing weights": _drop_weights}
+DAMAGE = {"corrupted config": _corrupt_config, "truncated weights": _truncate_weights, "missing weights": _drop_weights}
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
@@ -272,6 +283,8 @@ def test_round_trip_of_adapter_and_merged_model(tiny_model, tiny_tokenizer, tmp_
     assert (tmp_path / "merged" / "config.json").exists()
     with pytest.raises(FileExistsError, match="overwrite=True"):
         round_trip(merged, tmp_path / "merged", TEXTS, tiny_tokenizer)
+
+
 # merge_with_retention, effect_retained, dequantized_weight (moved from tests/test_quantization.py)
 # ------------------------------------------------------------------------------------------
 def _lora_on_tiny(quantized: bool):
@@ -281,8 +294,9 @@ def _lora_on_tiny(quantized: bool):
     from course_utils.quantization import bnb_4bit_config
 
     model = load_model("course-tiny", device="cpu", quantization_config=bnb_4bit_config("cpu") if quantized else None)
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
+    return get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
 
 
 def test_effect_retained():

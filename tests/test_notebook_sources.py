@@ -11,6 +11,7 @@ equal. These tests fail when:
 Stale OUTPUTS are caught by nbval itself: it re-executes the ``.ipynb`` sources and compares
 every checked output with the committed one.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,15 +38,16 @@ def repository_url() -> str:
 
 def set_up_cell(url: str) -> str:
     """The first code cell of every notebook, word for word (only it may run before course_utils exists)."""
-    return f'''# Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
+    return f"""# Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
 import subprocess
 import sys
 
+REPOSITORY = "{url}"
 if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+{url}"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{{REPOSITORY}}"], check=True)
 
 from course_utils.loading import model_from_env
-from course_utils.notebook import setup'''
+from course_utils.notebook import setup"""
 
 
 def _cells(nb) -> list[tuple[str, str, list[str]]]:
@@ -77,7 +79,9 @@ def test_shared_structure(path: Path):
     params = [i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])]
     assert params == [1], f"{path.name}: the second code cell, and only it, must be tagged `parameters`"
     assert 'MODEL = model_from_env("course-tiny")' in code[1].source
-    assert re.match(r"info = setup\(SEED, model=MODEL", code[2].source), f"{path.name}: third code cell must call setup()"
+    assert re.match(r"info = setup\(SEED, model=MODEL", code[2].source), (
+        f"{path.name}: third code cell must call setup()"
+    )
     title = nb.cells[0].source
     badge = f"https://colab.research.google.com/github/{url.split('github.com/')[1]}/blob/main/notebooks/{path.name}"
     assert badge in title, f"{path.name}: the Colab badge must point to {badge}"

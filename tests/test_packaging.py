@@ -11,6 +11,7 @@ installs only the course's wheel (``--no-deps``), so nothing is downloaded. The 
 one notebook headless with ``--max-steps 2`` from a temporary folder: the wheel works for a
 notebook, and the runner's shortest runs work (``course-utils run --max-steps N`` for N >= 1).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,16 @@ pytestmark = pytest.mark.slow
 def _clean_env(**extra: str) -> dict[str, str]:
     """This environment without anything that would import the clone instead of the wheel."""
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "COURSE_MODEL", "COURSE_METRICS_PATH"}}
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", **extra})
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_NO_INPUT": "1",
+            **extra,
+        }
+    )
     return env
 
 
@@ -52,15 +61,30 @@ def installed(tmp_path_factory) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
     for name in ("course_utils", "data"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
-          str(src)], cwd=tmp)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        cwd=tmp,
+    )
     wheels = list((tmp / "dist").glob("peft_course-*.whl"))
     assert len(wheels) == 1, wheels
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(tmp / "venv")
     python = tmp / "venv" / ("Scripts" if os.name == "nt" else "bin") / "python"
     # --ignore-installed: this environment may hold an editable install of the course; the venv gets its own.
-    _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
-          str(wheels[0])], cwd=tmp)
+    _run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheels[0])],
+        cwd=tmp,
+    )
     return python
 
 
@@ -90,9 +114,26 @@ def test_installed_wheel_runs_a_notebook_headless_with_two_steps(installed: Path
     work = tmp_path / "my-course"
     work.mkdir()
     shutil.copy(ROOT / "notebooks" / "02_adapters.ipynb", work)
-    done = subprocess.run([str(installed), "-m", "course_utils", "run", str(work / "02_adapters.ipynb"),
-                           "--max-steps", "2", "--out", str(work / "run"), "--json", "--no-progress"],
-                          cwd=work, env=_clean_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            str(installed),
+            "-m",
+            "course_utils",
+            "run",
+            str(work / "02_adapters.ipynb"),
+            "--max-steps",
+            "2",
+            "--out",
+            str(work / "run"),
+            "--json",
+            "--no-progress",
+        ],
+        cwd=work,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     summary = json.loads((work / "run" / "summary.json").read_text())
     rows = summary["results"]
     assert done.returncode == 0, f"{rows}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"

@@ -1,4 +1,5 @@
 """Tests for course_utils.planner: reference accuracy, monotonic behaviour, configs, fit tables."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,12 @@ def test_list_and_load_shipped_configs(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "n_params"),
-    [("smollm2-135m", 134_515_008), ("smollm2-360m", 361_821_120), ("smollm2-1.7b", 1_711_376_384),
-     ("llama-3.2-1b", 1_235_814_400)],
+    [
+        ("smollm2-135m", 134_515_008),
+        ("smollm2-360m", 361_821_120),
+        ("smollm2-1.7b", 1_711_376_384),
+        ("llama-3.2-1b", 1_235_814_400),
+    ],
 )
 def test_random_model_matches_planner_param_count(name, n_params):
     model = random_model_from_config(name, device="meta")
@@ -61,8 +66,14 @@ def test_random_model_matches_planner_param_count(name, n_params):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"method": "prefix"}, "method"), ({"dtype": "fp8"}, "dtype"), ({"optimizer": "adam"}, "optimizer"),
-     ({"batch_size": 0}, "batch_size"), ({"lora_dropout": 1.5}, "lora_dropout"), ({"target_modules": []}, "empty")],
+    [
+        ({"method": "prefix"}, "method"),
+        ({"dtype": "fp8"}, "dtype"),
+        ({"optimizer": "adam"}, "optimizer"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lora_dropout": 1.5}, "lora_dropout"),
+        ({"target_modules": []}, "empty"),
+    ],
 )
 def test_recipe_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -77,8 +88,9 @@ def test_unknown_target_module_is_named():
 def test_targets_of_another_architecture_are_planned_by_role():
     """Notebook 01 plans SmolLM2-1.7B with the targets read from MODEL, e.g. GPT-2's attention names."""
     gpt2_style = estimate_training_memory("smollm2-135m", Recipe(target_modules=["c_attn", "attn.c_proj"]))
-    llama_style = estimate_training_memory("smollm2-135m", Recipe(target_modules=["q_proj", "k_proj", "v_proj",
-                                                                                  "o_proj"]))
+    llama_style = estimate_training_memory(
+        "smollm2-135m", Recipe(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
     assert gpt2_style.trainable_params == llama_style.trainable_params
     assert gpt2_style.approximate and not llama_style.approximate
     assert "c_attn" in gpt2_style.notes[0] and "q_proj" in gpt2_style.notes[0]
@@ -86,9 +98,13 @@ def test_targets_of_another_architecture_are_planned_by_role():
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "lora-8bit"])
 def test_more_batch_or_longer_sequences_need_more_memory(method):
-    peaks = [estimate_training_memory("smollm2-360m", Recipe(method=method, batch_size=b)).peak_bytes for b in (1, 2, 4, 8)]
+    peaks = [
+        estimate_training_memory("smollm2-360m", Recipe(method=method, batch_size=b)).peak_bytes for b in (1, 2, 4, 8)
+    ]
     assert peaks == sorted(peaks) and len(set(peaks)) == 4
-    seqs = [estimate_training_memory("smollm2-360m", Recipe(method=method, seq_len=t)).peak_bytes for t in (128, 512, 2048)]
+    seqs = [
+        estimate_training_memory("smollm2-360m", Recipe(method=method, seq_len=t)).peak_bytes for t in (128, 512, 2048)
+    ]
     assert seqs == sorted(seqs) and len(set(seqs)) == 3
 
 
@@ -121,8 +137,10 @@ def test_dropout_and_more_targets_cost_memory():
 
 
 def test_optimizer_choice_changes_trainable_state():
-    peaks = {o: estimate_training_memory("smollm2-360m", Recipe(method="full", optimizer=o)).details["optimizer state"]
-             for o in ("adamw", "adamw-8bit", "sgd")}
+    peaks = {
+        o: estimate_training_memory("smollm2-360m", Recipe(method="full", optimizer=o)).details["optimizer state"]
+        for o in ("adamw", "adamw-8bit", "sgd")
+    }
     assert peaks["sgd"] == 0 < peaks["adamw-8bit"] < peaks["adamw"]
 
 
@@ -199,7 +217,8 @@ def test_fused_and_conv1d_targets_are_planned():
 def test_config_transformers_cannot_build_gives_an_approximate_estimate():
     from transformers import T5Config
 
-    est = estimate_training_memory(T5Config(d_model=64, d_ff=128, num_layers=2, num_heads=4, vocab_size=100),
-                                   Recipe(method="lora"))
+    est = estimate_training_memory(
+        T5Config(d_model=64, d_ff=128, num_layers=2, num_heads=4, vocab_size=100), Recipe(method="lora")
+    )
     assert est.approximate and est.peak_bytes > 0
     assert len(est.notes) == 1 and "could not build" in est.notes[0]

@@ -5,6 +5,7 @@
 When it FAILS, upstream has fixed the trap: remove the workaround (``generation_use_cache`` in
 course_utils/evaluation.py and its callers) and rewrite notebook 05's section on it.
 """
+
 import copy
 import warnings
 
@@ -21,9 +22,11 @@ from course_utils.prompt_tuning import (
     virtual_token_embeddings,
 )
 
-UPSTREAM_FIXED = ("upstream fixed the KV-cache trap for {}: cached and uncached greedy generations now agree. "
-                  "Remove the workaround (generation_use_cache in course_utils/evaluation.py) and rewrite "
-                  "notebook 05's section on the trap.")
+UPSTREAM_FIXED = (
+    "upstream fixed the KV-cache trap for {}: cached and uncached greedy generations now agree. "
+    "Remove the workaround (generation_use_cache in course_utils/evaluation.py) and rewrite "
+    "notebook 05's section on the trap."
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +47,16 @@ def _wrap(model, config):
 def prompt_tuned(tiny_model, tiny_model_path):
     from peft import PromptTuningConfig, PromptTuningInit
 
-    return _wrap(tiny_model, PromptTuningConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=8, prompt_tuning_init=PromptTuningInit.TEXT,
-        prompt_tuning_init_text="Answer in capitals.", tokenizer_name_or_path=tiny_model_path))
+    return _wrap(
+        tiny_model,
+        PromptTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=8,
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text="Answer in capitals.",
+            tokenizer_name_or_path=tiny_model_path,
+        ),
+    )
 
 
 def test_plain_model_cache_agrees(tiny_model, tiny_tokenizer, prompts):

@@ -1,4 +1,5 @@
 """course_utils.quantization: configs, byte counts that match bitsandbytes, the AVX-512-BF16 CPU repack."""
+
 import copy
 import logging
 
@@ -32,8 +33,10 @@ def test_configs_cpu():
         bnb_4bit_config("cpu", quant_type="int4")
 
 
-@pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float16), ((7, 0), torch.float16),
-                                                      ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((7, 5), torch.float16), ((7, 0), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)
 def test_4bit_compute_dtype_follows_the_gpu_generation(monkeypatch, capability, expected):
     # torch.cuda.is_bf16_supported() says True on a T4 (emulation): it must not decide
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -46,13 +49,16 @@ def test_4bit_compute_dtype_follows_the_gpu_generation(monkeypatch, capability, 
 def test_nf4_bytes_match_bitsandbytes():
     bnb = pytest.importorskip("bitsandbytes")
     out_f, in_f = 256, 1024
-    layer = bnb.nn.Linear4bit(in_f, out_f, bias=False, compress_statistics=True, quant_type="nf4",
-                              compute_dtype=torch.float32)
-    layer.weight = bnb.nn.Params4bit(torch.randn(out_f, in_f) * 0.02, requires_grad=False,
-                                     compress_statistics=True, quant_type="nf4")
+    layer = bnb.nn.Linear4bit(
+        in_f, out_f, bias=False, compress_statistics=True, quant_type="nf4", compute_dtype=torch.float32
+    )
+    layer.weight = bnb.nn.Params4bit(
+        torch.randn(out_f, in_f) * 0.02, requires_grad=False, compress_statistics=True, quant_type="nf4"
+    )
     layer = layer.to("cpu")
     stored = layer.weight.numel() * layer.weight.element_size() + sum(
-        t.numel() * t.element_size() for t in _quant_state_tensors(layer.weight))
+        t.numel() * t.element_size() for t in _quant_state_tensors(layer.weight)
+    )
     assert stored == nf4_weight_bytes(out_f, in_f, include_code_tables=True)
     assert int8_weight_bytes(out_f, in_f) == out_f * in_f + 4 * out_f
 
@@ -66,10 +72,15 @@ def _two_4bit_layers(double_quant: bool) -> torch.nn.Sequential:
     gen = torch.Generator().manual_seed(0)
     layers = []
     for n_in, n_out in ((192, 128), (128, 64)):
-        layer = bnb.nn.Linear4bit(n_in, n_out, bias=False, compute_dtype=torch.float32,
-                                  compress_statistics=double_quant, quant_type="nf4")
-        layer.weight = bnb.nn.Params4bit(torch.randn(n_out, n_in, generator=gen) * 0.05, requires_grad=False,
-                                         compress_statistics=double_quant, quant_type="nf4")
+        layer = bnb.nn.Linear4bit(
+            n_in, n_out, bias=False, compute_dtype=torch.float32, compress_statistics=double_quant, quant_type="nf4"
+        )
+        layer.weight = bnb.nn.Params4bit(
+            torch.randn(n_out, n_in, generator=gen) * 0.05,
+            requires_grad=False,
+            compress_statistics=double_quant,
+            quant_type="nf4",
+        )
         layers.append(layer.to("cpu"))
     return torch.nn.Sequential(*layers)
 
@@ -93,7 +104,8 @@ def test_prevent_cpu_repack_restores_the_weights(double_quant):
     originals = _dequantized(model)
     for layer in model:  # what Linear4bit.forward does at eval time on an AVX-512-BF16 CPU
         layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(
-            layer.weight.data, layer.weight.quant_state)
+            layer.weight.data, layer.weight.quant_state
+        )
     assert repacked_layers(model) == ["0", "1"]
 
     assert prevent_cpu_repack(model) == 2

@@ -3,6 +3,7 @@
 Each kernel start costs a few seconds, so the cases share runs: one `run` of two notebooks
 (one fails) and one `run --inplace`.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,7 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _write_nb(path: Path, *sources: str, tags: dict[int, list[str]] | None = None, **metadata) -> Path:
-    cells = [nbformat.v4.new_code_cell(src, metadata={"tags": (tags or {}).get(i, [])}) for i, src in enumerate(sources)]
+    cells = [
+        nbformat.v4.new_code_cell(src, metadata={"tags": (tags or {}).get(i, [])}) for i, src in enumerate(sources)
+    ]
     cells.insert(1, nbformat.v4.new_markdown_cell("Some text between cells."))
     nb = nbformat.v4.new_notebook(cells=cells, metadata=metadata)
     nbformat.write(nb, str(path))
@@ -32,14 +35,22 @@ PARAMETERS = 'import os\nMODEL = "course-tiny"\nDTYPE = "auto"\nDEVICE = "auto"\
 @pytest.fixture(scope="module")
 def two_notebooks(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("nbs")
-    _write_nb(folder / "01_ok.ipynb", PARAMETERS,
-              'from course_utils.notebook import record_metrics\n'
-              'record_metrics(accuracy_before=0.5, accuracy_after=0.75, steps=MAX_STEPS)\n'
-              'print(MODEL, DTYPE, MAX_STEPS, os.environ.get("COURSE_MODEL"), os.environ["PYTHONHASHSEED"])',
-              tags={0: ["parameters"]})
-    _write_nb(folder / "02_fails.ipynb", PARAMETERS, "x = MAX_STEPS * 2",
-              "# train for a while\nraise ValueError(f'broken on purpose after {x} steps')", "print('never')",
-              tags={0: ["parameters"]})
+    _write_nb(
+        folder / "01_ok.ipynb",
+        PARAMETERS,
+        "from course_utils.notebook import record_metrics\n"
+        "record_metrics(accuracy_before=0.5, accuracy_after=0.75, steps=MAX_STEPS)\n"
+        'print(MODEL, DTYPE, MAX_STEPS, os.environ.get("COURSE_MODEL"), os.environ["PYTHONHASHSEED"])',
+        tags={0: ["parameters"]},
+    )
+    _write_nb(
+        folder / "02_fails.ipynb",
+        PARAMETERS,
+        "x = MAX_STEPS * 2",
+        "# train for a while\nraise ValueError(f'broken on purpose after {x} steps')",
+        "print('never')",
+        tags={0: ["parameters"]},
+    )
     return folder
 
 
@@ -48,8 +59,20 @@ def run_result(two_notebooks: Path, tmp_path_factory) -> tuple[int, Path, str]:
     model_dir = tmp_path_factory.mktemp("model")
     (model_dir / "config.json").write_text("{}")  # a "saved model" folder: passes the pre-run check
     runs = two_notebooks / "runs"
-    code = main(["run", "--notebooks-dir", str(two_notebooks), "--runs-dir", str(runs), "--max-steps", "3",
-                 "--model", str(model_dir), "--no-progress"])
+    code = main(
+        [
+            "run",
+            "--notebooks-dir",
+            str(two_notebooks),
+            "--runs-dir",
+            str(runs),
+            "--max-steps",
+            "3",
+            "--model",
+            str(model_dir),
+            "--no-progress",
+        ]
+    )
     (out_dir,) = list(runs.iterdir())
     return code, out_dir, str(model_dir)
 
@@ -95,11 +118,14 @@ def test_run_never_overwrites_a_previous_run(run_result, two_notebooks: Path, ca
 
 def test_inplace_regenerates_outputs_and_strips_metadata(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("COURSE_MODEL", "something-else")  # --inplace must use the default model
-    path = _write_nb(tmp_path / "07_new.ipynb", PARAMETERS,
-                     'import sys\nprint("model:", os.environ.get("COURSE_MODEL", MODEL), sorted({"b", "a"}))\n'
-                     'print("noise", file=sys.stderr)',
-                     tags={0: ["parameters"]},
-                     widgets={"application/vnd.jupyter.widget-state+json": {"state": {"x": 1}}})
+    path = _write_nb(
+        tmp_path / "07_new.ipynb",
+        PARAMETERS,
+        'import sys\nprint("model:", os.environ.get("COURSE_MODEL", MODEL), sorted({"b", "a"}))\n'
+        'print("noise", file=sys.stderr)',
+        tags={0: ["parameters"]},
+        widgets={"application/vnd.jupyter.widget-state+json": {"state": {"x": 1}}},
+    )
     nb = nbformat.read(str(path), as_version=4)
     nb.cells[2].metadata["execution"] = {"iopub.execute_input": "2025-01-01T00:00:00Z"}
     nbformat.write(nb, str(path))
@@ -134,5 +160,7 @@ def test_select_notebooks_by_number_name_and_path(tmp_path: Path) -> None:
 def test_kernel_env_matches_root_conftest() -> None:
     """The committed outputs (--inplace) and the nbval re-run must see the same environment."""
     tree = ast.parse((ROOT / "conftest.py").read_text())
-    (value,) = [n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "KERNEL_ENV"]
+    (value,) = [
+        n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "KERNEL_ENV"
+    ]
     assert ast.literal_eval(value) == {**runner.KERNEL_ENV, **runner.OFFLINE_ENV}

@@ -1,4 +1,5 @@
 """The planner's multi-GPU terms (course_utils/sharding.py, Recipe.n_gpus / Recipe.sharding, plan --n-gpus)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,22 +11,32 @@ from course_utils.sharding import per_gpu_terms, validate_sharding
 TERMS = {"weights": 10_000, "grads": 1_000, "opt_state": 2_000, "opt_temp": 1_000, "root_weights": 2_000, "layers": 8}
 
 
-@pytest.mark.parametrize(("n", "sharding", "weights", "grads", "opt", "gathered", "buckets"), [
-    (1, "none", 10_000, 1_000, 2_000, 0, 0),
-    (2, "ddp", 10_000, 1_000, 2_000, 0, 1_000),     # a full replica, plus DDP's gradient buckets
-    (1, "fsdp", 10_000, 1_000, 2_000, 0, 0),        # one GPU: NO_SHARD, nothing gathered
-    (4, "fsdp", 2_500, 250, 500, 4_000, 0),         # 1/N each; root + 2 layers of 1,000 gathered
-    (3, "zero3", 3_334, 334, 667, 4_000, 0),        # shards round up (padding to a multiple of N)
-])
-def test_what_one_gpu_keeps(n: int, sharding: str, weights: int, grads: int, opt: int, gathered: int,
-                            buckets: int) -> None:
+@pytest.mark.parametrize(
+    ("n", "sharding", "weights", "grads", "opt", "gathered", "buckets"),
+    [
+        (1, "none", 10_000, 1_000, 2_000, 0, 0),
+        (2, "ddp", 10_000, 1_000, 2_000, 0, 1_000),  # a full replica, plus DDP's gradient buckets
+        (1, "fsdp", 10_000, 1_000, 2_000, 0, 0),  # one GPU: NO_SHARD, nothing gathered
+        (4, "fsdp", 2_500, 250, 500, 4_000, 0),  # 1/N each; root + 2 layers of 1,000 gathered
+        (3, "zero3", 3_334, 334, 667, 4_000, 0),  # shards round up (padding to a multiple of N)
+    ],
+)
+def test_what_one_gpu_keeps(
+    n: int, sharding: str, weights: int, grads: int, opt: int, gathered: int, buckets: int
+) -> None:
     t = per_gpu_terms(n, sharding, **TERMS)
     assert (t.weights, t.grads, t.opt_state, t.gathered, t.buckets) == (weights, grads, opt, gathered, buckets)
 
 
-@pytest.mark.parametrize(("n", "sharding", "match"), [
-    (2, "none", "needs a sharding"), (0, "fsdp", "positive integer"), (2, "zero2", "one of"), (True, "ddp", "positive"),
-])
+@pytest.mark.parametrize(
+    ("n", "sharding", "match"),
+    [
+        (2, "none", "needs a sharding"),
+        (0, "fsdp", "positive integer"),
+        (2, "zero2", "one of"),
+        (True, "ddp", "positive"),
+    ],
+)
 def test_bad_recipes_say_what_to_pass(n: object, sharding: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         validate_sharding(n, sharding)
@@ -35,16 +46,18 @@ def test_bad_recipes_say_what_to_pass(n: object, sharding: object, match: str) -
 
 def test_fsdp_shrinks_weights_and_state_but_not_activations() -> None:
     one = estimate_training_memory("llama-3.1-8b", Recipe(method="lora", gradient_checkpointing=True))
-    four = estimate_training_memory("llama-3.1-8b", Recipe(method="lora", gradient_checkpointing=True, n_gpus=4,
-                                                           sharding="fsdp"))
+    four = estimate_training_memory(
+        "llama-3.1-8b", Recipe(method="lora", gradient_checkpointing=True, n_gpus=4, sharding="fsdp")
+    )
     d = four.details
     assert d["per GPU: weights (own shard)"] == -(-one.weights_bytes // 4)
     assert d["per GPU: grads"] == -(-one.details["grads"] // 4)
     assert d["per GPU: optimizer state"] == -(-one.details["optimizer state"] // 4)
     assert four.activations_bytes == one.activations_bytes and four.logits_bytes == one.logits_bytes
     assert four.peak_bytes < one.peak_bytes
-    ddp = estimate_training_memory("llama-3.1-8b", Recipe(method="lora", gradient_checkpointing=True, n_gpus=4,
-                                                          sharding="ddp"))
+    ddp = estimate_training_memory(
+        "llama-3.1-8b", Recipe(method="lora", gradient_checkpointing=True, n_gpus=4, sharding="ddp")
+    )
     assert ddp.peak_bytes > one.peak_bytes  # a replica per GPU plus gradient buckets: DDP never saves memory
 
 

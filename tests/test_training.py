@@ -1,4 +1,5 @@
 """The course's core promise, end to end on the default model: LoRA teaches a skill in seconds."""
+
 from __future__ import annotations
 
 import copy
@@ -15,15 +16,24 @@ def test_lora_on_attention_lifts_shout_accuracy_from_base_to_80_percent(tiny_mod
     before = evaluate_task(tiny_model, tiny_tokenizer, eval_split, progress=False)
 
     budget = TimeBudget(60)  # at most 60 s of training, whatever the machine
-    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
-                        task_type="CAUSAL_LM")
-    run = train_lora(copy.deepcopy(tiny_model), tiny_tokenizer, load_task("shout", "train"), config,
-                     max_steps=150, callbacks=[budget])
+    config = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
+    run = train_lora(
+        copy.deepcopy(tiny_model),
+        tiny_tokenizer,
+        load_task("shout", "train"),
+        config,
+        max_steps=150,
+        callbacks=[budget],
+    )
     after = evaluate_task(run.model, tiny_tokenizer, eval_split, progress=False)
 
     steps = run.trainer.state.global_step
-    print(f"\nshout eval accuracy: base {before.accuracy:.1%} -> LoRA r=8 q,v {after.accuracy:.1%} "
-          f"({steps} steps, {run.seconds:.1f} s of training{', stopped by the 60 s budget' if budget.stopped_early else ''})")
+    print(
+        f"\nshout eval accuracy: base {before.accuracy:.1%} -> LoRA r=8 q,v {after.accuracy:.1%} "
+        f"({steps} steps, {run.seconds:.1f} s of training{', stopped by the 60 s budget' if budget.stopped_early else ''})"
+    )
     assert before.accuracy <= 0.20
     assert after.accuracy >= 0.80
     assert run.model.peft_config["default"].r <= 16
@@ -33,8 +43,13 @@ def test_lora_on_attention_lifts_shout_accuracy_from_base_to_80_percent(tiny_mod
 def test_training_leaves_the_base_weights_frozen(tiny_model, tiny_tokenizer):
     model = copy.deepcopy(tiny_model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    run = train_lora(model, tiny_tokenizer, load_task("shout", "train").select(range(32)),
-                     LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]), max_steps=3)
+    run = train_lora(
+        model,
+        tiny_tokenizer,
+        load_task("shout", "train").select(range(32)),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]),
+        max_steps=3,
+    )
     trainable = [n for n, p in run.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     base = run.model.get_base_model()

@@ -5,6 +5,7 @@ read-only). Adapters get non-trivial weights (lora_B ~ N(0, 0.02)) so a merge re
 weights. Broken merges are simulated on the merged model: one layer's delta scaled by a few
 percent, the delta added twice, or another adapter's delta merged instead.
 """
+
 from __future__ import annotations
 
 import copy
@@ -104,7 +105,7 @@ def test_prepare_inputs_drops_padding_from_ids():
     p = prepare_inputs({"input_ids": ids, "attention_mask": mask})
     assert p.sequences == [[5, 6, 7], [8, 9]]
     assert p.n_tokens == 5
-    (b_ids, b_mask), = list(p.batches(8, padding_side="left"))
+    ((b_ids, b_mask),) = list(p.batches(8, padding_side="left"))
     assert b_mask.tolist() == [[1, 1, 1], [0, 1, 1]]
     assert b_ids[1, 1:].tolist() == [8, 9]
 
@@ -112,10 +113,17 @@ def test_prepare_inputs_drops_padding_from_ids():
 def test_prepare_inputs_renders_messages_with_chat_template(tiny_tokenizer):
     from datasets import Dataset
 
-    ds = Dataset.from_dict({"messages": [
-        [{"role": "user", "content": "What is the capital of France?"},
-         {"role": "assistant", "content": "Paris."}],
-    ] * 3})
+    ds = Dataset.from_dict(
+        {
+            "messages": [
+                [
+                    {"role": "user", "content": "What is the capital of France?"},
+                    {"role": "assistant", "content": "Paris."},
+                ],
+            ]
+            * 3
+        }
+    )
     p = prepare_inputs(ds, tiny_tokenizer, max_examples=2)
     assert len(p.sequences) == 2
     full = tiny_tokenizer.decode(p.sequences[0])
@@ -234,13 +242,20 @@ def test_different_tokenizers_are_refused(tiny_model, tiny_tokenizer):
     other_tok = copy.deepcopy(tiny_tokenizer)
     other_tok.add_tokens(["<definitely-new-token>"])
     with pytest.raises(VocabularyMismatchError, match="tokenizer"):
-        compare_models(tiny_model, copy.deepcopy(tiny_model), TEXTS, tiny_tokenizer,
-                       candidate_tokenizer=other_tok, max_new_tokens=0)
+        compare_models(
+            tiny_model,
+            copy.deepcopy(tiny_model),
+            TEXTS,
+            tiny_tokenizer,
+            candidate_tokenizer=other_tok,
+            max_new_tokens=0,
+        )
 
 
 def test_cross_dtype_comparison_uses_the_looser_tolerance(tiny_model, tiny_tokenizer):
-    report = compare_models(tiny_model, copy.deepcopy(tiny_model).to(torch.bfloat16), TEXTS[:2],
-                            tiny_tokenizer, max_new_tokens=0)
+    report = compare_models(
+        tiny_model, copy.deepcopy(tiny_model).to(torch.bfloat16), TEXTS[:2], tiny_tokenizer, max_new_tokens=0
+    )
     assert report.tolerance.name == "bfloat16"
     assert report.passed, report
 
@@ -256,8 +271,17 @@ def test_report_dict_repr_html_and_plot(tiny_model, tiny_tokenizer):
     assert isinstance(report, ValidationReport)
     d = report.to_dict()
     assert d["passed"] is True and d["failed"] == []
-    for key in ("max_abs_logit_diff", "mean_abs_logit_diff", "mean_kl", "max_kl", "top1_agreement",
-                "generation_match", "ppl_reference", "ppl_candidate", "rel_perplexity_diff"):
+    for key in (
+        "max_abs_logit_diff",
+        "mean_abs_logit_diff",
+        "mean_kl",
+        "max_kl",
+        "top1_agreement",
+        "generation_match",
+        "ppl_reference",
+        "ppl_candidate",
+        "rel_perplexity_diff",
+    ):
         assert key in d["metrics"]
     assert d["metrics"]["ppl_reference"]["value"] == pytest.approx(d["metrics"]["ppl_candidate"]["value"])
     text = repr(report)

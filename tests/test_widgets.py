@@ -1,4 +1,5 @@
 """The adapter switcher, headless: build the widget, drive its callback, read the static table."""
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,9 @@ from course_utils.widgets import BASE_LABEL, AdapterSwitcher, adapter_switcher
 def peft_model(tiny_model):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]),
-                           adapter_name="loud")
+    model = get_peft_model(
+        copy.deepcopy(tiny_model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]), adapter_name="loud"
+    )
     model.add_adapter("noisy", LoraConfig(r=2, target_modules=["v_proj"]))
     torch.manual_seed(0)
     with torch.no_grad():

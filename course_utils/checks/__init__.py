@@ -10,6 +10,7 @@ Modules, one per notebook: ``lora`` (01), ``adapters`` (02), ``merging`` (03), `
 >>> bool(result), result.message
 (True, 'Correct: rank = 8.')
 """
+
 from __future__ import annotations
 
 import html
@@ -43,9 +44,11 @@ class CheckResult:
         color = "#1a7f37" if self.passed else "#b35900"
         mark = "&#10004; Correct" if self.passed else "&#10008; Not yet"
         hints = "".join(f"<li>{html.escape(h)}</li>" for h in self.hints)
-        return (f"<div style='border-left:4px solid {color};padding:4px 8px'><b style='color:{color}'>{mark}</b> "
-                f"&mdash; <b>{html.escape(self.name)}</b>: {html.escape(self.message)}"
-                f"{'<ul>' + hints + '</ul>' if hints else ''}</div>")
+        return (
+            f"<div style='border-left:4px solid {color};padding:4px 8px'><b style='color:{color}'>{mark}</b> "
+            f"&mdash; <b>{html.escape(self.name)}</b>: {html.escape(self.message)}"
+            f"{'<ul>' + hints + '</ul>' if hints else ''}</div>"
+        )
 
 
 def check_equal(name: str, answer: Any, expected: Any, *hints: str) -> CheckResult:

@@ -3,6 +3,7 @@
 >>> bool(check_diagonal({"shout": 1.0}, {"shout": {"shout": 1.0, "terse": 0.0}}))
 True
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -17,14 +18,21 @@ def check_active_adapter(answer: str | None, model: Any) -> CheckResult:
     """Exercise 1: the name of the adapter that is active in ``model`` right now."""
     expected = model.active_adapter
     return check_equal(
-        "active adapter", answer, expected,
+        "active adapter",
+        answer,
+        expected,
         "Only the LAST set_adapter(...) call counts; load_adapter(...) loads an adapter but does not activate it.",
         "Check yourself with `model.active_adapter` (and `list(model.peft_config)` for all loaded ones).",
     )
 
 
-def check_base_outputs(fn: Callable[[Any, Mapping[str, Any]], Any] | None, model: Any,
-                       inputs: Mapping[str, Any], reference_logits: Any, atol: float = 1e-5) -> CheckResult:
+def check_base_outputs(
+    fn: Callable[[Any, Mapping[str, Any]], Any] | None,
+    model: Any,
+    inputs: Mapping[str, Any],
+    reference_logits: Any,
+    atol: float = 1e-5,
+) -> CheckResult:
     """Exercise 2: ``fn(model, inputs)`` must return the BASE model's logits and leave the adapters in place.
 
     ``reference_logits`` are the logits of a freshly loaded base model on ``inputs``.
@@ -32,8 +40,10 @@ def check_base_outputs(fn: Callable[[Any, Mapping[str, Any]], Any] | None, model
     import torch
 
     name = "base-model logits from a PeftModel"
-    hints = ["peft has a context manager that switches every adapter off inside a `with` block and back on after.",
-             "Look for `disable_adapter` on the PeftModel (singular; it is used as `with model.disable_adapter(): ...`)."]
+    hints = [
+        "peft has a context manager that switches every adapter off inside a `with` block and back on after.",
+        "Look for `disable_adapter` on the PeftModel (singular; it is used as `with model.disable_adapter(): ...`).",
+    ]
     if fn is None:
         return CheckResult(name, False, "No answer yet: replace the `None` with your function.", hints)
     adapters_before = list(model.peft_config)
@@ -41,31 +51,56 @@ def check_base_outputs(fn: Callable[[Any, Mapping[str, Any]], Any] | None, model
     with torch.no_grad():
         logits = fn(model, inputs)
     if logits is None:
-        return CheckResult(name, False, "Your function returned None: return the logits (`model(**inputs).logits`).",
-                           hints)
+        return CheckResult(
+            name, False, "Your function returned None: return the logits (`model(**inputs).logits`).", hints
+        )
     logits = getattr(logits, "logits", logits)
     adapters_after = list(getattr(model, "peft_config", {}))
     if adapters_after != adapters_before:
-        return CheckResult(name, False, f"The adapters changed from {adapters_before} to {adapters_after}: "
-                           "get base outputs without deleting or unloading anything.", hints)
+        return CheckResult(
+            name,
+            False,
+            f"The adapters changed from {adapters_before} to {adapters_after}: "
+            "get base outputs without deleting or unloading anything.",
+            hints,
+        )
     diff = (logits.float() - reference_logits.float()).abs().max().item()
     if diff > atol:
-        return CheckResult(name, False, f"These logits differ from the base model's by up to {diff:.3g}: "
-                           "an adapter was still active.", hints)
+        return CheckResult(
+            name,
+            False,
+            f"These logits differ from the base model's by up to {diff:.3g}: an adapter was still active.",
+            hints,
+        )
     if model.active_adapter != active_before:
-        return CheckResult(name, False, f"Right logits, but the active adapter changed from {active_before!r} to "
-                           f"{model.active_adapter!r}: leave the model as you found it.", hints)
+        return CheckResult(
+            name,
+            False,
+            f"Right logits, but the active adapter changed from {active_before!r} to "
+            f"{model.active_adapter!r}: leave the model as you found it.",
+            hints,
+        )
     with torch.no_grad():
         adapted = model(**inputs).logits
     if (adapted.float() - reference_logits.float()).abs().max().item() <= atol:
-        return CheckResult(name, False, "Right logits, but now the adapter no longer changes the model's outputs: "
-                           "switch adapters off only for the duration of the call.", hints)
-    return CheckResult(name, True, f"Correct: base-model logits (max |difference| {diff:.1g}) and the adapter "
-                       f"{active_before!r} is still active afterwards.")
+        return CheckResult(
+            name,
+            False,
+            "Right logits, but now the adapter no longer changes the model's outputs: "
+            "switch adapters off only for the duration of the call.",
+            hints,
+        )
+    return CheckResult(
+        name,
+        True,
+        f"Correct: base-model logits (max |difference| {diff:.1g}) and the adapter "
+        f"{active_before!r} is still active afterwards.",
+    )
 
 
-def check_diagonal(answer: Mapping[str, float] | Sequence[float] | None,
-                   matrix: Mapping[str, Mapping[str, float]]) -> CheckResult:
+def check_diagonal(
+    answer: Mapping[str, float] | Sequence[float] | None, matrix: Mapping[str, Mapping[str, float]]
+) -> CheckResult:
     """Exercise 3: each adapter's accuracy on the task it was trained for (the diagonal).
 
     ``matrix[row][task]`` is an accuracy; the rows that name a task (``shout``, ``terse``) are
@@ -75,15 +110,18 @@ def check_diagonal(answer: Mapping[str, float] | Sequence[float] | None,
     tasks = [row for row in matrix if row in next(iter(matrix.values()))]
     expected = {t: matrix[t][t] for t in tasks}
     name = "diagonal of the accuracy matrix"
-    hints = ["The diagonal pairs each adapter with the task it was trained on: matrix['shout']['shout'], ...",
-             "Rows are adapters (and the base model), columns are tasks."]
+    hints = [
+        "The diagonal pairs each adapter with the task it was trained on: matrix['shout']['shout'], ...",
+        "Rows are adapters (and the base model), columns are tasks.",
+    ]
     if answer is None:
         return CheckResult(name, False, "No answer yet: replace the `None` with your answer.", hints)
     if not isinstance(answer, Mapping):
         values = list(answer)
         if len(values) != len(tasks):
-            return CheckResult(name, False, f"Expected {len(tasks)} values (one per task: {tasks}), got {len(values)}.",
-                               hints)
+            return CheckResult(
+                name, False, f"Expected {len(tasks)} values (one per task: {tasks}), got {len(values)}.", hints
+            )
         answer = dict(zip(tasks, values))
     if set(answer) != set(tasks):
         return CheckResult(name, False, f"Expected one entry per task {tasks}, got {sorted(answer)}.", hints)

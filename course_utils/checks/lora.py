@@ -7,13 +7,13 @@ right when the notebook runs with another model (SmolLM2, Llama, ...).
 >>> bool(check_scaling(2.0, r=16, lora_alpha=32))
 True
 """
+
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from course_utils.checks import CheckResult, check_close, check_equal
 from course_utils.architectures import (
     decoder_linear_layers,
     fused_projections,
@@ -22,6 +22,7 @@ from course_utils.architectures import (
     matches_target,
     mlp_projection_names,
 )
+from course_utils.checks import CheckResult, check_close, check_equal
 
 __all__ = ["check_lora_parameter_count", "check_mlp_targets", "check_scaling", "count_trainable_with_peft"]
 
@@ -49,8 +50,9 @@ def count_trainable_with_peft(model: Any, r: int, target_modules: Iterable[str])
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
-def check_lora_parameter_count(answer: int | None, model: Any, r: int = 8,
-                               target_modules: Iterable[str] = ("q_proj", "v_proj")) -> CheckResult:
+def check_lora_parameter_count(
+    answer: int | None, model: Any, r: int = 8, target_modules: Iterable[str] = ("q_proj", "v_proj")
+) -> CheckResult:
     """Exercise 1: how many trainable parameters does LoRA(r, target_modules) add to ``model``?
 
     The expected value is peft's own count (a deep copy of the model wrapped with
@@ -61,29 +63,43 @@ def check_lora_parameter_count(answer: int | None, model: Any, r: int = 8,
     shapes = linear_layer_names(model)
     fused = {t: p for t, p in fused_projections(model).items() if t in targets}
     name = f"trainable parameters of LoRA r={r} on {'+'.join(targets)}"
-    hints = ["Each adapted layer adds A (r x in_features) and B (out_features x r): r * (in + out) parameters.",
-             "Count every decoder layer: model.config.num_hidden_layers layers carry each target."]
+    hints = [
+        "Each adapted layer adds A (r x in_features) and B (out_features x r): r * (in + out) parameters.",
+        "Count every decoder layer: model.config.num_hidden_layers layers carry each target.",
+    ]
     if any(t in shapes for t in targets):
         dims = ", ".join(f"{t}: in {shapes[t][0]}, out {shapes[t][1]}" for t in targets if t in shapes)
         outs = {shapes[t][1] for t in targets if t in shapes}
-        gqa = (" They differ: with grouped-query attention k_proj/v_proj have fewer outputs than q_proj "
-               "(num_key_value_heads * head_dim).") if len(outs) > 1 and not fused else ""
+        gqa = (
+            (
+                " They differ: with grouped-query attention k_proj/v_proj have fewer outputs than q_proj "
+                "(num_key_value_heads * head_dim)."
+            )
+            if len(outs) > 1 and not fused
+            else ""
+        )
         hints.append(f"Layer shapes: {dims}.{gqa}")
     if fused:
         parts = "; ".join(f"{t} computes {'+'.join(p)} at once" for t, p in fused.items())
-        hints.append(f"A fused projection is one layer: LoRA adds ONE A/B pair with out = the sum of its parts "
-                     f"({parts}).")
+        hints.append(
+            f"A fused projection is one layer: LoRA adds ONE A/B pair with out = the sum of its parts ({parts})."
+        )
     if any(layer.conv1d for layer in decoder_linear_layers(model)):
-        hints.append("GPT-2's Conv1D stores its weight as (in, out), transposed from nn.Linear: read in/out from "
-                     "weight.shape[0] / weight.shape[1] (peft's fan_in_fan_out).")
+        hints.append(
+            "GPT-2's Conv1D stores its weight as (in, out), transposed from nn.Linear: read in/out from "
+            "weight.shape[0] / weight.shape[1] (peft's fan_in_fan_out)."
+        )
     result = check_close(name, answer, expected, *hints, rel=0.0)
     if not result and answer is not None:
         try:
             value = int(answer)
         except (TypeError, ValueError):
             return result
-        n_layers = max(1, sum(1 for layer in decoder_linear_layers(model)
-                              if any(matches_target(layer.name, t) for t in targets)) // max(1, len(targets)))
+        n_layers = max(
+            1,
+            sum(1 for layer in decoder_linear_layers(model) if any(matches_target(layer.name, t) for t in targets))
+            // max(1, len(targets)),
+        )
         if value * n_layers == expected:
             result.hints.insert(0, "That is one decoder layer's worth: multiply by the number of layers.")
         elif value == 2 * expected:
@@ -94,9 +110,14 @@ def check_lora_parameter_count(answer: int | None, model: Any, r: int = 8,
 def check_scaling(answer: float | None, r: int, lora_alpha: float) -> CheckResult:
     """Exercise 2: the factor LoRA multiplies ``B @ A x`` by (``lora_alpha / r``)."""
     expected = lora_alpha / r
-    result = check_close(f"scaling for r={r}, lora_alpha={lora_alpha}", answer, expected,
-                         "peft multiplies the update by lora_alpha / r (see `layer.scaling`).",
-                         "Doubling r at a fixed lora_alpha halves the scaling.", rel=1e-6)
+    result = check_close(
+        f"scaling for r={r}, lora_alpha={lora_alpha}",
+        answer,
+        expected,
+        "peft multiplies the update by lora_alpha / r (see `layer.scaling`).",
+        "Doubling r at a fixed lora_alpha halves the scaling.",
+        rel=1e-6,
+    )
     if not result and answer is not None:
         try:
             value = float(answer)
@@ -104,9 +125,10 @@ def check_scaling(answer: float | None, r: int, lora_alpha: float) -> CheckResul
             return result
         if abs(value - r / lora_alpha) < 1e-9:
             result.hints.insert(0, "You computed r / lora_alpha: it is the other way round.")
-        elif abs(value - lora_alpha / r ** 0.5) < 1e-9:
-            result.hints.insert(0, "That is rsLoRA's scaling (use_rslora=True: lora_alpha / sqrt(r)); "
-                                   "the default is lora_alpha / r.")
+        elif abs(value - lora_alpha / r**0.5) < 1e-9:
+            result.hints.insert(
+                0, "That is rsLoRA's scaling (use_rslora=True: lora_alpha / sqrt(r)); the default is lora_alpha / r."
+            )
     return result
 
 
@@ -124,18 +146,24 @@ def check_mlp_targets(answer: Iterable[str] | str | None, model: Any) -> CheckRe
     selects attention's output projection).
     """
     expected = mlp_projection_names(model)
-    hints = ["Print the model (or `[n for n, _ in model.named_modules()]`) and look inside one layer's MLP "
-             "(`mlp`, or the feed-forward layers next to the attention block, like OPT's fc1/fc2).",
-             "target_modules takes the short names (the last part of the module name), e.g. 'q_proj'; "
-             "peft matches them against the END of each module name, so 'mlp.c_proj' selects only the MLP's c_proj."]
+    hints = [
+        "Print the model (or `[n for n, _ in model.named_modules()]`) and look inside one layer's MLP "
+        "(`mlp`, or the feed-forward layers next to the attention block, like OPT's fc1/fc2).",
+        "target_modules takes the short names (the last part of the module name), e.g. 'q_proj'; "
+        "peft matches them against the END of each module name, so 'mlp.c_proj' selects only the MLP's c_proj.",
+    ]
     if fused_projections(model):
         hints.append(f"Fused projections count as one layer each: {sorted(fused_projections(model))}.")
     if answer is None:
         return check_equal("MLP target modules", None, sorted(expected), *hints)
     if isinstance(answer, str):
         if answer == "all-linear":
-            return CheckResult("MLP target modules", False,
-                               "'all-linear' adapts the attention projections too, not only the MLP.", hints)
+            return CheckResult(
+                "MLP target modules",
+                False,
+                "'all-linear' adapts the attention projections too, not only the MLP.",
+                hints,
+            )
         answer = [answer]
     given = sorted(set(answer))
     want, got = _selected(model, expected), _selected(model, given)

@@ -5,6 +5,7 @@ True
 >>> bool(check_dpo_reward(0.2, policy_logp=-10.0, ref_logp=-12.0, beta=0.1))
 True
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,10 @@ def check_cpu_flag(answer: Any) -> CheckResult:
     ``{"use_cpu": True}``) or the same as a string (``"bf16=False"``).
     """
     name = "config flag for training on a CPU"
-    hints = ["Read the error: it names bf16 and says what to assign.",
-             "TRL's configs default to bf16=True when it is not set; a CPU run wants fp32."]
+    hints = [
+        "Read the error: it names bf16 and says what to assign.",
+        "TRL's configs default to bf16=True when it is not set; a CPU run wants fp32.",
+    ]
     if answer is None:
         return CheckResult(name, False, "No answer yet: replace the `None` with a dict such as {'flag': value}.", hints)
     if isinstance(answer, str):
@@ -47,8 +50,9 @@ def check_cpu_flag(answer: Any) -> CheckResult:
         return CheckResult(name, False, f"Expected a dict of config arguments, got {type(answer).__name__}.", hints)
     if answer.get("bf16") is False or answer.get("use_cpu") is True:
         chosen = ", ".join(f"{k}={v!r}" for k, v in answer.items())
-        return CheckResult(name, True, f"Correct: {chosen}. The notebook sets both, and decides "
-                                       "gradient_checkpointing explicitly too.")
+        return CheckResult(
+            name, True, f"Correct: {chosen}. The notebook sets both, and decides gradient_checkpointing explicitly too."
+        )
     if answer.get("bf16") is True:
         return CheckResult(name, False, "bf16=True is what causes the error on a CPU.", hints)
     if "fp16" in answer:
@@ -63,8 +67,10 @@ def check_cpu_flag(answer: Any) -> CheckResult:
 def check_dpo_reward(answer: float | None, policy_logp: float, ref_logp: float, beta: float) -> CheckResult:
     """Exercise: the implicit reward DPO logs (``rewards/chosen``) for one answer."""
     expected = dpo_implicit_reward(policy_logp, ref_logp, beta)
-    hints = ["rewards/chosen = beta * (log-prob under the trained model - log-prob under the reference).",
-             "The reference is the same network with the LoRA adapter disabled (ref_model=None)."]
+    hints = [
+        "rewards/chosen = beta * (log-prob under the trained model - log-prob under the reference).",
+        "The reference is the same network with the LoRA adapter disabled (ref_model=None).",
+    ]
     result = check_close("DPO implicit reward", answer, expected, *hints, rel=1e-3)
     if not result and answer is not None:
         try:
@@ -72,8 +78,11 @@ def check_dpo_reward(answer: float | None, policy_logp: float, ref_logp: float, 
         except (TypeError, ValueError):
             return result
         if abs(value + expected) < 1e-9:
-            result.hints.insert(0, "Right size, wrong sign: the policy's log-prob comes first. The answer became "
-                                   "MORE likely than under the reference, so the reward is positive.")
+            result.hints.insert(
+                0,
+                "Right size, wrong sign: the policy's log-prob comes first. The answer became "
+                "MORE likely than under the reference, so the reward is positive.",
+            )
         elif abs(value - (policy_logp - ref_logp)) < 1e-9:
             result.hints.insert(0, "You forgot to multiply by beta.")
         elif beta and abs(value - (policy_logp - ref_logp) / beta) < 1e-9:
@@ -87,8 +96,10 @@ def check_reference_bytes(answer: float | None, model: Any) -> CheckResult:
 
     expected = model_memory_breakdown(model).weights_bytes
     n = sum(p.numel() for p in model.parameters())
-    hints = [f"The model has {n:,} parameters; count bytes per parameter from its dtype ({model.dtype}).",
-             "With ref_model=None no copy is made: this is what the adapter trick saves."]
+    hints = [
+        f"The model has {n:,} parameters; count bytes per parameter from its dtype ({model.dtype}).",
+        "With ref_model=None no copy is made: this is what the adapter trick saves.",
+    ]
     result = check_close("bytes of a separate reference model", answer, expected, *hints, rel=0.01)
     if not result and answer is not None:
         try:
