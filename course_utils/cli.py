@@ -177,7 +177,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     try:
         if args.compare:
             recipes = [planner.Recipe(method=m, **common) for m in ("full", "lora", "qlora")]
-            table = planner.fit_table(config, recipes, gpus=tuple(args.gpus))
+            table = planner.fit_table(config, recipes, gpus=tuple(args.gpu_sizes))
             print(json.dumps(table.to_dict(), indent=1) if args.json else table)
         else:
             recipe = planner.Recipe(method=args.method, **common)
@@ -266,8 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw-8bit", "sgd"))
     plan.add_argument("--gpu", type=float, help="GPU memory in GB: say whether it fits, and which knob would help")
     plan.add_argument("--compare", action="store_true", help="full / lora / qlora side by side on several GPU sizes")
-    plan.add_argument("--gpus", type=float, nargs="+", default=[16, 24, 40, 80], help="GPU sizes for --compare")
-    plan.add_argument("--n-gpus", type=int, default=1, help="GPUs trained on together: the estimate is per GPU")
+    plan.add_argument(
+        "--gpu-sizes", type=float, nargs="+", default=[16, 24, 40, 80], help="GPU sizes in GB for --compare"
+    )
+    plan.add_argument(
+        "--gpus",
+        "--n-gpus",
+        dest="n_gpus",
+        type=int,
+        default=1,
+        help="how many GPUs train together (with --sharding): the estimate is per GPU",
+    )
     plan.add_argument(
         "--sharding",
         choices=("none", "ddp", "fsdp", "zero3"),

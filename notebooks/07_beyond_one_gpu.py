@@ -216,7 +216,7 @@ expect(
 )
 
 # %% [markdown]
-# From the command line: `course-utils plan llama-3.1-8b --gc --n-gpus 4 --sharding fsdp --gpu 16`.
+# From the command line: `course-utils plan llama-3.1-8b --gc --gpus 4 --sharding fsdp --gpu 16`.
 #
 # ## 3. Launching: `accelerate launch --config_file ...`
 #
@@ -384,7 +384,7 @@ expect("the loss went down", ranks[0]["losses"][-1] < ranks[0]["losses"][0])
 # - The **peaks** of section 2 are the planner's model of the mechanisms (checked within 15% against an H200 on one
 #   GPU, `data/reference/`); the FSDP and ZeRO-3 extras (gathered units, prefetch) are modelled, not yet measured. One
 #   GPU cannot show sharding across GPUs. On a machine with N GPUs, measure with the same launch and
-#   `torch.cuda.max_memory_allocated()`, e.g. `course-utils plan llama-3.1-8b --gc --n-gpus 4 --sharding fsdp` against
+#   `torch.cuda.max_memory_allocated()`, e.g. `course-utils plan llama-3.1-8b --gc --gpus 4 --sharding fsdp` against
 #   `accelerate launch --config_file $(python -m course_utils.distributed --config fsdp-lora) --num_processes 4 ...`.
 # - DeepSpeed is optional (`pip install "peft-course[deepspeed]"`, CUDA only); FSDP needs nothing beyond torch.
 #
@@ -425,7 +425,7 @@ _ = record_metrics(
 # %% [markdown]
 # ## Exercises
 #
-# 1. Run `course-utils plan llama-3.1-8b --n-gpus 8 --sharding ddp --gc` and compare with `--sharding fsdp`. Which
+# 1. Run `course-utils plan llama-3.1-8b --gpus 8 --sharding ddp --gc` and compare with `--sharding fsdp`. Which
 #    term is the same, which is 8x smaller, and why does DDP come out *above* one GPU?
 # 2. Relaunch section 4 with `NUM_PROCESSES = 1` (papermill `-p NUM_PROCESSES 1`, or edit the parameters cell). The
 #    same module runs unchanged; which claim of the check cell changes meaning?

@@ -86,7 +86,7 @@ def test_plan_single_recipe(capsys) -> None:
 
 
 def test_plan_compare_json_and_table(capsys) -> None:
-    assert main(["plan", "smollm2-135m", "--compare", "--json", "--gpus", "8", "80"]) == 0
+    assert main(["plan", "smollm2-135m", "--compare", "--json", "--gpu-sizes", "8", "80"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert [row["recipe"].split()[0] for row in table["rows"]] == ["full", "lora", "qlora"]
     assert table["gpus_GB"] == [8, 80] and all(row["fits"]["80"] for row in table["rows"])
