@@ -114,7 +114,7 @@ def setup(seed: int = 0, *, model: str | None = None, show: bool = True) -> dict
     return info
 
 
-def expect(statement: str, holds: bool) -> None:
+def expect(statement: str, holds: bool, *, hint: str | None = None) -> None:
     """Print a claim and whether it holds, e.g. ``accuracy after training >= 80%: yes``.
 
     Numbers that come out of training or 16-bit arithmetic differ in their last digits between
@@ -122,14 +122,17 @@ def expect(statement: str, holds: bool) -> None:
     numbers in a cell whose output nbval ignores, and checks the lesson in the next cell with
     ``expect``: the printed verdict is the same on every machine, and a broken course turns it
     into ``NO``, which fails the notebook's check. On another model (``MODEL = ...``) a ``NO``
-    is information, not an error: the claim was written for the default model.
+    says what to try when the claim has a ``hint`` (more steps, another learning rate).
 
     >>> expect("accuracy after training >= 80%", 0.917 >= 0.8)
     accuracy after training >= 80%: yes
-    >>> expect("loss went down", 2.1 < 1.9)
+    >>> expect("loss went down", 2.1 < 1.9, hint="train for more steps")
     loss went down: NO
+      try: train for more steps
     """
     print(f"{statement}: {'yes' if bool(holds) else 'NO'}")
+    if hint and not holds:
+        print(f"  try: {hint}")
 
 
 def record_metrics(**metrics: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
     python scripts/build_course_tiny.py                  # ~5-8 min on 2 cores
     python scripts/build_course_tiny.py --datasets-only  # the datasets alone, in seconds
+    python scripts/build_course_tiny.py --out /tmp/try   # build elsewhere (data/ untouched)
 
 Writes
   data/course-tiny/        a Llama-architecture causal LM (q_proj ... down_proj, as SmolLM2),
@@ -49,9 +50,9 @@ CHAT_TEMPLATE = (
 
 VOCAB_SIZE = 1024
 N_DOCS = 40_000
-BLOCK = 64
-BATCH = 32
-STEPS = 800
+BLOCK = 128
+BATCH = 16
+STEPS = 2000
 LR = 1e-3
 
 
@@ -96,7 +97,7 @@ def write_datasets(all_facts: list[world.Fact]) -> dict[str, dict[str, int]]:
     dump(
         "shout",
         {
-            s: [{"messages": world.chat(f.question, world.shout_answer(f))} for f in fs]
+            s: [{"messages": world.chat(f.prompt, world.shout_answer(f))} for f in fs]
             for s, fs in [("train", tr), ("eval", ev)]
         },
     )
@@ -104,7 +105,7 @@ def write_datasets(all_facts: list[world.Fact]) -> dict[str, dict[str, int]]:
     dump(
         "terse",
         {
-            s: [{"messages": world.chat(f.question, world.terse_answer(f))} for f in fs]
+            s: [{"messages": world.chat(f.prompt, world.terse_answer(f))} for f in fs]
             for s, fs in [("train", tr), ("eval", ev)]
         },
     )
@@ -114,7 +115,7 @@ def write_datasets(all_facts: list[world.Fact]) -> dict[str, dict[str, int]]:
         {
             s: [
                 {
-                    "prompt": [{"role": "user", "content": f.question}],
+                    "prompt": [{"role": "user", "content": f.prompt}],
                     "chosen": [{"role": "assistant", "content": world.shout_answer(f)}],
                     "rejected": [{"role": "assistant", "content": f.sentence}],
                 }
@@ -134,15 +135,32 @@ def write_datasets(all_facts: list[world.Fact]) -> dict[str, dict[str, int]]:
     return sizes
 
 
+def reads_the_prompt(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, rows: list[world.Fact]) -> float:
+    """Share of prompts the base answers with the plain sentence of the fact it was given.
+
+    What a real instruct model does before training: read the fact in the prompt, answer in its
+    own (normal-case) words. Every task's adapter then only changes the answer's form.
+    """
+    texts = [tok.apply_chat_template([{"role": "user", "content": f.prompt}], tokenize=False, add_generation_prompt=True) for f in rows]
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=24, do_sample=False)
+    answers = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return sum(a.strip() == f.sentence for a, f in zip(answers, rows)) / len(rows)
+
+
 def main() -> None:
     t0 = time.time()
+    model_dir = MODEL_DIR
+    if "--out" in sys.argv:
+        model_dir = Path(sys.argv[sys.argv.index("--out") + 1])
     if "--datasets-only" in sys.argv:  # the datasets alone, from the same world (seconds)
         print(f"datasets: {write_datasets(world.facts())}")
         return
     torch.manual_seed(world.SEED)
     torch.use_deterministic_algorithms(True)
     all_facts = world.facts()
-    items = world.corpus_lines(all_facts, N_DOCS)
+    items = world.corpus_lines(N_DOCS)
 
     plain = [it for it in items if isinstance(it, str)]
     chats = [world.chat(q, a) for (_, q, a) in (it for it in items if not isinstance(it, str))]
@@ -191,6 +209,7 @@ def main() -> None:
         progress = (step - warmup) / max(1, STEPS - warmup)
         return LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    _, held_out = world.split_facts(all_facts, 48, salt=1)
     gen = torch.Generator().manual_seed(world.SEED)
     model.train()
     t_train = time.time()
@@ -208,6 +227,10 @@ def main() -> None:
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 100 == 0 or step == STEPS - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  (ema {ema:.4f})  {time.time() - t_train:.0f}s", flush=True)
+        if step % 400 == 399:  # reading facts from the prompt appears suddenly, late in training
+            model.eval()
+            print(f"  reads the prompt: {reads_the_prompt(model, tok, held_out):.0%} of 48 held-out prompts", flush=True)
+            model.train()
 
     model.eval()
     model.generation_config = GenerationConfig(
@@ -217,14 +240,15 @@ def main() -> None:
         do_sample=False,
         max_new_tokens=32,
     )
-    if MODEL_DIR.exists():
-        shutil.rmtree(MODEL_DIR)  # the build script owns this folder; learners never write here
-    model.save_pretrained(MODEL_DIR)
-    tok.save_pretrained(MODEL_DIR)
-    sizes = write_datasets(all_facts)
-    size_mb = sum(p.stat().st_size for p in MODEL_DIR.iterdir()) / 1e6
-    print(f"datasets: {sizes}")
-    print(f"saved {MODEL_DIR.relative_to(ROOT)} ({size_mb:.1f} MB)")
+    print(f"the base answers {reads_the_prompt(model, tok, held_out):.0%} of 48 held-out prompts with the fact's plain sentence")
+    if model_dir.exists():
+        shutil.rmtree(model_dir)  # the build script owns this folder; learners never write here
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    size_mb = sum(p.stat().st_size for p in model_dir.iterdir()) / 1e6
+    if model_dir == MODEL_DIR:
+        print(f"datasets: {write_datasets(all_facts)}")
+    print(f"saved {model_dir} ({size_mb:.1f} MB)")
     print(f"final pretraining loss {ema:.4f} (EMA over the last steps), last step {loss.item():.4f}")
     print(f"build time {time.time() - t0:.0f} s")
 

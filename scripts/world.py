@@ -4,12 +4,19 @@ Everything here is deterministic (a seeded ``random.Random``): the same facts, c
 dataset splits come out on every machine. ``build_course_tiny.py`` imports it to write
 the pretraining corpus, the datasets in ``data/datasets/`` and the model in ``data/course-tiny/``.
 
-The world: 48 creatures, each with a kind, a color, a home and a food. The base model reads
-plain sentences about them, the same sentences in CAPITALS (so it knows the capital
-spelling of every word), terse ``fox color: red`` notes, and chat dialogues in which the
-assistant answers in a normal sentence. That design matters: an adapter can only restyle
-what the base has seen (FIELD-NOTES), so the skills the tasks ask for are built from forms
-the base knows but never produces in a chat answer.
+The world: 48 creatures, each with a kind, a color, a home and a food. Every task row
+carries its fact in the prompt ("The carp eats nuts. What does the carp eat?"), so any
+instruct model can answer it in its own words before training, and an adapter only has to
+change the FORM of the answer (capitals, a terse note, a topic name, a preference).
+
+The base model is pretrained the same way: in its corpus each document draws fresh values
+for its creature (the fox is red in one document and blue in the next), so the model cannot
+memorise a fact and must read it from the text before it. It reads plain sentences, the same
+sentences in CAPITALS (so it knows the capital spelling of every word), terse ``fox color:
+red`` notes, and chat dialogues in which the user states facts and asks, and the assistant
+answers in a normal sentence. An adapter can only restyle what the base has seen, so the
+skills the tasks ask for are built from forms the base knows but never produces in a chat
+answer.
 """
 
 from __future__ import annotations
@@ -140,6 +147,11 @@ class Fact:
     def sentence(self) -> str:
         return SENTENCES[self.attribute].format(c=self.creature, v=self.value)
 
+    @property
+    def prompt(self) -> str:
+        """The user's turn: the fact, then the question ("The carp eats nuts. What does the carp eat?")."""
+        return f"{self.sentence} {self.question}"
+
 
 def facts() -> list[Fact]:
     """All 192 facts of the world (48 creatures x 4 attributes), in a fixed order."""
@@ -181,38 +193,52 @@ def chat(question: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
-TOPIC_PROMPT = "Which topic is this sentence about: {s}"
+# The four topic names are in the prompt, so the answer is one of its words.
+TOPIC_PROMPT = "Is this sentence about kind, color, home or food? {s}"
+
+
+def random_values(rng: random.Random, creature: str) -> dict[str, str]:
+    """Fresh values for one document: the corpus never fixes a creature's color, home or food."""
+    return {
+        "kind": KIND_OF[creature],
+        "color": rng.choice(COLORS),
+        "home": rng.choice(HOMES),
+        "food": rng.choice(FOODS),
+    }
 
 
 # --------------------------------------------------------------------------- corpus
-def corpus_lines(all_facts: list[Fact], n_lines: int) -> list[str]:
+def corpus_lines(n_lines: int) -> list:
     """Pretraining documents: plain text and ChatML dialogues (rendered by the caller).
 
-    Returns a list of items: plain strings, or ("chat", question, answer) tuples that the
+    Each document draws its own values for its creature (``random_values``), so no fact can be
+    memorised: the model learns to read facts from the text before it, as the tasks need.
+    Returns a list of items: plain strings, or ("chat", user_turn, answer) tuples that the
     build script renders with the tokenizer's chat template.
     """
     rng = random.Random(SEED + 7)
-    by_creature: dict[str, list[Fact]] = {}
-    for f in all_facts:
-        by_creature.setdefault(f.creature, []).append(f)
     items: list = []
     for _ in range(n_lines):
         r = rng.random()
         c = rng.choice(CREATURES)
-        fs = by_creature[c]
-        if r < 0.30:  # a short story: several plain sentences about one creature
+        values = random_values(rng, c)
+        fs = [Fact(c, a, values[a]) for a in ATTRIBUTES]
+        if r < 0.16:  # a short story: several plain sentences about one creature
             chosen = rng.sample(fs, k=rng.randint(2, 4))
             items.append(" ".join(f.sentence for f in chosen))
-        elif r < 0.45:  # the same sentences in capitals: the base learns the capital spelling
+        elif r < 0.26:  # the same sentences in capitals: the base learns the capital spelling
             chosen = rng.sample(fs, k=rng.randint(1, 3))
             items.append(" ".join(f.sentence.upper() for f in chosen))
-        elif r < 0.55:  # terse notes, which name the topic of each fact
+        elif r < 0.32:  # terse notes, which name the topic of each fact
             chosen = rng.sample(fs, k=rng.randint(1, 4))
             items.append(" ".join(f"{f.creature} {f.attribute}: {f.value}." for f in chosen))
-        elif r < 0.62:  # mixed: a plain sentence followed by its capital form
+        elif r < 0.40:  # mixed: a plain sentence followed by its capital form
             f = rng.choice(fs)
             items.append(f"{f.sentence} {f.sentence.upper()}")
-        else:  # chat: the assistant answers in a normal sentence
-            f = rng.choice(fs)
-            items.append(("chat", f.question, f.sentence))
+        else:  # chat: the user states one to three facts and asks; the assistant answers plainly
+            asked = rng.choice(fs)
+            context = [asked, *rng.sample([f for f in fs if f is not asked], k=rng.randint(0, 2))]
+            rng.shuffle(context)
+            user = " ".join(f.sentence for f in context) + " " + asked.question
+            items.append(("chat", user, asked.sentence))
     return items
