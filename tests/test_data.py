@@ -46,6 +46,43 @@ def test_tasks_teach_what_their_names_say():
     assert topic_labels == {"kind", "color", "home", "food"}
 
 
+def _content_words(text: str) -> set[str]:
+    stop = {"the", "a", "is", "in", "of", "what", "does", "do", "where", "which", "kind", "creature", "this"}
+    words = {w.strip(".,:?!").lower() for w in text.split()}
+    return {w for w in words if w and w not in stop}
+
+
+def _answer_prompt_pairs():
+    for name in TASKS:
+        for split in ("train", "eval"):
+            for row in load_task(name, split):
+                if "messages" in row:
+                    yield name, row["messages"][0]["content"], row["messages"][-1]["content"]
+                else:
+                    prompt = row["prompt"][-1]["content"]
+                    yield name, prompt, row["chosen"][0]["content"]
+                    yield name, prompt, row["rejected"][0]["content"]
+
+
+def test_every_answer_is_derivable_from_its_prompt():
+    """The fact is in the prompt: every content word of every answer appears there.
+
+    So a real instruct model can answer before training, and an adapter only changes the form.
+    """
+    missing = [
+        (name, prompt, answer, sorted(_content_words(answer) - _content_words(prompt)))
+        for name, prompt, answer in _answer_prompt_pairs()
+        if _content_words(answer) - _content_words(prompt)
+    ]
+    assert not missing, f"{len(missing)} answers need words their prompt lacks, e.g. {missing[:3]}"
+
+
+def test_derivability_check_catches_a_question_without_its_fact():
+    answer = "THE CARP EATS NUTS."
+    assert _content_words(answer) - _content_words("What does the carp eat?") == {"eats", "nuts"}
+    assert not _content_words(answer) - _content_words("The carp eats nuts. What does the carp eat?")
+
+
 def test_unknown_task_and_split_are_clear_errors():
     with pytest.raises(ValueError, match="shout, terse, prefs, topic"):
         load_task("sentiment")
