@@ -114,7 +114,7 @@ def setup(seed: int = 0, *, model: str | None = None, show: bool = True) -> dict
     return info
 
 
-def expect(statement: str, holds: bool) -> None:
+def expect(statement: str, holds: bool, *, hint: str | None = None) -> None:
     """Print a claim and whether it holds, e.g. ``accuracy after training >= 80%: yes``.
 
     Numbers that come out of training or 16-bit arithmetic differ in their last digits between
@@ -124,12 +124,20 @@ def expect(statement: str, holds: bool) -> None:
     into ``NO``, which fails the notebook's check. On another model (``MODEL = ...``) a ``NO``
     is information, not an error: the claim was written for the default model.
 
-    >>> expect("accuracy after training >= 80%", 0.917 >= 0.8)
+    ``hint`` says what to try when the claim fails on another model (more steps, another
+    learning rate); it is printed on a second line, ``  try: <hint>``, only after a ``NO``.
+    ``course-utils run`` reads the ``<statement>: NO`` lines and reports each failed claim.
+
+    >>> expect("accuracy after training >= 80%", 0.917 >= 0.8, hint="MAX_STEPS = 300")
     accuracy after training >= 80%: yes
-    >>> expect("loss went down", 2.1 < 1.9)
+    >>> expect("loss went down", 2.1 < 1.9, hint="more steps (MAX_STEPS = 300) or a larger learning rate")
     loss went down: NO
+      try: more steps (MAX_STEPS = 300) or a larger learning rate
     """
-    print(f"{statement}: {'yes' if bool(holds) else 'NO'}")
+    held = bool(holds)
+    print(f"{statement}: {'yes' if held else 'NO'}")
+    if not held and hint:
+        print(f"  try: {hint}")
 
 
 def record_metrics(**metrics: Any) -> dict[str, Any]:
