@@ -71,3 +71,15 @@ def test_sft_tokenization_masks_the_prompt(tiny_tokenizer):
         answer_ids = [t for t in row["labels"] if t != -100]
         text = tiny_tokenizer.decode(answer_ids)
         assert text == src["messages"][-1]["content"] + "<|im_end|>\n"
+
+
+def test_require_messages_joins_conversational_pairs_and_names_what_is_wrong():
+    from datasets import Dataset
+
+    from course_utils.data import require_messages, to_prompt_completion
+
+    shout = load_task("shout", "eval")
+    assert require_messages(shout, "x") is shout
+    assert require_messages(to_prompt_completion(shout), "x")["messages"] == shout["messages"]
+    with pytest.raises(ValueError, match=r"The dataset 'mine' has columns \['question', 'answer'\] \(1 rows\)"):
+        require_messages(Dataset.from_list([{"question": "q", "answer": "a"}]), "evaluate_task", name="mine")

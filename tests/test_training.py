@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 
-from peft import LoraConfig
+import pytest
+from peft import LoraConfig, PeftModel
 
 from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
@@ -66,3 +67,23 @@ def test_cpu_friendly_args_never_ask_for_bf16_on_cpu():
     if not torch.cuda.is_available():
         assert args.bf16 is False and args.use_cpu is True
     assert args.dataloader_pin_memory is False and args.save_strategy == "no"
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (
+            [{"text": "hello"}],
+            r"train_lora needs chat rows: a `messages` column .* or conversational `prompt`/`completion`",
+        ),
+        ([{"prompt": "Q?", "completion": "A."}], r"has columns \['prompt', 'completion'\] \(1 rows\)"),
+        ([], r"train_lora got an empty dataset"),
+    ],
+)
+def test_a_dataset_without_chat_rows_is_refused_before_the_model_is_wrapped(tiny_model, tiny_tokenizer, rows, message):
+    from datasets import Dataset
+
+    model = copy.deepcopy(tiny_model)
+    with pytest.raises(ValueError, match=message):
+        train_lora(model, tiny_tokenizer, Dataset.from_list(rows), LoraConfig(r=4, target_modules=["q_proj"]))
+    assert not isinstance(model, PeftModel) and not hasattr(model, "peft_config")
