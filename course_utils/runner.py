@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CPU_ENV",
     "KERNEL_ENV",
     "NOTEBOOKS_DIR",
     "CellError",
@@ -56,6 +57,10 @@ NOTEBOOKS_DIR = PACKAGE_PARENT / "notebooks"
 KERNEL_ENV: dict[str, str] = {"PYTHONHASHSEED": "0", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
 #: Added for committed outputs (``--inplace``) and nbval: never reach for the hub.
 OFFLINE_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+#: Added for committed outputs (``--inplace``): the CPU on every machine, so a GPU or a Mac writes the
+#: same outputs as the CPU CI that compares them. CUDA is hidden from torch, and ``$COURSE_DEVICE``
+#: makes ``resolve_device("auto")`` (course_utils.loading) answer ``cpu`` where MPS exists.
+CPU_ENV: dict[str, str] = {"CUDA_VISIBLE_DEVICES": "", "COURSE_DEVICE": "cpu"}
 
 _NB_NAME = re.compile(r"^(\d+)_")
 #: Kernel command-line options: ipykernel's start-up warning about unencrypted local TCP is noise
@@ -493,10 +498,11 @@ def clean_notebook(nb: Any) -> Any:
 
 
 def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> NotebookResult:
-    """Re-execute ``path`` with the default model, offline, and write it back with its outputs.
+    """Re-execute ``path`` with the default model, offline, on the CPU, and write it back with its outputs.
 
     The notebook keeps its own parameters (no injected cell); ``$COURSE_MODEL`` is unset so
-    ``MODEL`` is the default; the kernel environment is the nbval one. On a failing cell the
+    ``MODEL`` is the default; the kernel environment is the nbval one plus `CPU_ENV` (CUDA hidden,
+    ``$COURSE_DEVICE=cpu``), so the committed outputs are CPU outputs on any machine. On a failing cell the
     file is left untouched and the result names the cell.
     """
     import nbformat
@@ -513,7 +519,7 @@ def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> Notebook
         extra_arguments=_KERNEL_ARGS,
         resources={"metadata": {"path": str(path.resolve().parent)}},
     )
-    env: dict[str, str | None] = {"COURSE_MODEL": None, "COURSE_METRICS_PATH": None, **OFFLINE_ENV}
+    env: dict[str, str | None] = {"COURSE_MODEL": None, "COURSE_METRICS_PATH": None, **OFFLINE_ENV, **CPU_ENV}
     error: CellError | None = None
     start = time.perf_counter()
     with kernel_env(env), _PeakMemory() as mem:

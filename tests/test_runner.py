@@ -118,11 +118,15 @@ def test_run_never_overwrites_a_previous_run(run_result, two_notebooks: Path, ca
 
 def test_inplace_regenerates_outputs_and_strips_metadata(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("COURSE_MODEL", "something-else")  # --inplace must use the default model
+    monkeypatch.setenv("COURSE_DEVICE", "cuda")  # and the CPU, whatever this shell asks for
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     path = _write_nb(
         tmp_path / "07_new.ipynb",
         PARAMETERS,
         'import sys\nprint("model:", os.environ.get("COURSE_MODEL", MODEL), sorted({"b", "a"}))\n'
         'print("noise", file=sys.stderr)',
+        "import torch\nfrom course_utils.loading import resolve_device\n"
+        'print(repr(os.environ.get("CUDA_VISIBLE_DEVICES")), torch.cuda.is_available(), resolve_device("auto"))',
         tags={0: ["parameters"]},
         widgets={"application/vnd.jupyter.widget-state+json": {"state": {"x": 1}}},
     )
@@ -134,10 +138,12 @@ def test_inplace_regenerates_outputs_and_strips_metadata(tmp_path: Path, monkeyp
     nb = nbformat.read(str(path), as_version=4)
     assert "widgets" not in nb.metadata and "papermill" not in nb.metadata
     assert all("execution" not in c.metadata for c in nb.cells)
-    assert [c.metadata.get("tags") for c in nb.cells if c.cell_type == "code"] == [["parameters"], []]
+    assert [c.metadata.get("tags") for c in nb.cells if c.cell_type == "code"] == [["parameters"], [], []]
     out = nb.cells[2].outputs
     assert out[0]["text"] == "model: course-tiny ['a', 'b']\n"
     assert nb.cells[2].execution_count == 2
+    # committed outputs are CPU outputs on any machine: CUDA hidden, "auto" means the CPU (MPS too)
+    assert nb.cells[3].outputs[0]["text"] == "'' False cpu\n"
 
 
 def test_inplace_refuses_parameter_overrides(tmp_path: Path, capsys) -> None:
