@@ -89,10 +89,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(summary.to_markdown())
         print(f"Executed notebooks and summary.md / summary.json in {out_dir}")
     if not summary.ok:
-        names = ", ".join(r.notebook for r in summary.failed)
+        names = ", ".join(f"{r.notebook} ({r.status})" for r in summary.failed)
         _err(
             f"{len(summary.failed)} notebook(s) failed: {names}. Open the executed copies in {out_dir} "
-            "to see the traceback under the failing cell."
+            "to see the traceback under the failing cell, or the claims that printed NO."
         )
         return EXIT_FAILED
     return EXIT_OK
@@ -109,7 +109,7 @@ def _run_inplace(notebooks: Sequence[Path], args: argparse.Namespace) -> int:
             print(f"  ok in {result.seconds:.1f} s: outputs written, widget state and timing metadata stripped")
         else:
             failed += 1
-            print(f"  FAILED at {result.error}; {nb} left unchanged")
+            print(f"  FAILED: {result.detail()}; {nb} left unchanged")
     if failed:
         _err(f"{failed} notebook(s) failed; fix the failing cell and run the command again.")
         return EXIT_FAILED
