@@ -222,14 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="model for every notebook (MODEL parameter and $COURSE_MODEL), e.g. smollm2-135m")
     run.add_argument("--dtype", help="DTYPE parameter: auto, float32, bfloat16, float16")
     run.add_argument("--device", help="DEVICE parameter: auto, cpu, cuda, mps")
-    run.add_argument("--max-steps", type=int, help="MAX_STEPS parameter (training steps per notebook)")
+    run.add_argument(
+        "--max-steps",
+        type=int,
+        help="MAX_STEPS parameter (training steps per notebook). A short run: claims that print NO are "
+        "reported ('ran, N claims not met (short run)'), not failures; without it they fail the run",
+    )
     run.add_argument("--out", help="output folder (default: a new runs/<timestamp>/)")
     run.add_argument("--runs-dir", default="runs", help="where timestamped run folders go (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
     run.add_argument(
         "--inplace",
         action="store_true",
-        help="execute in place with the default model; strip widget state and timing metadata",
+        help="execute in place with the default model on the CPU (CUDA hidden, COURSE_DEVICE=cpu); strip widget "
+        "state and timing metadata; a notebook with a failed claim (NO) is not written",
     )
     run.add_argument("--timeout", type=float, default=1200, help="seconds per cell before giving up (default 1200)")
     run.add_argument("--notebooks-dir", help="folder of the notebooks (default: ./notebooks)")
