@@ -215,6 +215,14 @@ def test_inplace_regenerates_outputs_and_strips_metadata(tmp_path: Path, monkeyp
     assert nb.cells[3].outputs[0]["text"] == "'' False cpu\n"
 
 
+def test_inplace_does_not_commit_a_failed_claim(tmp_path: Path, capsys) -> None:
+    path = _write_nb(tmp_path / "08_claims.ipynb", PARAMETERS, CLAIMS, tags={0: ["parameters"]})
+    before = path.read_text()
+    assert main(["run", "--inplace", str(path)]) == 1
+    assert path.read_text() == before, "outputs with a claim that printed NO must not be written"
+    assert "1 claims not met: cell 2 `x`" in capsys.readouterr().out
+
+
 def test_inplace_refuses_parameter_overrides(tmp_path: Path, capsys) -> None:
     path = _write_nb(tmp_path / "01_x.ipynb", "x = 1")
     assert main(["run", "--inplace", "--max-steps", "5", str(path)]) == 2
