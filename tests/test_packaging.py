@@ -91,6 +91,17 @@ def test_the_venv_sees_the_running_interpreters_libraries(tmp_path: Path):
 def installed(tmp_path_factory) -> Path:
     """Build the wheel from a copy of the sources and install it into a new venv; returns its python."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # built without isolation (nothing downloaded), so with this interpreter's setuptools: a Python 3.11 venv
+    # comes with setuptools 65.5, which cannot read pyproject.toml's `license = "Apache-2.0"` (PEP 639)
+    from importlib.metadata import version
+
+    found = version("setuptools")
+    if int(found.split(".")[0]) < 77:
+        pytest.fail(
+            f"setuptools {found} in {sys.prefix} is too old to build the course's wheel (needs >= 77, as "
+            'pyproject.toml\'s [build-system] says). Run `pip install -e ".[dev]"` (it brings setuptools>=77), '
+            "or `pip install -U 'setuptools>=77'`."
+        )
     src = tmp / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
