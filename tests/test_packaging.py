@@ -184,7 +184,8 @@ def test_installed_wheel_runs_a_notebook_headless_with_two_steps(installed: Path
     summary = json.loads((work / "run" / "summary.json").read_text())
     rows = summary["results"]
     assert done.returncode == 0, f"{rows}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-    assert [r["status"] for r in rows] == ["ok"], rows
+    # two steps teach nothing: the lesson's claims may print NO, which a short run reports, never as a crash
+    assert [r["status"] for r in rows] in (["ok"], ["ran, claims not met (short run)"]), rows
 
 
 def test_installed_wheel_writes_a_tiny_model_with_its_tokenizer(installed: Path, tmp_path: Path):
