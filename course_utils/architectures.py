@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "ATTENTION_OUTPUTS",
     "LinearLayer",
     "TrainableTable",
     "all_linear_names",
@@ -60,6 +61,7 @@ __all__ = [
     "is_conv1d",
     "layer_shape",
     "linear_layer_names",
+    "logical_numel",
     "lora_parameter_count",
     "matches_target",
     "mlp_projection_names",
@@ -68,9 +70,9 @@ __all__ = [
 ]
 
 _ATTENTION_WORDS = ("attn", "attention")
-# Attention output projections by name. Registration order does not tell (Phi-3 registers o_proj
+#: Attention output projections by name. Registration order does not tell (Phi-3 registers o_proj
 # before qkv_proj), and a forward pass to see the call order would need real weights.
-_ATTENTION_OUTPUTS = ("o_proj", "out_proj", "dense", "c_proj", "wo", "out_lin")
+ATTENTION_OUTPUTS = ("o_proj", "out_proj", "dense", "c_proj", "wo", "out_lin")
 # Fused projections by name (transformers' modeling files): what each one computes at once.
 _FUSED = {
     "qkv_proj": ("q", "k", "v"),  # Phi-3, Phi-4-mini
@@ -250,7 +252,7 @@ def attention_projection_names(model: nn.Module) -> list[str]:
     ['query_key_value', 'dense']
     """
     names = _unique(layer.target for layer in decoder_linear_layers(model) if layer.kind == "attention")
-    return sorted(names, key=lambda n: n.split(".")[-1] in _ATTENTION_OUTPUTS)  # stable: inputs first
+    return sorted(names, key=lambda n: n.split(".")[-1] in ATTENTION_OUTPUTS)  # stable: inputs first
 
 
 def mlp_projection_names(model: nn.Module) -> list[str]:
@@ -311,7 +313,7 @@ def default_lora_targets(model: nn.Module) -> list[str]:
     if known:
         return known
     attention = attention_projection_names(model)
-    inputs = [n for n in attention if n.split(".")[-1] not in _ATTENTION_OUTPUTS] or attention
+    inputs = [n for n in attention if n.split(".")[-1] not in ATTENTION_OUTPUTS] or attention
     return [n for n in inputs if n.split(".")[-1][0] in "qv" or n.split(".")[-1] in _FUSED] or inputs
 
 
@@ -391,7 +393,7 @@ def ia3_targets(model: nn.Module) -> dict[str, list[str]]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in TARGETS and model_type in FEEDFORWARD:
         return {"target_modules": list(TARGETS[model_type]), "feedforward_modules": list(FEEDFORWARD[model_type])}
-    attention = [n for n in attention_projection_names(model) if n.split(".")[-1] not in _ATTENTION_OUTPUTS]
+    attention = [n for n in attention_projection_names(model) if n.split(".")[-1] not in ATTENTION_OUTPUTS]
     kv = [n for n in attention if n.split(".")[-1][0] in "kv" or n.split(".")[-1] in _FUSED] or attention
     mlp = mlp_projection_names(model)
     down = mlp[-1:]  # the output projection is the MLP's last layer in every architecture here
@@ -483,8 +485,12 @@ def architecture_notes(model_name: str) -> list[str]:
 _ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
 
 
-def _logical_numel(param: torch.Tensor) -> int:
-    """Number of weights a parameter stands for (a 4-bit weight stores 2 per byte)."""
+def logical_numel(param: torch.Tensor) -> int:
+    """Number of weights a parameter stands for (a 4-bit weight stores 2 per byte, its ``quant_state`` the shape).
+
+    >>> logical_numel(torch.zeros(3, 4))
+    12
+    """
     shape = getattr(getattr(param, "quant_state", None), "shape", None)
     if shape is not None:
         n = 1
@@ -580,7 +586,7 @@ def trainable_parameter_table(model: nn.Module) -> TrainableTable:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        n = _logical_numel(p)
+        n = logical_numel(p)
         total += n
         if not p.requires_grad:
             continue

@@ -240,7 +240,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from course_utils.data import load_task, to_prompt_completion
-    from course_utils.loading import load_model, load_tokenizer, native_bf16
+    from course_utils.devices import compute_dtype_for, trainer_device_flags
+    from course_utils.loading import load_model, load_tokenizer
 
     started = time.perf_counter()
     cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() != "true"
@@ -248,8 +249,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     require_supported(kind, ns.method, cuda)
     out = Path(ns.output_dir)
     state = PartialState(cpu=not cuda)
-    bf16 = cuda and native_bf16()  # not torch.cuda.is_bf16_supported(): it says True on a T4 (emulated)
-    compute_dtype = torch.bfloat16 if bf16 else torch.float32
+    device = "cuda" if cuda else "cpu"
+    compute_dtype = compute_dtype_for(device)  # the course's one dtype policy (course_utils.devices)
 
     tokenizer = load_tokenizer(ns.model)
     quantization_config = None
@@ -277,13 +278,11 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         per_device_train_batch_size=ns.batch_size,
         learning_rate=ns.learning_rate,
         lr_scheduler_type="constant",
-        bf16=bf16,  # TRL would default to True: an error on CPU
-        use_cpu=not cuda,
+        **trainer_device_flags(device),  # use_cpu, bf16/fp16 matching compute_dtype, no pinned memory
         gradient_checkpointing=ns.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if ns.gradient_checkpointing else None,
         ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient each step
         max_length=ns.max_length,
-        dataloader_pin_memory=False,
         report_to="none",
         save_strategy="no",
         logging_steps=max(1, ns.max_steps // 5),

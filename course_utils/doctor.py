@@ -209,6 +209,8 @@ def diagnose_torch(facts: dict[str, Any]) -> list[Check]:
             )
         ]
     facts["torch"] = torch.__version__
+    from course_utils.devices import compute_dtype_for, native_bf16  # imports torch: only once torch imports
+
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         gib = props.total_memory / 2**30
@@ -217,7 +219,8 @@ def diagnose_torch(facts: dict[str, Any]) -> list[Check]:
             gpu=props.name,
             gpu_memory_GiB=round(gib, 1),
             cuda=torch.version.cuda,
-            bf16=tuple(torch.cuda.get_device_capability(0)) >= (8, 0),
+            bf16=native_bf16("cuda:0"),
+            dtype=str(compute_dtype_for("cuda:0")).replace("torch.", ""),
         )
         checks.append(
             Check(

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from course_utils.architectures import _logical_numel  # shared with trainable_parameter_table
+from course_utils.architectures import logical_numel  # shared with trainable_parameter_table
 
 try:  # a plain base class when transformers is missing, so the module still imports
     from transformers import TrainerCallback as _TrainerCallbackBase
@@ -613,7 +613,7 @@ def model_memory_breakdown(model: torch.nn.Module, by_module: int = 0) -> ModelB
         seen.add(key)
         nbytes = p.numel() * p.element_size()
         q_bytes = sum(t.numel() * t.element_size() for t in _quant_state_tensors(p))
-        n = _logical_numel(p)
+        n = logical_numel(p)
         by_dtype[_storage_kind(p)] += nbytes
         quant += q_bytes
         total += n

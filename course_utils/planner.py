@@ -476,9 +476,9 @@ def _kv_heads(config: Any, heads: int) -> int:
 
 
 def _is_output(target: str) -> bool:
-    from course_utils.architectures import _ATTENTION_OUTPUTS
+    from course_utils.architectures import ATTENTION_OUTPUTS
 
-    return target.split(".")[-1] in _ATTENTION_OUTPUTS or target.split(".")[-1] in ("down_proj", "fc2", "dense_4h_to_h")
+    return target.split(".")[-1] in ATTENTION_OUTPUTS or target.split(".")[-1] in ("down_proj", "fc2", "dense_4h_to_h")
 
 
 def _gated(config: Any, linears: dict[str, tuple[int, int, bool]], mlp_in: list[str], inter: int) -> bool:

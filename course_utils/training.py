@@ -23,6 +23,11 @@ from typing import Any
 from datasets import Dataset
 
 from course_utils.data import tokenize_for_sft
+from course_utils.devices import (  # the first re-exported: notebooks import it here
+    mixed_precision_flags,
+    trainer_device_flags,
+)
+from course_utils.quantization import prevent_cpu_repack
 
 __all__ = ["TimeBudget", "TrainRun", "cpu_friendly_args", "mixed_precision_flags", "train_lora"]
 
@@ -72,33 +77,14 @@ def TimeBudget(seconds: float) -> Any:  # noqa: N802 - reads like a class at the
     return _time_budget_callback(seconds)
 
 
-def mixed_precision_flags(device: Any = "auto") -> dict[str, bool]:
-    """The Trainer's ``bf16``/``fp16`` flags that match ``load_model(..., dtype="auto")`` on ``device``.
-
-    ``bf16=True`` on a CUDA GPU with native bf16 (compute capability >= 8.0), ``fp16=True`` on an
-    older CUDA GPU (T4, V100), both False on a CPU and on MPS (the model trains in its own dtype).
-    Follows :func:`course_utils.loading.resolve_dtype`, so a model and its Trainer never disagree.
-
-    >>> mixed_precision_flags("cpu")
-    {'bf16': False, 'fp16': False}
-    """
-    import torch
-
-    from course_utils.loading import resolve_device, resolve_dtype
-
-    dev = resolve_device(device)
-    dtype = resolve_dtype("auto", dev)
-    on_cuda = dev.type == "cuda"
-    return {"bf16": on_cuda and dtype == torch.bfloat16, "fp16": on_cuda and dtype == torch.float16}
-
-
 def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
     """``TrainingArguments`` that work the same on a CPU, Colab and a local GPU.
 
     - ``use_cpu`` only when there is no accelerator; fp32 on CPU (bf16 matmuls crawl on
       CPUs without AVX-512-BF16/AMX); on a CUDA GPU bf16 from compute capability 8.0 on and
-      fp16 below it (a T4, a V100), like ``dtype="auto"`` (:func:`mixed_precision_flags`);
-    - ``dataloader_pin_memory=False`` (its warning on CPU breaks nbval), no checkpoints,
+      fp16 below it (a T4, a V100), like ``dtype="auto"``; ``dataloader_pin_memory=False`` (its warning
+      on CPU breaks nbval): :func:`course_utils.devices.trainer_device_flags`;
+    - no checkpoints,
       no reporting, a fixed seed.
 
     >>> cpu_friendly_args(max_steps=3).max_steps
@@ -106,10 +92,8 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
     >>> cpu_friendly_args(max_steps=2, logging_steps=10).logging_steps  # never longer than the run
     2
     """
-    import torch
     from transformers import TrainingArguments
 
-    on_gpu = torch.cuda.is_available()
     defaults: dict[str, Any] = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="course-run-"),
         per_device_train_batch_size=16,
@@ -121,9 +105,7 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
         report_to="none",
         seed=0,
         data_seed=0,
-        use_cpu=not on_gpu and not torch.backends.mps.is_available(),
-        **mixed_precision_flags("cuda" if on_gpu else "cpu"),
-        dataloader_pin_memory=False,
+        **trainer_device_flags("auto"),
         disable_tqdm=True,
         remove_unused_columns=False,
     )
@@ -161,8 +143,6 @@ def train_lora(
     from peft import PeftModel, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer
     from transformers.trainer_callback import PrinterCallback
-
-    from course_utils.quantization import prevent_cpu_repack
 
     prevent_cpu_repack(model)
     if isinstance(model, PeftModel):
