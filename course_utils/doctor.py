@@ -36,28 +36,10 @@ __all__ = [
     "diagnose_bitsandbytes",
     "diagnose_hub",
     "diagnose_cpu_repack",
-    "FALLBACK_REQUIREMENTS",
 ]
 
 DIST_NAME = "peft-course"
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
-#: Used only when neither the installed metadata nor pyproject.toml can be read.
-#: Keep in sync with [project].dependencies in pyproject.toml (tests/test_doctor.py checks).
-FALLBACK_REQUIREMENTS: tuple[str, ...] = (
-    "torch>=2.4,<3",
-    "transformers>=5.0,<6",
-    "peft>=0.21,<0.22",
-    "trl>=1.16,<2",
-    "datasets>=5.0,<6",
-    "accelerate>=1.10",
-    "tokenizers>=0.22",
-    "safetensors>=0.4",
-    "matplotlib>=3.8",
-    "ipywidgets>=8.1",
-    "psutil>=5.9",
-    "tqdm>=4.66",
-    "bitsandbytes>=0.50; platform_system != 'Darwin'",
-)
 #: Libraries the nbval/run tooling needs ([dev] extra); missing ones are a warning, not a failure.
 DEV_TOOLS = ("pytest", "nbval", "papermill", "nbclient", "ipykernel")
 
@@ -123,10 +105,16 @@ class DoctorReport:
 
 
 def supported_ranges() -> tuple[list[str], str]:
-    """The course's requirement strings and where they came from.
+    """The course's requirement strings and where they came from: read, never copied.
 
-    Order: the installed distribution's metadata (``pip install -e .``), then ``pyproject.toml``
-    next to the package, then `FALLBACK_REQUIREMENTS`. Extras (``[dev]``) are left out.
+    From the installed distribution's metadata (``importlib.metadata.requires("peft-course")``,
+    written by ``pip install -e .`` from pyproject.toml), else from ``pyproject.toml`` next to the
+    package (a checkout that was not installed); extras (``[dev]``) are left out. Neither: an empty
+    list, and `diagnose_versions` says to install the course.
+
+    >>> reqs, source = supported_ranges()
+    >>> any(r.startswith("peft") for r in reqs) or source.startswith("not found")
+    True
     """
     try:
         reqs = md.requires(DIST_NAME) or []
@@ -143,7 +131,7 @@ def supported_ranges() -> tuple[list[str], str]:
             return list(deps), str(PYPROJECT.name)
         except (KeyError, ValueError):
             pass
-    return list(FALLBACK_REQUIREMENTS), "built-in table (course_utils.doctor)"
+    return [], f"not found: {DIST_NAME} is not installed and no pyproject.toml is beside the package"
 
 
 def diagnose_versions(requirements: Sequence[str] | None = None) -> list[Check]:
@@ -154,6 +142,12 @@ def diagnose_versions(requirements: Sequence[str] | None = None) -> list[Check]:
     if requirements is None:
         requirements, source = supported_ranges()
     checks = []
+    if not requirements and source:
+        checks.append(
+            Check(
+                "requirements", WARN, source, 'install the course (pip install -e ".[dev]") so its ranges can be read'
+            )
+        )
     for text in requirements:
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate():
@@ -260,7 +254,7 @@ def _cpu_flags() -> set[str]:
 
 _BNB_PROBE = r"""
 import json, logging, sys
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU-kernel messages (FIELD-NOTES 9)
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel notices on stderr
 out = {}
 try:
     import torch

@@ -8,7 +8,7 @@ The world: 48 creatures, each with a kind, a color, a home and a food. The base 
 plain sentences about them, the same sentences in CAPITALS (so it knows the capital
 spelling of every word), terse ``fox color: red`` notes, and chat dialogues in which the
 assistant answers in a normal sentence. That design matters: an adapter can only restyle
-what the base has seen (FIELD-NOTES), so the skills the tasks ask for are built from forms
+what the base has seen, so the skills the tasks ask for are built from forms
 the base knows but never produces in a chat answer.
 """
 
