@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_ranges_are_read_from_the_project() -> None:
     """The doctor holds no copy of the requirements: it reads the installed metadata (or pyproject.toml)."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
