@@ -37,13 +37,14 @@ A fused projection (``qkv_proj``) is one linear layer: LoRA adds one ``A``/``B``
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from course_utils.tables import Html, html_table
 
 __all__ = [
     "ATTENTION_OUTPUTS",
@@ -550,16 +551,16 @@ class TrainableTable:
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(r['module'])}</td><td>{r['modules']}</td><td>{r['trainable']:,}</td>"
-            f"<td>{r['pct_of_total']:.3f}%</td></tr>"
-            for r in self.rows
+        rows = [(r["module"], str(r["modules"]), f"{r['trainable']:,}", f"{r['pct_of_total']:.3f}%") for r in self.rows]
+        total = (
+            Html("<b>total</b>"),
+            "",
+            Html(f"<b>{self.trainable:,}</b>"),
+            Html(f"<b>{self.trainable_pct:.3f}%</b>"),
         )
+        table = html_table(["module", "layers", "trainable", "% of total"], [*rows, total])
         return (
-            "<div><table><tr><th>module</th><th>layers</th><th>trainable</th><th>% of total</th></tr>"
-            f"{rows}<tr><td><b>total</b></td><td></td><td><b>{self.trainable:,}</b></td>"
-            f"<td><b>{self.trainable_pct:.3f}%</b></td></tr></table>"
-            f"{self.reduction_pct:.2f}% fewer trainable parameters than full fine-tuning "
+            f"<div>{table}{self.reduction_pct:.2f}% fewer trainable parameters than full fine-tuning "
             f"({self.total:,} in all)</div>"
         )
 

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from course_utils.tables import html_table
+
 __all__ = [
     "Check",
     "DoctorReport",
@@ -91,14 +93,8 @@ class DoctorReport:
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        import html
-
-        rows = "".join(
-            f"<tr><td>{html.escape(c.name)}</td><td>{c.status}</td><td>{html.escape(c.found)}</td>"
-            f"<td>{html.escape(c.advice)}</td></tr>"
-            for c in self.checks
-        )
-        return f"<table><tr><th>check</th><th>status</th><th>found</th><th>what to do</th></tr>{rows}</table>"
+        rows = [(c.name, c.status, c.found, c.advice) for c in self.checks]
+        return html_table(["check", "status", "found", "what to do"], rows)
 
 
 # --------------------------------------------------------------------------- versions

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from course_utils.model_breakdown import ModelBreakdown, model_memory_breakdown  # re-exported
+from course_utils.tables import html_table
 from course_utils.training_peak import measure_training_peak, requires_cuda  # re-exported
 
 try:  # a plain base class when transformers is missing, so the module still imports
@@ -352,15 +353,18 @@ class MemoryTracker:
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(r.name)}</td><td>{r.start_bytes / MiB:.1f}</td><td>{r.end_bytes / MiB:.1f}</td>"
-            f"<td>{r.peak_bytes / MiB:.1f}</td><td>{r.delta_bytes / MiB:+.1f}</td></tr>"
+        rows = [
+            (
+                r.name,
+                f"{r.start_bytes / MiB:.1f}",
+                f"{r.end_bytes / MiB:.1f}",
+                f"{r.peak_bytes / MiB:.1f}",
+                f"{r.delta_bytes / MiB:+.1f}",
+            )
             for r in self.records
-        )
-        return (
-            f"<div><b>Memory by phase</b> ({html.escape(self.what)})<table><tr><th>phase</th>"
-            f"<th>start MiB</th><th>end MiB</th><th>peak MiB</th><th>delta MiB</th></tr>{rows}</table></div>"
-        )
+        ]
+        table = html_table(["phase", "start MiB", "end MiB", "peak MiB", "delta MiB"], rows)
+        return f"<div><b>Memory by phase</b> ({html.escape(self.what)}){table}</div>"
 
     def plot(self, ax: Any = None) -> Any:
         """Bar chart of end and peak memory per phase (MiB); returns the matplotlib Axes."""
@@ -453,8 +457,8 @@ class MemoryCallback(_TrainerCallbackBase):  # type: ignore[misc,valid-type]
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{s}</td><td>{p:.1f}</td></tr>" for s, p in self.steps)
-        return f"<div><b>Peak memory per step</b> ({html.escape(self.tracker.what)})<table><tr><th>step</th><th>peak MiB</th></tr>{rows}</table></div>"
+        table = html_table(["step", "peak MiB"], [(str(s), f"{p:.1f}") for s, p in self.steps])
+        return f"<div><b>Peak memory per step</b> ({html.escape(self.tracker.what)}){table}</div>"
 
     def plot(self, ax: Any = None) -> Any:
         """Curve of peak memory per optimizer step (MiB); returns the matplotlib Axes."""

@@ -10,7 +10,6 @@ a :class:`ModelBreakdown`, prints as a table and plots as bars.
 
 from __future__ import annotations
 
-import html
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from course_utils.architectures import logical_numel  # shared with trainable_parameter_table
+from course_utils.tables import html_table
 
 __all__ = ["ModelBreakdown", "model_memory_breakdown", "quant_state_tensors"]
 
@@ -114,22 +114,17 @@ class ModelBreakdown:
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v / MiB:.2f}</td></tr>" for k, v in self._rows())
+        parts = html_table(["part", "MiB"], [(k, f"{v / MiB:.2f}") for k, v in self._rows()])
         mods = ""
         if self.by_module:
-            mods = (
-                "<table><tr><th>module</th><th>params</th><th>MiB</th><th>trainable</th></tr>"
-                + "".join(
-                    f"<tr><td>{html.escape(n)}</td><td>{m['params']:,}</td><td>{m['bytes'] / MiB:.2f}</td>"
-                    f"<td>{m['trainable']:,}</td></tr>"
+            mods = html_table(
+                ["module", "params", "MiB", "trainable"],
+                [
+                    (n, f"{m['params']:,}", f"{m['bytes'] / MiB:.2f}", f"{m['trainable']:,}")
                     for n, m in self.by_module.items()
-                )
-                + "</table>"
+                ],
             )
-        return (
-            f"<div><b>{self.total_params:,} parameters</b>, {self.trainable_params:,} trainable"
-            f"<table><tr><th>part</th><th>MiB</th></tr>{rows}</table>{mods}</div>"
-        )
+        return f"<div><b>{self.total_params:,} parameters</b>, {self.trainable_params:,} trainable{parts}{mods}</div>"
 
     def plot(self, ax: Any = None) -> Any:
         """Horizontal bars of each part (MiB); returns the matplotlib Axes."""

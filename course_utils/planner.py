@@ -61,6 +61,7 @@ from course_utils.model_shape import (  # load_config & co re-exported: the note
 from course_utils.recipe import DTYPE_BYTES, Recipe  # Recipe re-exported too
 from course_utils.resources import data_dir
 from course_utils.sharding import per_gpu_terms, smallest_gpu_count
+from course_utils.tables import Html, html_table
 
 __all__ = [
     "Recipe",
@@ -176,9 +177,7 @@ class MemoryEstimate:
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{v:.2f}</td></tr>" for k, v in self._rows()
-        )
+        table = html_table(["part", "GiB"], [(k, f"{v:.2f}") for k, v in self._rows()], align=["left", "right"])
         sugg = "".join(
             f"<li>to fit {gpu:g} GB: {html.escape('; '.join(k) if k else 'no single knob is enough')}</li>"
             for gpu, k in self.suggestions.items()
@@ -187,7 +186,7 @@ class MemoryEstimate:
             f"<div><b>{html.escape(self.model)}</b> &mdash; {html.escape(str(self.recipe.name))}: "
             f"peak {self.peak_gib:.2f} GiB at {html.escape(self.peak_phase)}; trainable "
             f"{self.trainable_params:,} / {self.n_params:,}"
-            f"<table><tr><th>part</th><th>GiB</th></tr>{rows}</table>"
+            f"{table}"
             + "".join(f"<p><i>approximate: {html.escape(n)}</i></p>" for n in self.notes)
             + (f"<ul>{sugg}</ul>" if sugg else "")
             + "</div>"
@@ -413,16 +412,19 @@ class FitTable:
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{g:g} GB</th>" for g in self.gpus)
-        body = ""
-        for e in self.estimates:
-            cells = "".join(
-                f"<td style='text-align:center'>{'&#10003;' if e.fits(g) else '&#10007;'}</td>" for g in self.gpus
+        rows = [
+            (
+                str(e.recipe.name),
+                f"{e.peak_gib:.2f}",
+                *(Html("&#10003;" if e.fits(g) else "&#10007;") for g in self.gpus),
             )
-            body += (
-                f"<tr><td>{html.escape(str(e.recipe.name))}</td>"
-                f"<td style='text-align:right'>{e.peak_gib:.2f}</td>{cells}</tr>"
-            )
+            for e in self.estimates
+        ]
+        table = html_table(
+            ["recipe", "peak GiB", *(f"{g:g} GB" for g in self.gpus)],
+            rows,
+            align=["left", "right", *["center"] * len(self.gpus)],
+        )
         notes = "".join(
             f"<li>{html.escape(str(e.recipe.name))} on {g:g} GB: "
             f"{html.escape('; '.join(k) if k else 'no single knob is enough')}</li>"
@@ -431,9 +433,7 @@ class FitTable:
         )
         return (
             f"<div><b>Fit table for {html.escape(self.model)}</b> (peak + ~5% + 1 GiB context must fit)"
-            f"<table><tr><th>recipe</th><th>peak GiB</th>{head}</tr>{body}</table>"
-            + (f"<ul>{notes}</ul>" if notes else "")
-            + "</div>"
+            f"{table}" + (f"<ul>{notes}</ul>" if notes else "") + "</div>"
         )
 
 
