@@ -171,7 +171,7 @@ class MemoryEstimate:
         lines += [f"  {k:<38} {v:8.2f} GiB" for k, v in self._rows()]
         lines += [f"  approximate: {note}" for note in self.notes]
         for gpu, knobs in self.suggestions.items():
-            lines.append(f"  to fit {gpu:g} GB: " + ("; ".join(knobs) if knobs else "no single knob is enough"))
+            lines.append(f"  to fit {gpu:g} GiB: " + ("; ".join(knobs) if knobs else "no single knob is enough"))
         return "\n".join(lines)
 
     __str__ = __repr__
@@ -179,7 +179,7 @@ class MemoryEstimate:
     def _repr_html_(self) -> str:
         table = html_table(["part", "GiB"], [(k, f"{v:.2f}") for k, v in self._rows()], align=["left", "right"])
         sugg = "".join(
-            f"<li>to fit {gpu:g} GB: {html.escape('; '.join(k) if k else 'no single knob is enough')}</li>"
+            f"<li>to fit {gpu:g} GiB: {html.escape('; '.join(k) if k else 'no single knob is enough')}</li>"
             for gpu, k in self.suggestions.items()
         )
         return (
@@ -369,7 +369,7 @@ def _suggest(s: ModelShape, rc: Recipe, gpu_gib: float, model: str) -> list[str]
 
 @dataclass
 class FitTable:
-    """Does each recipe fit on each GPU size? Rows of estimates, columns of GPU memory (GB).
+    """Does each recipe fit on each GPU size? Rows of estimates, columns of GPU memory (GiB, as torch counts it).
 
     >>> t = fit_table("smollm2-135m", [Recipe(method="full", dtype="float32")], gpus=(16, 80))
     >>> t.to_dict()["rows"][0]["fits"]["80"]
@@ -383,7 +383,7 @@ class FitTable:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
-            "gpus_GB": list(self.gpus),
+            "gpus_GiB": list(self.gpus),
             "rows": [
                 {
                     "recipe": e.recipe.name,
@@ -397,7 +397,7 @@ class FitTable:
 
     def __repr__(self) -> str:
         width = max([len(str(e.recipe.name)) for e in self.estimates] + [6])
-        head = f"{'recipe':<{width}}  {'peak GiB':>8}  " + "  ".join(f"{g:>5g}GB" for g in self.gpus)
+        head = f"{'recipe':<{width}}  {'peak GiB':>8}  " + "  ".join(f"{g:>4g}GiB" for g in self.gpus)
         lines = [f"Fit table for {self.model} (peak + ~5% + 1 GiB context must fit)", head, "-" * len(head)]
         for e in self.estimates:
             cells = "  ".join(f"{'yes' if e.fits(g) else 'no':>7}" for g in self.gpus)
@@ -405,7 +405,7 @@ class FitTable:
         for e in self.estimates:
             for g, knobs in e.suggestions.items():
                 lines.append(
-                    f"  {e.recipe.name} on {g:g} GB: " + ("; ".join(knobs) if knobs else "no single knob is enough")
+                    f"  {e.recipe.name} on {g:g} GiB: " + ("; ".join(knobs) if knobs else "no single knob is enough")
                 )
         return "\n".join(lines)
 
@@ -421,12 +421,12 @@ class FitTable:
             for e in self.estimates
         ]
         table = html_table(
-            ["recipe", "peak GiB", *(f"{g:g} GB" for g in self.gpus)],
+            ["recipe", "peak GiB", *(f"{g:g} GiB" for g in self.gpus)],
             rows,
             align=["left", "right", *["center"] * len(self.gpus)],
         )
         notes = "".join(
-            f"<li>{html.escape(str(e.recipe.name))} on {g:g} GB: "
+            f"<li>{html.escape(str(e.recipe.name))} on {g:g} GiB: "
             f"{html.escape('; '.join(k) if k else 'no single knob is enough')}</li>"
             for e in self.estimates
             for g, k in e.suggestions.items()
