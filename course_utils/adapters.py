@@ -161,6 +161,41 @@ def _short_name(name: Any) -> str:
     return Path(str(name or "")).name or str(name)
 
 
+def _shape_problems(target: torch.nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """One line per adapter tensor whose module is missing from ``target`` or whose size does not fit it."""
+    problems: list[str] = []
+    modules = dict(target.named_modules())
+    for key, shape in sorted(shapes.items()):
+        mod_key = key.removeprefix("base_model.model.")
+        for suffix in (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B", ".weight"):
+            if mod_key.endswith(suffix):
+                mod_name = mod_key[: -len(suffix)]
+                break
+        else:
+            continue
+        module = modules.get(mod_name)
+        if module is None:
+            problems.append(f"{mod_name}: no such module in the base model")
+            continue
+        in_f = getattr(module, "in_features", None)
+        out_f = getattr(module, "out_features", None)
+        if isinstance(module, torch.nn.Embedding):
+            in_f, out_f = module.num_embeddings, module.embedding_dim
+        if suffix == ".lora_A.weight" and in_f is not None and shape[-1] != in_f:
+            problems.append(f"{mod_name}: adapter expects {shape[-1]} inputs, base layer has {in_f}")
+        elif suffix == ".lora_B.weight" and out_f is not None and shape[0] != out_f:
+            problems.append(f"{mod_name}: adapter expects {shape[0]} outputs, base layer has {out_f}")
+        elif suffix == ".lora_embedding_A" and in_f is not None and shape[-1] != in_f:
+            problems.append(f"{mod_name}: adapter expects a vocabulary of {shape[-1]}, base has {in_f}")
+        elif suffix == ".lora_embedding_B" and out_f is not None and shape[0] != out_f:
+            problems.append(f"{mod_name}: adapter expects embedding size {shape[0]}, base has {out_f}")
+        elif suffix == ".weight":  # modules_to_save: a full copy of the layer
+            w = getattr(module, "weight", None)
+            if w is not None and tuple(w.shape) != tuple(shape):
+                problems.append(f"{mod_name}: adapter stores a {tuple(shape)} weight, base has {tuple(w.shape)}")
+    return problems
+
+
 def load_adapter_checked(
     base_model: torch.nn.Module,
     path: str | os.PathLike,
@@ -193,36 +228,7 @@ def load_adapter_checked(
     expected = cfg.get("base_model_name_or_path")
     given = getattr(getattr(target, "config", None), "_name_or_path", None) or getattr(target, "name_or_path", None)
 
-    problems: list[str] = []
-    modules = dict(target.named_modules())
-    for key, shape in sorted(shapes.items()):
-        mod_key = key.removeprefix("base_model.model.")
-        for suffix in (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B", ".weight"):
-            if mod_key.endswith(suffix):
-                mod_name = mod_key[: -len(suffix)]
-                break
-        else:
-            continue
-        module = modules.get(mod_name)
-        if module is None:
-            problems.append(f"{mod_name}: no such module in the base model")
-            continue
-        in_f = getattr(module, "in_features", None)
-        out_f = getattr(module, "out_features", None)
-        if isinstance(module, torch.nn.Embedding):
-            in_f, out_f = module.num_embeddings, module.embedding_dim
-        if suffix == ".lora_A.weight" and in_f is not None and shape[-1] != in_f:
-            problems.append(f"{mod_name}: adapter expects {shape[-1]} inputs, base layer has {in_f}")
-        elif suffix == ".lora_B.weight" and out_f is not None and shape[0] != out_f:
-            problems.append(f"{mod_name}: adapter expects {shape[0]} outputs, base layer has {out_f}")
-        elif suffix == ".lora_embedding_A" and in_f is not None and shape[-1] != in_f:
-            problems.append(f"{mod_name}: adapter expects a vocabulary of {shape[-1]}, base has {in_f}")
-        elif suffix == ".lora_embedding_B" and out_f is not None and shape[0] != out_f:
-            problems.append(f"{mod_name}: adapter expects embedding size {shape[0]}, base has {out_f}")
-        elif suffix == ".weight":  # modules_to_save: a full copy of the layer
-            w = getattr(module, "weight", None)
-            if w is not None and tuple(w.shape) != tuple(shape):
-                problems.append(f"{mod_name}: adapter stores a {tuple(shape)} weight, base has {tuple(w.shape)}")
+    problems = _shape_problems(target, shapes)
     if problems:
         vocab_hint = ""
         if any(("embed" in p or "lm_head" in p or "vocabulary" in p) for p in problems):

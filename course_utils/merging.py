@@ -197,6 +197,37 @@ def _merge_layerwise(
     return n
 
 
+def _merge_after_oom(
+    peft_model: torch.nn.Module,
+    adapter_names: list[str] | None,
+    check_finite: bool,
+    fallback: str,
+    info: MergeInfo,
+    verbose: bool,
+) -> torch.nn.Module:
+    """Finish a merge that ran out of GPU memory: layer by layer in place, or on the CPU; updates ``info``."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    info.fell_back = True
+    if fallback == "layerwise":
+        if verbose:
+            print(
+                "Out of GPU memory while merging: merging the remaining layers one at a time "
+                "(delta on the CPU, added in chunks)."
+            )
+        _merge_layerwise(peft_model, adapter_names, check_finite)
+        info.strategy = "layer-by-layer merge (CPU delta, chunked add)"
+    else:
+        if verbose:
+            print("Out of GPU memory while merging: moving the model to the CPU and merging there.")
+        peft_model.to("cpu")
+        _merge_layerwise(peft_model, adapter_names, check_finite)
+        info.strategy = "merge on CPU (model left on the CPU; .to('cuda') it if it fits)"
+        info.device = "cpu"
+    return peft_model.unload()  # type: ignore[operator]
+
+
 def safe_merge(
     peft_model: torch.nn.Module,
     *,
@@ -262,27 +293,7 @@ def safe_merge(
     except torch.OutOfMemoryError:
         if fallback is None:
             raise
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        info.fell_back = True
-        if fallback == "layerwise":
-            if verbose:
-                print(
-                    "Out of GPU memory while merging: merging the remaining layers one at a time "
-                    "(delta on the CPU, added in chunks)."
-                )
-            _merge_layerwise(peft_model, adapter_names, check_finite)
-            merged = peft_model.unload()  # type: ignore[operator]
-            info.strategy = "layer-by-layer merge (CPU delta, chunked add)"
-        else:
-            if verbose:
-                print("Out of GPU memory while merging: moving the model to the CPU and merging there.")
-            peft_model.to("cpu")
-            _merge_layerwise(peft_model, adapter_names, check_finite)
-            merged = peft_model.unload()  # type: ignore[operator]
-            info.strategy = "merge on CPU (model left on the CPU; .to('cuda') it if it fits)"
-            info.device = "cpu"
+        merged = _merge_after_oom(peft_model, adapter_names, check_finite, fallback, info, verbose)
     info.seconds = time.perf_counter() - t0
     merged_dt = _dtypes(merged.parameters())
     info.merged_dtypes = _set_names(merged_dt)

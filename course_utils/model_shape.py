@@ -235,24 +235,7 @@ class ModelShape:
             else 2
         )
         model_type = str(getattr(config, "model_type", "model"))
-        notes: list[str] = []
-        if len(sizes) > 1:
-            notes.append(
-                f"The {model_type} layers differ in size; per-layer activations use the first layer, "
-                "so they are approximate."
-            )
-        if model_type not in _LLAMA_PATH:
-            why = []
-            if norms and any("LayerNorm" in type(m).__name__ for m in block[0].modules()):
-                why.append("its LayerNorm saves different tensors than RMSNorm")
-            if not gated:
-                why.append(
-                    f"its plain {getattr(config, 'activation_function', None) or getattr(config, 'hidden_act', 'MLP')} "
-                    "activation saves its own inputs"
-                )
-            if getattr(config, "parallel_attn", False) or getattr(config, "use_parallel_residual", False):
-                why.append("attention and MLP run in parallel")
-            notes.append(_NOTE_ACTIVATIONS.format(t=model_type, why="; ".join(why) or "its own attention code"))
+        notes = _approximation_notes(config, model_type, block, sizes, norms, gated)
         return cls(
             hidden=hidden,
             intermediate=inter,
@@ -333,6 +316,31 @@ class ModelShape:
     def names(self, role: str) -> list[str]:
         """The targets of one decoder layer that play ``role`` (``attn_in``, ``attn_out``, ``mlp_in``, ``mlp_out``)."""
         return [t for t, r in self.roles.items() if r == role]
+
+
+def _approximation_notes(
+    config: Any, model_type: str, block: list[Any], sizes: set[int], norms: int, gated: bool
+) -> list[str]:
+    """Why the activation terms are only approximate for this architecture (empty for Llama's code path)."""
+    notes: list[str] = []
+    if len(sizes) > 1:
+        notes.append(
+            f"The {model_type} layers differ in size; per-layer activations use the first layer, "
+            "so they are approximate."
+        )
+    if model_type not in _LLAMA_PATH:
+        why = []
+        if norms and any("LayerNorm" in type(m).__name__ for m in block[0].modules()):
+            why.append("its LayerNorm saves different tensors than RMSNorm")
+        if not gated:
+            why.append(
+                f"its plain {getattr(config, 'activation_function', None) or getattr(config, 'hidden_act', 'MLP')} "
+                "activation saves its own inputs"
+            )
+        if getattr(config, "parallel_attn", False) or getattr(config, "use_parallel_residual", False):
+            why.append("attention and MLP run in parallel")
+        notes.append(_NOTE_ACTIVATIONS.format(t=model_type, why="; ".join(why) or "its own attention code"))
+    return notes
 
 
 _SHAPE_CACHE: dict[str, ModelShape] = {}

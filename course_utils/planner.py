@@ -220,6 +220,28 @@ def estimate_training_memory(config: Any, recipe: Recipe, gpu_gib: float | None 
 # --------------------------------------------------------------------------- the sum
 
 
+def _peak(
+    weights: int, grads: int, opt_state: int, opt_temp: int, acts: int, logits: int, recompute: int | None
+) -> tuple[dict[str, int], str, tuple[int, int, int, int]]:
+    """The candidate peaks, the largest one, and its split into (weights, trainable state, activations, logits).
+
+    Optimizer states exist from step 2 on; gradients are None during the forward pass.
+    """
+    phases = {
+        "start of backward": weights + opt_state + acts + logits,
+        "optimizer step": weights + grads + opt_state + opt_temp,
+    }
+    if recompute is not None:
+        phases["backward recompute"] = recompute
+    peak_phase = max(phases, key=phases.get)  # type: ignore[arg-type]
+    if peak_phase == "start of backward":
+        return phases, peak_phase, (weights, opt_state, acts, logits)
+    if peak_phase == "optimizer step":
+        return phases, peak_phase, (weights, grads + opt_state + opt_temp, 0, 0)
+    assert recompute is not None
+    return phases, peak_phase, (weights, opt_state + grads, recompute - weights - opt_state - grads, 0)
+
+
 def _estimate(s: ModelShape, rc: Recipe, model: str) -> MemoryEstimate:
     """Sum the terms at each moment a peak can happen; the largest is the estimate."""
     tokens = rc.batch_size * rc.seq_len
@@ -279,20 +301,9 @@ def _estimate(s: ModelShape, rc: Recipe, model: str) -> MemoryEstimate:
         recompute = 0
     d["16-bit weight copies (autocast)"] = weight_copies
 
-    # Candidate peaks: optimizer states exist from step 2 on, grads are None during forward.
-    phases = {
-        "start of backward": weights + opt_state + acts_at_logits + logits,
-        "optimizer step": weights + grads + opt_state + opt_temp,
-    }
-    if rc.gradient_checkpointing:
-        phases["backward recompute"] = recompute
-    peak_phase = max(phases, key=phases.get)  # type: ignore[arg-type]
-    if peak_phase == "start of backward":
-        split = (weights, opt_state, acts_at_logits, logits)
-    elif peak_phase == "optimizer step":
-        split = (weights, grads + opt_state + opt_temp, 0, 0)
-    else:
-        split = (weights, opt_state + grads, recompute - weights - opt_state - grads, 0)
+    phases, peak_phase, split = _peak(
+        weights, grads, opt_state, opt_temp, acts_at_logits, logits, recompute if rc.gradient_checkpointing else None
+    )
     return MemoryEstimate(
         recipe=rc,
         model=model,
