@@ -192,7 +192,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             else:
                 print(est)
                 if args.gpu is not None:
-                    print(f"  fits a {args.gpu:g} GB GPU: {'yes' if est.fits(args.gpu) else 'no'}")
+                    print(f"  fits a {args.gpu:g} GiB GPU: {'yes' if est.fits(args.gpu) else 'no'}")
     except (ValueError, TypeError) as err:  # Recipe validation says what was wrong
         _err(str(err))
         return EXIT_USAGE
@@ -289,10 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--seq-len", type=int, default=512)
     plan.add_argument("--gc", action="store_true", help="gradient checkpointing")
     plan.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw-8bit", "sgd"))
-    plan.add_argument("--gpu", type=float, help="GPU memory in GB: say whether it fits, and which knob would help")
+    plan.add_argument(
+        "--gpu",
+        type=float,
+        help="GPU memory in GiB (what torch reports; an '80 GB' card holds about 79 GiB): say whether it fits, and which knob would help",
+    )
     plan.add_argument("--compare", action="store_true", help="full / lora / qlora side by side on several GPU sizes")
     plan.add_argument(
-        "--gpu-sizes", type=float, nargs="+", default=[16, 24, 40, 80], help="GPU sizes in GB for --compare"
+        "--gpu-sizes", type=float, nargs="+", default=[16, 24, 40, 80], help="GPU sizes in GiB for --compare"
     )
     plan.add_argument(
         "--gpus",

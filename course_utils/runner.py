@@ -189,9 +189,7 @@ def new_run_dir(out: str | Path | None = None, *, base: str | Path = "runs", ove
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
-            # defined once, in course_utils.merging (the module that saves); imported only here
-            # because merging imports torch, which `course-utils run` itself never needs
-            from course_utils.merging import OutputExistsError
+            from course_utils.saving import OutputExistsError  # defined once, where models are saved
 
             what = "a previous run" if (out / "summary.json").exists() else "files"
             raise OutputExistsError(

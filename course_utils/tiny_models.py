@@ -2,7 +2,7 @@
 
 Every architecture the course claims to support (Llama, Qwen2, Qwen3, Gemma 2, Gemma 3 text,
 Mistral, Phi-3, GPT-2, GPT-NeoX, OPT, Falcon) gets a config of the real model type, shrunk to a
-hidden size of 64 and 2 layers, with the course-tiny tokenizer (``data/course-tiny``, 770 tokens).
+hidden size of 64 and 2 layers, with the course-tiny tokenizer (``data/course-tiny``, 772 tokens).
 Weights are random: these models test that code runs on an architecture, not what it learns.
 
 `save_tiny_model(arch, folder)` (or ``python -m course_utils.tiny_models gpt2 /tmp/tiny-gpt2``)
@@ -12,7 +12,7 @@ writes a folder that ``load_model(folder)`` and ``course-utils run --model <fold
 (11, ('llama', 'qwen2', 'qwen3'))
 >>> model = tiny_model("gpt2")
 >>> model.config.model_type, model.config.vocab_size
-('gpt2', 770)
+('gpt2', 772)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ COURSE_TINY_DIR = data_dir("course-tiny")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 # The course-tiny tokenizer's special tokens (data/course-tiny/tokenizer.json).
-_VOCAB, _BOS, _EOS, _PAD = 770, 1, 2, 3
+_VOCAB, _BOS, _EOS, _PAD = 772, 1, 2, 3
 _H, _LAYERS, _HEADS, _INTER, _POS = 64, 2, 4, 128, 256
 _IDS = dict(vocab_size=_VOCAB, bos_token_id=_BOS, eos_token_id=_EOS, pad_token_id=_PAD)
 

@@ -76,7 +76,7 @@ def _lora(model, targets, r=4, seed=0, nonzero_b=False):
 
 def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 770, (2, 12), generator=g)
+    ids = torch.randint(4, 772, (2, 12), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
 

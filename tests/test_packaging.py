@@ -153,7 +153,7 @@ print(json.dumps({
     facts = json.loads(done.stdout.strip().splitlines()[-1])
     assert str(ROOT) not in facts["package"], "imported the clone, not the installed wheel"
     assert "site-packages" in facts["package"] and facts["data"].endswith("_data"), facts
-    assert facts["params"] == 1_771_584 and facts["vocab"] == 770 and facts["shout"] == 144
+    assert facts["params"] == 1_771_968 and facts["vocab"] == 772 and facts["shout"] == 144
     assert facts["hidden"] == 2048
 
 

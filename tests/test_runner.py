@@ -240,10 +240,20 @@ def test_select_notebooks_by_number_name_and_path(tmp_path: Path) -> None:
         runner.select_notebooks(["03"], folder=tmp_path)
 
 
-def test_kernel_env_matches_root_conftest() -> None:
-    """The committed outputs (--inplace) and the nbval re-run must see the same environment."""
+def test_kernel_env_is_written_once() -> None:
+    """The committed outputs (--inplace), the nbval re-run and CI must see the same environment."""
     tree = ast.parse((ROOT / "conftest.py").read_text())
-    (value,) = [
-        n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "KERNEL_ENV"
-    ]
-    assert ast.literal_eval(value) == {**runner.KERNEL_ENV, **runner.OFFLINE_ENV}
+    imported = {
+        a.name
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and n.module == "course_utils.runner"
+        for a in n.names
+    }
+    assert {"KERNEL_ENV", "OFFLINE_ENV"} <= imported  # conftest imports the environment, it does not copy it
+    exported = dict(
+        pair.split("=", 1)
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.startswith("export ")
+        for pair in line.split()[1:]
+    )
+    assert exported == {**runner.KERNEL_ENV, **runner.OFFLINE_ENV}
