@@ -64,11 +64,11 @@ info = setup(SEED, model=MODEL)  # quiets bitsandbytes' logger BEFORE peft impor
 # shown, not claimed: the device and library versions of this machine
 
 # %%
-import importlib.util
+from course_utils.platform_support import bitsandbytes_available
 
-HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+HAS_BNB, why_not = bitsandbytes_available()
 if not HAS_BNB:
-    print("bitsandbytes is not installed (it has no macOS build): the 4-bit and 8-bit cells below skip.")
+    print(why_not)  # one sentence: the 4-bit and 8-bit cells below skip
 
 # %% [markdown]
 # ## 1. How NF4 stores a weight
@@ -79,9 +79,12 @@ if not HAS_BNB:
 # 8 bits too, in groups of 256 with one float32 scale each.
 
 # %%
+import matplotlib.pyplot as plt
+
 from course_utils.figures.quantization import draw_nf4_blocks
 
-draw_nf4_blocks();
+draw_nf4_blocks()
+plt.show()
 
 # %% [markdown]
 # That recipe is one `BitsAndBytesConfig`. The **compute dtype** is what a block is dequantized to for each
@@ -138,6 +141,8 @@ from course_utils.loading import load_model, load_tokenizer
 from course_utils.memory import model_memory_breakdown
 from course_utils.quantization import nf4_weight_bytes
 
+pd.set_option("display.max_colwidth", 160)  # show whole sentences in tables
+
 tokenizer = load_tokenizer(MODEL)
 loads = {"unquantized": {"dtype": DTYPE}}
 if HAS_BNB:
@@ -175,8 +180,6 @@ expect(
 )
 
 # %%
-import matplotlib.pyplot as plt
-
 from course_utils.plotting import plot_bars
 
 plot_bars(
@@ -507,7 +510,9 @@ from course_utils.merging import (
 )
 from course_utils.validation import capture_reference, compare_to_reference
 
-ADAPTER_DIR = Path("outputs") / "06-shout-qlora"  # re-running the notebook replaces this adapter
+from course_utils.paths import outputs_dir
+
+ADAPTER_DIR = outputs_dir("06-shout-qlora")  # outputs/ beside the notebook (Drive on Colab); a re-run replaces it
 if HAS_BNB:
     save_adapter(qlora, ADAPTER_DIR, tokenizer=tokenizer, overwrite=True)
     val_ds = eval_ds.select(range(N_VALIDATE))

@@ -64,9 +64,12 @@ info = setup(SEED, model=MODEL)
 # trains on its own micro-batch; the strategies differ in what they split:
 
 # %%
+import matplotlib.pyplot as plt
+
 from course_utils.figures.distributed import draw_what_each_gpu_keeps
 
-draw_what_each_gpu_keeps(n_gpus=4);
+draw_what_each_gpu_keeps(n_gpus=4)
+plt.show()
 
 # %% [markdown]
 # - **DDP** keeps a whole copy everywhere and averages the gradients: it buys speed, never memory.
@@ -83,6 +86,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from course_utils.loading import load_model
+
+pd.set_option("display.max_colwidth", 160)  # show whole sentences in tables
 
 model = get_peft_model(
     load_model(MODEL, dtype="float32", device="cpu"),
@@ -159,8 +164,6 @@ table.index.names = ["model", "method"]
 table  # per-GPU peak, GiB
 
 # %%
-import matplotlib.pyplot as plt
-
 from course_utils.plotting import plot_xy
 
 ax = plot_xy(
@@ -303,11 +306,13 @@ import time
 
 from course_utils.distributed import FACTS_ENV_VAR
 
-ADAPTER_DIR = Path("outputs") / "07-shout-ddp"  # re-running the notebook replaces this adapter
+from course_utils.paths import outputs_dir
+
+ADAPTER_DIR = outputs_dir("07-shout-ddp")  # outputs/ beside the notebook (Drive on Colab); a re-run replaces it
 facts_file = Path(tempfile.mkdtemp(prefix="nb07-")) / "facts.json"
 cmd = ["accelerate", "launch", "--config_file", str(accelerate_config("ddp")), "--num_processes", str(NUM_PROCESSES)]
 cmd += [str(SCRIPT), "--model", MODEL, "--max-steps", str(max_steps), "--batch-size", str(per_process_batch)]
-cmd += ["--learning-rate", str(lr), "--r", str(R), "--seed", str(SEED), "--output-dir", str(ADAPTER_DIR)]
+cmd += ["--learning-rate", str(lr), "--r", str(R), "--seed", str(SEED), "--output-dir", os.path.relpath(ADAPTER_DIR)]
 env = {
     **os.environ,
     FACTS_ENV_VAR: str(facts_file),  # ask the script for per-rank facts
