@@ -6,15 +6,17 @@
 the committed one, except cells tagged ``nbval-ignore-output`` (timings, memory, versions,
 generated text) or ``nbval-skip``.
 
-What this file adds, and why (FIELD-NOTES, "nbval, measured"):
+What this file adds, and why (each item fixed a strict re-run that failed on another machine):
 
 - the kernels' environment, set here at import, BEFORE nbval starts any kernel (kernels inherit
   this process's environment): ``PYTHONHASHSEED=0`` (set order), ``TQDM_DISABLE=1`` (no bars),
-  offline hub, and this checkout first on ``PYTHONPATH`` so the kernels import this
-  ``course_utils`` even without ``pip install -e .``. The same environment is used by
-  ``course-utils run --inplace``, which writes the committed outputs.
+  offline hub (``course_utils.runner.KERNEL_ENV`` and ``OFFLINE_ENV``, imported, not copied),
+  and this checkout first on ``PYTHONPATH`` so the kernels import this ``course_utils`` even
+  without ``pip install -e .``. The same environment is used by ``course-utils run --inplace``,
+  which writes the committed outputs, and exported by ``.ci/run``.
 - stderr is not compared: warnings and log lines differ between machines and library
-  versions (FIELD-NOTES 9 and 10) and are not what a lesson checks. stdout, text and HTML are.
+  versions (bitsandbytes' CPU-kernel notices, transformers' deprecation messages) and are not
+  what a lesson checks. stdout, text and HTML are.
 - two sanitize patterns that depend on the machine: this checkout's path and $HOME.
 - ``gpu``-marked tests skip cleanly without CUDA.
 """
@@ -30,15 +32,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent
 
 # --------------------------------------------------------------------------- kernel environment
-# Keep in sync with course_utils.runner.KERNEL_ENV / OFFLINE_ENV (tests/test_runner.py checks).
-KERNEL_ENV = {
-    "PYTHONHASHSEED": "0",
-    "TQDM_DISABLE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-}
+# Written once, in course_utils.runner (torch-free to import): the kernels of `course-utils run
+# --inplace`, which writes the committed outputs, get exactly this environment too.
+from course_utils.runner import KERNEL_ENV as _RUNNER_KERNEL_ENV  # noqa: E402
+from course_utils.runner import OFFLINE_ENV  # noqa: E402
+
+KERNEL_ENV = {**_RUNNER_KERNEL_ENV, **OFFLINE_ENV}
 for _key, _value in KERNEL_ENV.items():
     os.environ.setdefault(_key, _value)
 os.environ.pop("COURSE_MODEL", None)  # the committed outputs come from the default model

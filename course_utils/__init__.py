@@ -1,8 +1,11 @@
 """course_utils: the helper package of the PEFT course.
 
-One module per purpose: ``loading`` (models and tokenizers), ``data`` (the course tasks),
-``evaluation`` (task accuracy), ``training`` (LoRA with the Trainer), ``memory`` (tracking and
-breakdown), ``planner`` (training-memory estimates), ``validation`` and ``merging`` (merged vs
+One module per purpose: ``devices`` (the device and dtype policy), ``loading`` (models and
+tokenizers), ``data`` (the course tasks), ``evaluation`` (task accuracy), ``training`` (adapters
+with the Trainer), ``quantization`` (bitsandbytes), ``memory`` (tracking and breakdown),
+``planner`` (training-memory estimates), ``adapters`` (adapter files, loading one with a check),
+``merging`` (merging an adapter into its base), ``saving`` (saving without clobbering),
+``retention`` (what a merge keeps), ``reference`` / ``tolerance`` / ``validation`` (merged vs
 adapter checks), ``plotting``, ``widgets``, ``checks`` (exercises), ``notebook`` (set-up),
 ``cli`` (``course-utils run | doctor | plan``).
 
@@ -26,7 +29,7 @@ _EXPORTS = {
     "load_model": "loading",
     "load_tokenizer": "loading",
     "model_from_env": "loading",
-    "resolve_device": "loading",
+    "resolve_device": "devices",
     "ModelNotAvailableError": "loading",
     "load_task": "data",
     "evaluate_task": "evaluation",

@@ -37,7 +37,6 @@ A fused projection (``qkv_proj``) is one linear layer: LoRA adds one ``A``/``B``
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +44,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from course_utils.tables import Html, html_table
+
 __all__ = [
+    "ATTENTION_OUTPUTS",
     "LinearLayer",
     "TrainableTable",
     "all_linear_names",
@@ -60,6 +62,7 @@ __all__ = [
     "is_conv1d",
     "layer_shape",
     "linear_layer_names",
+    "logical_numel",
     "lora_parameter_count",
     "matches_target",
     "mlp_projection_names",
@@ -68,9 +71,9 @@ __all__ = [
 ]
 
 _ATTENTION_WORDS = ("attn", "attention")
-# Attention output projections by name. Registration order does not tell (Phi-3 registers o_proj
+#: Attention output projections by name. Registration order does not tell (Phi-3 registers o_proj
 # before qkv_proj), and a forward pass to see the call order would need real weights.
-_ATTENTION_OUTPUTS = ("o_proj", "out_proj", "dense", "c_proj", "wo", "out_lin")
+ATTENTION_OUTPUTS = ("o_proj", "out_proj", "dense", "c_proj", "wo", "out_lin")
 # Fused projections by name (transformers' modeling files): what each one computes at once.
 _FUSED = {
     "qkv_proj": ("q", "k", "v"),  # Phi-3, Phi-4-mini
@@ -250,7 +253,7 @@ def attention_projection_names(model: nn.Module) -> list[str]:
     ['query_key_value', 'dense']
     """
     names = _unique(layer.target for layer in decoder_linear_layers(model) if layer.kind == "attention")
-    return sorted(names, key=lambda n: n.split(".")[-1] in _ATTENTION_OUTPUTS)  # stable: inputs first
+    return sorted(names, key=lambda n: n.split(".")[-1] in ATTENTION_OUTPUTS)  # stable: inputs first
 
 
 def mlp_projection_names(model: nn.Module) -> list[str]:
@@ -311,7 +314,7 @@ def default_lora_targets(model: nn.Module) -> list[str]:
     if known:
         return known
     attention = attention_projection_names(model)
-    inputs = [n for n in attention if n.split(".")[-1] not in _ATTENTION_OUTPUTS] or attention
+    inputs = [n for n in attention if n.split(".")[-1] not in ATTENTION_OUTPUTS] or attention
     return [n for n in inputs if n.split(".")[-1][0] in "qv" or n.split(".")[-1] in _FUSED] or inputs
 
 
@@ -391,7 +394,7 @@ def ia3_targets(model: nn.Module) -> dict[str, list[str]]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in TARGETS and model_type in FEEDFORWARD:
         return {"target_modules": list(TARGETS[model_type]), "feedforward_modules": list(FEEDFORWARD[model_type])}
-    attention = [n for n in attention_projection_names(model) if n.split(".")[-1] not in _ATTENTION_OUTPUTS]
+    attention = [n for n in attention_projection_names(model) if n.split(".")[-1] not in ATTENTION_OUTPUTS]
     kv = [n for n in attention if n.split(".")[-1][0] in "kv" or n.split(".")[-1] in _FUSED] or attention
     mlp = mlp_projection_names(model)
     down = mlp[-1:]  # the output projection is the MLP's last layer in every architecture here
@@ -483,8 +486,12 @@ def architecture_notes(model_name: str) -> list[str]:
 _ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
 
 
-def _logical_numel(param: torch.Tensor) -> int:
-    """Number of weights a parameter stands for (a 4-bit weight stores 2 per byte)."""
+def logical_numel(param: torch.Tensor) -> int:
+    """Number of weights a parameter stands for (a 4-bit weight stores 2 per byte, its ``quant_state`` the shape).
+
+    >>> logical_numel(torch.zeros(3, 4))
+    12
+    """
     shape = getattr(getattr(param, "quant_state", None), "shape", None)
     if shape is not None:
         n = 1
@@ -544,16 +551,16 @@ class TrainableTable:
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(r['module'])}</td><td>{r['modules']}</td><td>{r['trainable']:,}</td>"
-            f"<td>{r['pct_of_total']:.3f}%</td></tr>"
-            for r in self.rows
+        rows = [(r["module"], str(r["modules"]), f"{r['trainable']:,}", f"{r['pct_of_total']:.3f}%") for r in self.rows]
+        total = (
+            Html("<b>total</b>"),
+            "",
+            Html(f"<b>{self.trainable:,}</b>"),
+            Html(f"<b>{self.trainable_pct:.3f}%</b>"),
         )
+        table = html_table(["module", "layers", "trainable", "% of total"], [*rows, total])
         return (
-            "<div><table><tr><th>module</th><th>layers</th><th>trainable</th><th>% of total</th></tr>"
-            f"{rows}<tr><td><b>total</b></td><td></td><td><b>{self.trainable:,}</b></td>"
-            f"<td><b>{self.trainable_pct:.3f}%</b></td></tr></table>"
-            f"{self.reduction_pct:.2f}% fewer trainable parameters than full fine-tuning "
+            f"<div>{table}{self.reduction_pct:.2f}% fewer trainable parameters than full fine-tuning "
             f"({self.total:,} in all)</div>"
         )
 
@@ -580,7 +587,7 @@ def trainable_parameter_table(model: nn.Module) -> TrainableTable:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        n = _logical_numel(p)
+        n = logical_numel(p)
         total += n
         if not p.requires_grad:
             continue

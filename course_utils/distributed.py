@@ -327,6 +327,31 @@ def write_rank_facts(path: str | Path, facts: dict[str, Any]) -> None:
     PartialState().wait_for_everyone()
 
 
+def _sft_config(ns: argparse.Namespace, out: Path, device: str) -> Any:
+    """TRL's ``SFTConfig`` for this launch: the course's device flags plus the command line's numbers."""
+    from trl import SFTConfig
+
+    from course_utils.devices import trainer_device_flags
+
+    return SFTConfig(
+        output_dir=str(out),
+        max_steps=ns.max_steps,
+        per_device_train_batch_size=ns.batch_size,
+        learning_rate=ns.learning_rate,
+        lr_scheduler_type="constant",
+        **trainer_device_flags(device),  # use_cpu, bf16/fp16 matching compute_dtype, no pinned memory
+        gradient_checkpointing=ns.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if ns.gradient_checkpointing else None,
+        ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient each step
+        max_length=ns.max_length,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=max(1, ns.max_steps // 5),
+        disable_tqdm=True,
+        seed=ns.seed,
+    )
+
+
 def run(ns: argparse.Namespace) -> dict[str, Any]:
     """Train, save the adapter from the main process, evaluate it; return this rank's facts.
 
@@ -335,10 +360,11 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     import torch
     from accelerate import PartialState
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from course_utils.data import load_task, to_prompt_completion
-    from course_utils.loading import load_model, load_tokenizer, native_bf16
+    from course_utils.devices import compute_dtype_for
+    from course_utils.loading import load_model, load_tokenizer
 
     started = time.perf_counter()
     cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() != "true"
@@ -346,8 +372,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     require_supported(kind, ns.method, cuda)
     out = Path(ns.output_dir)
     state = PartialState(cpu=not cuda)
-    bf16 = cuda and native_bf16()  # not torch.cuda.is_bf16_supported(): it says True on a T4 (emulated)
-    compute_dtype = torch.bfloat16 if bf16 else torch.float32
+    device = "cuda" if cuda else "cpu"
+    compute_dtype = compute_dtype_for(device)  # the course's one dtype policy (course_utils.devices)
 
     tokenizer = load_tokenizer(ns.model)
     quantization_config = None
@@ -369,25 +395,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     lora = LoraConfig(
         r=ns.r, lora_alpha=ns.lora_alpha, lora_dropout=ns.lora_dropout, target_modules=targets, task_type="CAUSAL_LM"
     )
-    args = SFTConfig(
-        output_dir=str(out),
-        max_steps=ns.max_steps,
-        per_device_train_batch_size=ns.batch_size,
-        learning_rate=ns.learning_rate,
-        lr_scheduler_type="constant",
-        bf16=bf16,  # TRL would default to True: an error on CPU
-        use_cpu=not cuda,
-        gradient_checkpointing=ns.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if ns.gradient_checkpointing else None,
-        ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient each step
-        max_length=ns.max_length,
-        dataloader_pin_memory=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=max(1, ns.max_steps // 5),
-        disable_tqdm=True,
-        seed=ns.seed,
-    )
+    args = _sft_config(ns, out, device)
     train = to_prompt_completion(load_task(ns.task, "train"))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=lora)
     facts = record_rank_facts(trainer)  # batches, bytes, losses and probe logits of this rank

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from course_utils.tables import html_table
+
 __all__ = [
     "Check",
     "DoctorReport",
@@ -36,28 +38,10 @@ __all__ = [
     "diagnose_bitsandbytes",
     "diagnose_hub",
     "diagnose_cpu_repack",
-    "FALLBACK_REQUIREMENTS",
 ]
 
 DIST_NAME = "peft-course"
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
-#: Used only when neither the installed metadata nor pyproject.toml can be read.
-#: Keep in sync with [project].dependencies in pyproject.toml (tests/test_doctor.py checks).
-FALLBACK_REQUIREMENTS: tuple[str, ...] = (
-    "torch>=2.4,<3",
-    "transformers>=5.0,<6",
-    "peft>=0.21,<0.22",
-    "trl>=1.16,<2",
-    "datasets>=5.0,<6",
-    "accelerate>=1.10",
-    "tokenizers>=0.22",
-    "safetensors>=0.4",
-    "matplotlib>=3.8",
-    "ipywidgets>=8.1",
-    "psutil>=5.9",
-    "tqdm>=4.66",
-    "bitsandbytes>=0.50; platform_system != 'Darwin'",
-)
 #: Libraries the nbval/run tooling needs ([dev] extra); missing ones are a warning, not a failure.
 DEV_TOOLS = ("pytest", "nbval", "papermill", "nbclient", "ipykernel")
 
@@ -109,24 +93,24 @@ class DoctorReport:
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        import html
-
-        rows = "".join(
-            f"<tr><td>{html.escape(c.name)}</td><td>{c.status}</td><td>{html.escape(c.found)}</td>"
-            f"<td>{html.escape(c.advice)}</td></tr>"
-            for c in self.checks
-        )
-        return f"<table><tr><th>check</th><th>status</th><th>found</th><th>what to do</th></tr>{rows}</table>"
+        rows = [(c.name, c.status, c.found, c.advice) for c in self.checks]
+        return html_table(["check", "status", "found", "what to do"], rows)
 
 
 # --------------------------------------------------------------------------- versions
 
 
 def supported_ranges() -> tuple[list[str], str]:
-    """The course's requirement strings and where they came from.
+    """The course's requirement strings and where they came from: read, never copied.
 
-    Order: the installed distribution's metadata (``pip install -e .``), then ``pyproject.toml``
-    next to the package, then `FALLBACK_REQUIREMENTS`. Extras (``[dev]``) are left out.
+    From the installed distribution's metadata (``importlib.metadata.requires("peft-course")``,
+    written by ``pip install -e .`` from pyproject.toml), else from ``pyproject.toml`` next to the
+    package (a checkout that was not installed); extras (``[dev]``) are left out. Neither: an empty
+    list, and `diagnose_versions` says to install the course.
+
+    >>> reqs, source = supported_ranges()
+    >>> any(r.startswith("peft") for r in reqs) or source.startswith("not found")
+    True
     """
     try:
         reqs = md.requires(DIST_NAME) or []
@@ -143,7 +127,7 @@ def supported_ranges() -> tuple[list[str], str]:
             return list(deps), str(PYPROJECT.name)
         except (KeyError, ValueError):
             pass
-    return list(FALLBACK_REQUIREMENTS), "built-in table (course_utils.doctor)"
+    return [], f"not found: {DIST_NAME} is not installed and no pyproject.toml is beside the package"
 
 
 def diagnose_versions(requirements: Sequence[str] | None = None) -> list[Check]:
@@ -154,6 +138,12 @@ def diagnose_versions(requirements: Sequence[str] | None = None) -> list[Check]:
     if requirements is None:
         requirements, source = supported_ranges()
     checks = []
+    if not requirements and source:
+        checks.append(
+            Check(
+                "requirements", WARN, source, 'install the course (pip install -e ".[dev]") so its ranges can be read'
+            )
+        )
     for text in requirements:
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate():
@@ -209,6 +199,8 @@ def diagnose_torch(facts: dict[str, Any]) -> list[Check]:
             )
         ]
     facts["torch"] = torch.__version__
+    from course_utils.devices import compute_dtype_for, native_bf16  # imports torch: only once torch imports
+
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         gib = props.total_memory / 2**30
@@ -217,7 +209,8 @@ def diagnose_torch(facts: dict[str, Any]) -> list[Check]:
             gpu=props.name,
             gpu_memory_GiB=round(gib, 1),
             cuda=torch.version.cuda,
-            bf16=tuple(torch.cuda.get_device_capability(0)) >= (8, 0),
+            bf16=native_bf16("cuda:0"),
+            dtype=str(compute_dtype_for("cuda:0")).replace("torch.", ""),
         )
         checks.append(
             Check(
@@ -257,7 +250,7 @@ def _cpu_flags() -> set[str]:
 
 _BNB_PROBE = r"""
 import json, logging, sys
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU-kernel messages (FIELD-NOTES 9)
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel notices on stderr
 out = {}
 try:
     import torch

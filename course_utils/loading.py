@@ -18,13 +18,19 @@ from typing import Any
 
 import torch
 
+from course_utils.devices import DEVICE_ENV_VAR, DeviceNotAvailableError, native_bf16, resolve_device, resolve_dtype
+from course_utils.quantization import prevent_cpu_repack
 from course_utils.resources import data_root
 
+# DeviceNotAvailableError, native_bf16, resolve_device and resolve_dtype live in course_utils.devices
+# (the device and dtype policy); they are re-exported here, where the notebooks first meet them.
 __all__ = [
     "DEFAULT_MODEL",
+    "DEVICE_ENV_VAR",
     "MODEL_ALIASES",
     "DeviceNotAvailableError",
     "ModelNotAvailableError",
+    "TOKENIZER_FILES",
     "model_from_env",
     "native_bf16",
     "resolve_device",
@@ -48,12 +54,21 @@ MODEL_ALIASES: dict[str, str] = {
 MODEL_ENV_VAR = "COURSE_MODEL"
 
 
+#: Files a saved tokenizer folder holds at least one of (fast tokenizers, sentencepiece, BPE vocabularies).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
+
+
 class ModelNotAvailableError(OSError):
     """The model cannot be loaded here (unknown name, offline without a cached copy, ...)."""
-
-
-class DeviceNotAvailableError(RuntimeError):
-    """The requested device (``"cuda"``, ``"mps"``) does not exist on this machine."""
 
 
 def model_from_env(default: str = DEFAULT_MODEL) -> str:
@@ -63,95 +78,6 @@ def model_from_env(default: str = DEFAULT_MODEL) -> str:
     'course-tiny'
     """
     return os.environ.get(MODEL_ENV_VAR, "").strip() or default
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is passed to ``torch.device``.
-
-    Asking for a device this machine does not have raises :class:`DeviceNotAvailableError`
-    at once, saying what is there (instead of torch's error deep inside ``.to()``).
-
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if mps_ok else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'.") from None
-    here = "CUDA" if torch.cuda.is_available() else ("MPS" if mps_ok else "the CPU only")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceNotAvailableError(
-            f"device={device!r}, but this machine has no CUDA GPU that torch can use (it has {here}; torch "
-            f"{torch.__version__}). Use device='auto' (picks what is there) or 'cpu'; on Colab choose "
-            "Runtime > Change runtime type > GPU; locally install a CUDA build of torch."
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DeviceNotAvailableError(
-            f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0. "
-            "Use device='cuda' (GPU 0) or a smaller index."
-        )
-    if dev.type == "mps" and not mps_ok:
-        raise DeviceNotAvailableError(
-            f"device={device!r}, but Apple's MPS backend is not available here (this machine has {here}). "
-            "Use device='auto' or 'cpu'."
-        )
-    return dev
-
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
-def native_bf16(device: str | torch.device = "cuda") -> bool:
-    """True when a CUDA GPU computes bfloat16 in hardware: compute capability 8.0 or newer (A100, RTX 30xx on).
-
-    Deliberately not ``torch.cuda.is_bf16_supported()``: it counts emulation and says True on a
-    T4 (compute capability 7.5, Colab's free GPU), where bf16 runs slowly in software.
-    False on a CPU, on MPS and without CUDA.
-
-    >>> native_bf16("cpu")
-    False
-    """
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    if dev.type != "cuda" or not torch.cuda.is_available():
-        return False
-    return tuple(torch.cuda.get_device_capability(dev)) >= (8, 0)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``"auto"``: bfloat16 on a CUDA GPU with native bf16, float16 on older GPUs and MPS, float32 on CPU.
-
-    Native bf16 means compute capability >= 8.0 (:func:`native_bf16`); a T4 or V100 gets float16.
-    float32 on CPU because bf16 matmuls crawl on CPUs without AVX-512-BF16/AMX.
-
-    >>> resolve_dtype("auto", torch.device("cpu"))
-    torch.float32
-    >>> resolve_dtype("bf16", torch.device("cpu"))
-    torch.bfloat16
-    """
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if native_bf16(device) else torch.float16
-        if device.type == "mps":
-            return torch.float16
-        return torch.float32
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)} or 'auto'.") from None
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -218,12 +144,23 @@ def load_tokenizer(name: str = DEFAULT_MODEL, **kwargs: Any):
     models; ``course-tiny`` has its own ``<|pad|>``), and padding on the left for batched
     generation.
 
+    A folder without any tokenizer file (:data:`TOKENIZER_FILES`) raises
+    :class:`ModelNotAvailableError` saying how to add one.
+
     >>> tok = load_tokenizer("course-tiny")
     >>> tok.pad_token != tok.eos_token
     True
     """
     from transformers import AutoTokenizer
 
+    path = resolve_model_path(name)
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        # transformers would build a tokenizer with a vocabulary of one token here, silently
+        raise ModelNotAvailableError(
+            f"The folder {path} (model {name!r}) holds no tokenizer: none of {', '.join(TOKENIZER_FILES)}. "
+            "Save the tokenizer next to the model (`tokenizer.save_pretrained(folder)`), copy the tokenizer files "
+            "of the model it came from, or load the tokenizer from that model's name instead."
+        )
     tokenizer = _from_pretrained(AutoTokenizer, name, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -269,8 +206,6 @@ def load_model(
         model = _from_pretrained(
             AutoModelForCausalLM, name, dtype=torch_dtype, quantization_config=quantization_config, **kwargs
         )
-        from course_utils.quantization import prevent_cpu_repack
-
         prevent_cpu_repack(model)  # else training and merging go wrong on AVX-512-BF16 CPUs
         return model
     model = _from_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype, **kwargs)

@@ -7,10 +7,10 @@
 - `MemoryCallback`: a ``transformers.TrainerCallback`` that adds ``peak_mem_MiB`` (peak since
   the previous log) to each training log, so it lands in ``trainer.state.log_history``. Works
   unchanged with ``Trainer``, TRL's ``SFTTrainer`` and ``DPOTrainer``.
-- `model_memory_breakdown`: bytes of weights by dtype (bitsandbytes 4-bit / 8-bit storage and
+- `model_memory_breakdown` (from `course_utils.model_breakdown`): bytes of weights by dtype (bitsandbytes 4-bit / 8-bit storage and
   quantization state counted as stored), trainable vs frozen, gradients, AdamW state, buffers.
 - `gradient_checkpointing_active`: warns when checkpointing is enabled but cannot act (eval mode).
-- `measure_training_peak`: peak CUDA memory of a few training steps of a recipe (full
+- `measure_training_peak` (from `course_utils.training_peak`): peak CUDA memory of a few training steps of a recipe (full
   fine-tuning, LoRA, QLoRA, with or without gradient checkpointing), like the H200 reference;
   `requires_cuda`: ``False`` plus ONE printed sentence when there is no CUDA GPU, so GPU-only
   notebook cells skip with a deterministic message.
@@ -31,14 +31,15 @@ import sys
 import threading
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from course_utils.architectures import _logical_numel  # shared with trainable_parameter_table
+from course_utils.model_breakdown import ModelBreakdown, model_memory_breakdown  # re-exported
+from course_utils.tables import html_table
+from course_utils.training_peak import measure_training_peak, requires_cuda  # re-exported
 
 try:  # a plain base class when transformers is missing, so the module still imports
     from transformers import TrainerCallback as _TrainerCallbackBase
@@ -51,7 +52,9 @@ __all__ = [
     "MemoryTracker",
     "MemoryCallback",
     "ModelBreakdown",
+    "measure_training_peak",
     "model_memory_breakdown",
+    "requires_cuda",
     "gradient_checkpointing_active",
     "gradient_checkpointing_enabled",
     "resolve_memory_device",
@@ -350,15 +353,18 @@ class MemoryTracker:
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(r.name)}</td><td>{r.start_bytes / MiB:.1f}</td><td>{r.end_bytes / MiB:.1f}</td>"
-            f"<td>{r.peak_bytes / MiB:.1f}</td><td>{r.delta_bytes / MiB:+.1f}</td></tr>"
+        rows = [
+            (
+                r.name,
+                f"{r.start_bytes / MiB:.1f}",
+                f"{r.end_bytes / MiB:.1f}",
+                f"{r.peak_bytes / MiB:.1f}",
+                f"{r.delta_bytes / MiB:+.1f}",
+            )
             for r in self.records
-        )
-        return (
-            f"<div><b>Memory by phase</b> ({html.escape(self.what)})<table><tr><th>phase</th>"
-            f"<th>start MiB</th><th>end MiB</th><th>peak MiB</th><th>delta MiB</th></tr>{rows}</table></div>"
-        )
+        ]
+        table = html_table(["phase", "start MiB", "end MiB", "peak MiB", "delta MiB"], rows)
+        return f"<div><b>Memory by phase</b> ({html.escape(self.what)}){table}</div>"
 
     def plot(self, ax: Any = None) -> Any:
         """Bar chart of end and peak memory per phase (MiB); returns the matplotlib Axes."""
@@ -451,8 +457,8 @@ class MemoryCallback(_TrainerCallbackBase):  # type: ignore[misc,valid-type]
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{s}</td><td>{p:.1f}</td></tr>" for s, p in self.steps)
-        return f"<div><b>Peak memory per step</b> ({html.escape(self.tracker.what)})<table><tr><th>step</th><th>peak MiB</th></tr>{rows}</table></div>"
+        table = html_table(["step", "peak MiB"], [(str(s), f"{p:.1f}") for s, p in self.steps])
+        return f"<div><b>Peak memory per step</b> ({html.escape(self.tracker.what)}){table}</div>"
 
     def plot(self, ax: Any = None) -> Any:
         """Curve of peak memory per optimizer step (MiB); returns the matplotlib Axes."""
@@ -465,317 +471,3 @@ class MemoryCallback(_TrainerCallbackBase):  # type: ignore[misc,valid-type]
         ax.set_ylabel("peak memory (MiB)")
         ax.set_title(f"Peak memory per training step ({self.device})")
         return ax
-
-
-# --------------------------------------------------------------------------- model breakdown
-
-
-def _quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
-    """Tensors bitsandbytes keeps beside a quantized weight (absmax, code, nested state, SCB)."""
-    out: list[torch.Tensor] = []
-    qs = getattr(param, "quant_state", None)
-    stack = [qs] if qs is not None else []
-    while stack:
-        state = stack.pop()
-        for attr in ("absmax", "code", "offset"):
-            t = getattr(state, attr, None)
-            if isinstance(t, torch.Tensor):
-                out.append(t)
-        if getattr(state, "state2", None) is not None:
-            stack.append(state.state2)
-    scb = getattr(param, "SCB", None)
-    if isinstance(scb, torch.Tensor):
-        out.append(scb)
-    return out
-
-
-def _storage_kind(param: torch.Tensor) -> str:
-    cls = type(param).__name__
-    if cls == "Params4bit":
-        return "4-bit (uint8 packed)"
-    if cls == "Int8Params" and param.dtype == torch.int8:
-        return "int8"
-    return str(param.dtype).replace("torch.", "")
-
-
-@dataclass
-class ModelBreakdown:
-    """Bytes and counts of a model's parts. See `model_memory_breakdown`."""
-
-    weights_by_dtype: dict[str, int]
-    quant_state_bytes: int
-    total_params: int
-    trainable_params: int
-    frozen_params: int
-    trainable_bytes: int
-    frozen_bytes: int
-    grads_bytes: int
-    adamw_bytes: int
-    buffers_bytes: int
-    by_module: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def weights_bytes(self) -> int:
-        return sum(self.weights_by_dtype.values()) + self.quant_state_bytes
-
-    @property
-    def training_bytes(self) -> int:
-        """Weights + buffers + gradients + AdamW state (activations not included)."""
-        return self.weights_bytes + self.buffers_bytes + self.grads_bytes + self.adamw_bytes
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(weights_bytes=self.weights_bytes, training_bytes=self.training_bytes)
-        return d
-
-    def _rows(self) -> list[tuple[str, int]]:
-        rows = [(f"weights {k}", v) for k, v in self.weights_by_dtype.items()]
-        if self.quant_state_bytes:
-            rows.append(("quantization state (absmax, code, ...)", self.quant_state_bytes))
-        rows += [
-            ("buffers", self.buffers_bytes),
-            ("gradients (trainable)", self.grads_bytes),
-            ("AdamW state (2 x fp32 per trainable)", self.adamw_bytes),
-            ("total before activations", self.training_bytes),
-        ]
-        return rows
-
-    def __repr__(self) -> str:
-        pct = 100 * self.trainable_params / max(self.total_params, 1)
-        lines = [
-            f"ModelBreakdown: {self.total_params:,} parameters, {self.trainable_params:,} trainable ({pct:.2f}%), "
-            f"{self.frozen_params:,} frozen"
-        ]
-        lines += [f"  {k:<40} {v / MiB:>10.2f} MiB" for k, v in self._rows()]
-        if self.by_module:
-            lines.append(f"  {'module':<40} {'params':>12} {'MiB':>10} {'trainable':>12}")
-            for name, m in self.by_module.items():
-                lines.append(f"  {name:<40} {m['params']:>12,} {m['bytes'] / MiB:>10.2f} {m['trainable']:>12,}")
-        return "\n".join(lines)
-
-    __str__ = __repr__
-
-    def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v / MiB:.2f}</td></tr>" for k, v in self._rows())
-        mods = ""
-        if self.by_module:
-            mods = (
-                "<table><tr><th>module</th><th>params</th><th>MiB</th><th>trainable</th></tr>"
-                + "".join(
-                    f"<tr><td>{html.escape(n)}</td><td>{m['params']:,}</td><td>{m['bytes'] / MiB:.2f}</td>"
-                    f"<td>{m['trainable']:,}</td></tr>"
-                    for n, m in self.by_module.items()
-                )
-                + "</table>"
-            )
-        return (
-            f"<div><b>{self.total_params:,} parameters</b>, {self.trainable_params:,} trainable"
-            f"<table><tr><th>part</th><th>MiB</th></tr>{rows}</table>{mods}</div>"
-        )
-
-    def plot(self, ax: Any = None) -> Any:
-        """Horizontal bars of each part (MiB); returns the matplotlib Axes."""
-        import matplotlib.pyplot as plt
-
-        rows = self._rows()[:-1]
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.5))
-        ax.barh([k for k, _ in rows], [v / MiB for _, v in rows])
-        ax.set_xlabel("memory (MiB)")
-        ax.set_ylabel("part")
-        ax.set_title("Model memory before activations")
-        return ax
-
-
-def model_memory_breakdown(model: torch.nn.Module, by_module: int = 0) -> ModelBreakdown:
-    """Count a model's memory: weights by dtype, trainable vs frozen, grads, AdamW state, buffers.
-
-    Bytes are the tensors' actual storage (``numel * element_size``): a bitsandbytes 4-bit weight
-    stores two values per byte in uint8, and its quantization state (absmax, code, nested state)
-    is counted too; an 8-bit weight is int8 plus its fp32 row scales. Parameter counts are the
-    logical number of weights. Gradients are one per trainable parameter in its dtype; AdamW
-    state is two fp32 tensors per trainable parameter (8 bytes each). Tied weights count once.
-    ``by_module=2`` also groups parameters by the first two parts of their names
-    (``model.layers``, ``lm_head``, ...).
-
-    >>> b = model_memory_breakdown(torch.nn.Linear(10, 4))
-    >>> b.total_params, b.adamw_bytes
-    (44, 352)
-    """
-    seen: set[int] = set()
-    by_dtype: dict[str, int] = defaultdict(int)
-    modules: dict[str, dict[str, int]] = {}
-    quant = total = trainable = trainable_b = frozen_b = grads = 0
-    for name, p in model.named_parameters(remove_duplicate=False):
-        key = id(p)
-        if key in seen:
-            continue
-        seen.add(key)
-        nbytes = p.numel() * p.element_size()
-        q_bytes = sum(t.numel() * t.element_size() for t in _quant_state_tensors(p))
-        n = _logical_numel(p)
-        by_dtype[_storage_kind(p)] += nbytes
-        quant += q_bytes
-        total += n
-        if p.requires_grad:
-            trainable += n
-            trainable_b += nbytes + q_bytes
-            grads += nbytes
-        else:
-            frozen_b += nbytes + q_bytes
-        if by_module:
-            group = ".".join(name.split(".")[:by_module])
-            m = modules.setdefault(group, {"params": 0, "bytes": 0, "trainable": 0})
-            m["params"] += n
-            m["bytes"] += nbytes + q_bytes
-            m["trainable"] += n if p.requires_grad else 0
-    buffers = 0
-    seen_buf: set[int] = set()
-    for b in model.buffers():
-        if id(b) not in seen_buf:
-            seen_buf.add(id(b))
-            buffers += b.numel() * b.element_size()
-    return ModelBreakdown(
-        weights_by_dtype=dict(by_dtype),
-        quant_state_bytes=quant,
-        total_params=total,
-        trainable_params=trainable,
-        frozen_params=total - trainable,
-        trainable_bytes=trainable_b,
-        frozen_bytes=frozen_b,
-        grads_bytes=grads,
-        adamw_bytes=8 * trainable,
-        buffers_bytes=buffers,
-        by_module=modules,
-    )
-
-
-def requires_cuda(what: str) -> bool:
-    """``True`` if a CUDA GPU is available; otherwise print ONE sentence saying what is skipped.
-
-    The sentence is the same on every CPU machine, so notebooks stay deterministic under nbval.
-
-    >>> requires_cuda("Measuring GPU memory")   # doctest: +SKIP
-    Skipped: Measuring GPU memory needs a CUDA GPU (torch.cuda.is_available() is False here).
-    False
-    """
-    if torch.cuda.is_available():
-        return True
-    print(f"Skipped: {what} needs a CUDA GPU (torch.cuda.is_available() is False here).")
-    return False
-
-
-_RECIPE_METHODS = ("full", "lora", "qlora")
-
-
-def _build_for_recipe(
-    name: str,
-    method: str,
-    *,
-    r: int,
-    target_modules: Any,
-    gradient_checkpointing: bool,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    from course_utils.loading import load_model
-
-    if method == "qlora":
-        from course_utils.quantization import bnb_4bit_config
-
-        model = load_model(name, device=device, dtype=dtype, quantization_config=bnb_4bit_config(device))
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    else:
-        model = load_model(name, device=device, dtype=dtype)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if method != "full":
-                model.enable_input_require_grads()
-    if method != "full":
-        cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=target_modules, task_type="CAUSAL_LM")
-        model = get_peft_model(model, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return model, params
-
-
-def measure_training_peak(
-    name: str,
-    method: str,
-    *,
-    gradient_checkpointing: bool = False,
-    batch_size: int = 8,
-    seq_len: int = 512,
-    r: int = 16,
-    target_modules: Any = "all-linear",
-    steps: int = 3,
-    device: str | torch.device = "auto",
-) -> dict[str, Any]:
-    """Peak CUDA memory (GiB) of ``steps`` AdamW training steps on random tokens, like the H200 reference.
-
-    ``method`` is ``"full"`` (all weights trainable), ``"lora"`` or ``"qlora"`` (4-bit NF4 base,
-    ``prepare_model_for_kbit_training``); weights in the GPU's 16-bit dtype (bf16 from compute
-    capability 8.0 on, fp16 below), autocast in the same dtype.
-    Needs CUDA for the peak reading (on a CPU the steps run and ``peak_GiB`` is NaN).
-
-    >>> measure_training_peak("course-tiny", "qlora", gradient_checkpointing=True)["peak_GiB"]   # doctest: +SKIP
-    0.01
-    """
-    import gc
-    import time
-
-    from course_utils.loading import resolve_device
-    from course_utils.quantization import compute_dtype_for
-
-    if method not in _RECIPE_METHODS:
-        raise ValueError(f"method must be one of {_RECIPE_METHODS}, got {method!r}.")
-    dev = resolve_device(device)
-    dtype = compute_dtype_for(dev)
-    on_cuda = dev.type == "cuda"
-    gc.collect()
-    if on_cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    model, params = _build_for_recipe(
-        name,
-        method,
-        r=r,
-        target_modules=target_modules,
-        gradient_checkpointing=gradient_checkpointing,
-        device=dev,
-        dtype=dtype,
-    )
-    model.train()
-    opt = torch.optim.AdamW(params, lr=1e-5)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        with torch.autocast(dev.type, dtype=dtype, enabled=on_cuda):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    if on_cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else float("nan")
-    trainable = sum(p.numel() for p in params)
-    del model, params, opt, x
-    gc.collect()
-    if on_cuda:
-        torch.cuda.empty_cache()
-    return {
-        "method": method,
-        "gradient_checkpointing": gradient_checkpointing,
-        "peak_GiB": peak,
-        "step_s": seconds / steps,
-        "trainable": trainable,
-        "loss": float(loss),
-    }

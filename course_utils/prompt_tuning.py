@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from course_utils.tables import Html, html_table
+
 __all__ = [
     "CacheProbe",
     "adapter_bytes_on_disk",
@@ -125,15 +127,17 @@ class CacheProbe:
         return "\n".join([head, *rows])
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(self.prompts[i])}</td><td><code>{html.escape(self.cached[i])}</code></td>"
-            f"<td><code>{html.escape(self.uncached[i])}</code></td></tr>"
+        rows = [
+            (
+                self.prompts[i],
+                Html(f"<code>{html.escape(self.cached[i])}</code>"),
+                Html(f"<code>{html.escape(self.uncached[i])}</code>"),
+            )
             for i in self.differ[:3]
-        )
+        ]
         return (
             f"<p><b>{self.n_differ}/{len(self.prompts)}</b> answers differ between <code>use_cache=True</code> "
-            f"and <code>False</code></p><table><tr><th>question</th><th>cache on</th><th>cache off</th></tr>"
-            f"{rows}</table>"
+            "and <code>False</code></p>" + html_table(["question", "cache on", "cache off"], rows)
         )
 
 

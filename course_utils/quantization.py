@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from course_utils.devices import compute_dtype_for
+
 __all__ = [
     "bnb_4bit_config",
     "bnb_8bit_config",
@@ -40,16 +42,40 @@ __all__ = [
     "int8_weight_bytes",
     "nf4_weight_bytes",
     "prevent_cpu_repack",
+    "quantization_of",
+    "quiet_bitsandbytes",
     "repacked_layers",
 ]
 
 
-def _quiet_bitsandbytes() -> None:
+def quiet_bitsandbytes() -> None:
+    """Keep bitsandbytes' logger to errors: importing it (peft does) prints backend notices otherwise.
+
+    >>> quiet_bitsandbytes()
+    """
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
+def quantization_of(model: torch.nn.Module) -> str | None:
+    """``"4-bit"``/``"8-bit"`` (with the bitsandbytes type) if ``model`` has quantized linear layers, else ``None``.
+
+    Looks at the layer classes, so it needs no bitsandbytes import.
+
+    >>> quantization_of(torch.nn.Linear(2, 2)) is None
+    True
+    """
+    for module in model.modules():
+        cls = type(module).__name__
+        if cls == "Linear4bit":
+            qt = getattr(getattr(module, "weight", None), "quant_type", None)
+            return f"4-bit ({qt})" if qt else "4-bit"
+        if cls == "Linear8bitLt":
+            return "8-bit (LLM.int8)"
+    return None
+
+
 def _bnb_config_class() -> Any:
-    _quiet_bitsandbytes()
+    quiet_bitsandbytes()
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:  # pragma: no cover - a dependency except on macOS
@@ -65,21 +91,6 @@ def _bnb_config_class() -> Any:
 # --------------------------------------------------------------------------------------------
 # configs
 # --------------------------------------------------------------------------------------------
-def compute_dtype_for(device: str | torch.device = "auto") -> torch.dtype:
-    """The dtype 4-bit layers should compute in: the same as ``load_model(..., dtype="auto")``.
-
-    bfloat16 on a CUDA GPU with native bf16 (compute capability >= 8.0: A100, H100, RTX 30xx on),
-    float16 on older GPUs (T4, V100) and Apple MPS, float32 on a CPU (see
-    :func:`course_utils.loading.resolve_dtype`).
-
-    >>> compute_dtype_for("cpu")
-    torch.float32
-    """
-    from course_utils.loading import resolve_device, resolve_dtype
-
-    return resolve_dtype("auto", resolve_device(device))
-
-
 def bnb_4bit_config(
     device: str | torch.device = "auto",
     *,
@@ -212,7 +223,7 @@ def cpu_repack_hazard() -> bool:
     >>> isinstance(cpu_repack_hazard(), bool)
     True
     """
-    _quiet_bitsandbytes()
+    quiet_bitsandbytes()
     try:
         from bitsandbytes.functional import has_avx512bf16
     except ImportError:
@@ -270,7 +281,7 @@ def prevent_cpu_repack(model: torch.nn.Module) -> int:
     for _, layer in layers:
         layer.support_avx512bf16_for_cpu = False  # read by Linear4bit.forward (bitsandbytes/nn/modules.py)
         if _is_repacked(layer):
-            _quiet_bitsandbytes()
+            quiet_bitsandbytes()
             _unpack(layer)
             undone += 1
     return undone

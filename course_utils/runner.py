@@ -25,14 +25,26 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Results and the summary live in course_utils.run_report (re-exported here: tests and the CLI import them).
+from course_utils.run_report import (
+    STATUS_OK,
+    CellError,
+    FailedClaim,
+    NotebookResult,
+    RunSummary,
+    failed_claims,
+    status_of,
+)
+
 __all__ = [
+    "CPU_ENV",
     "KERNEL_ENV",
     "NOTEBOOKS_DIR",
     "CellError",
+    "FailedClaim",
     "NotebookResult",
     "RunSummary",
     "UnknownNotebookError",
@@ -42,6 +54,7 @@ __all__ = [
     "new_run_dir",
     "kernel_env",
     "clean_notebook",
+    "failed_claims",
     "execute_notebook",
     "execute_inplace",
     "run_notebooks",
@@ -56,6 +69,10 @@ NOTEBOOKS_DIR = PACKAGE_PARENT / "notebooks"
 KERNEL_ENV: dict[str, str] = {"PYTHONHASHSEED": "0", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
 #: Added for committed outputs (``--inplace``) and nbval: never reach for the hub.
 OFFLINE_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+#: Added for committed outputs (``--inplace``): the CPU on every machine, so a GPU or a Mac writes the
+#: same outputs as the CPU CI that compares them. CUDA is hidden from torch, and ``$COURSE_DEVICE``
+#: makes ``resolve_device("auto")`` (course_utils.loading) answer ``cpu`` where MPS exists.
+CPU_ENV: dict[str, str] = {"CUDA_VISIBLE_DEVICES": "", "COURSE_DEVICE": "cpu"}
 
 _NB_NAME = re.compile(r"^(\d+)_")
 #: Kernel command-line options: ipykernel's start-up warning about unencrypted local TCP is noise
@@ -182,9 +199,7 @@ def new_run_dir(out: str | Path | None = None, *, base: str | Path = "runs", ove
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
-            # defined once, in course_utils.merging (the module that saves); imported only here
-            # because merging imports torch, which `course-utils run` itself never needs
-            from course_utils.merging import OutputExistsError
+            from course_utils.saving import OutputExistsError  # defined once, where models are saved
 
             what = "a previous run" if (out / "summary.json").exists() else "files"
             raise OutputExistsError(
@@ -197,133 +212,6 @@ def new_run_dir(out: str | Path | None = None, *, base: str | Path = "runs", ove
             out.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class CellError:
-    """Where and how a notebook failed: cell index (0-based, in the original notebook), the
-    first line of its source, and the error."""
-
-    cell_index: int
-    execution_count: int | None
-    source_first_line: str
-    ename: str
-    evalue: str
-
-    def __str__(self) -> str:
-        evalue = self.evalue.strip().splitlines()[0][:200] if self.evalue.strip() else ""
-        return f"cell {self.cell_index} `{self.source_first_line}`: {self.ename}" + (f": {evalue}" if evalue else "")
-
-
-@dataclass
-class NotebookResult:
-    """One notebook's run: status (``"ok"`` / ``"failed"``), seconds, peak memory, metrics."""
-
-    notebook: str
-    status: str
-    seconds: float
-    peak_memory_MiB: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: CellError | None = None
-    output_path: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_KEY_METRICS = ("accuracy_before", "accuracy_after")
-
-
-def _format_metric(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _metrics_cell(metrics: dict[str, Any]) -> str:
-    shown = {k: v for k, v in metrics.items() if k not in {"peak_rss_MiB", "cuda_peak_allocated_MiB"}}
-    keys = [k for k in _KEY_METRICS if k in shown] + [k for k in shown if k not in _KEY_METRICS]
-    return ", ".join(f"{k}={_format_metric(shown[k])}" for k in keys)
-
-
-@dataclass
-class RunSummary:
-    """The results of a run, with the parameters used; renders as a Markdown/plain table."""
-
-    results: list[NotebookResult]
-    out_dir: str | None
-    parameters: dict[str, Any]
-    started: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.results)
-
-    @property
-    def failed(self) -> list[NotebookResult]:
-        return [r for r in self.results if not r.ok]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "started": self.started,
-            "out_dir": self.out_dir,
-            "parameters": self.parameters,
-            "ok": self.ok,
-            "results": [r.to_dict() for r in self.results],
-        }
-
-    def to_markdown(self) -> str:
-        params = ", ".join(f"{k}={v}" for k, v in self.parameters.items() if v is not None) or "notebook defaults"
-        lines = [
-            f"# Course run {self.started}",
-            "",
-            f"Parameters: {params}",
-            "",
-            "| notebook | status | seconds | peak memory (MiB) | key metrics |",
-            "|---|---|---:|---:|---|",
-        ]
-        for r in self.results:
-            mem = f"{r.peak_memory_MiB:.0f}" if r.peak_memory_MiB is not None else ""
-            detail = _metrics_cell(r.metrics) if r.ok else f"failed at {r.error}"
-            lines.append(f"| {r.notebook} | {r.status} | {r.seconds:.1f} | {mem} | {detail.replace('|', '/')} |")
-        n_failed = len(self.failed)
-        lines += ["", f"{len(self.results) - n_failed} ok, {n_failed} failed."]
-        return "\n".join(lines) + "\n"
-
-    def __repr__(self) -> str:
-        return self.to_markdown()
-
-    def _repr_html_(self) -> str:
-        import html
-
-        rows = "".join(
-            f"<tr><td>{html.escape(r.notebook)}</td><td>{r.status}</td><td>{r.seconds:.1f}</td>"
-            f"<td>{'' if r.peak_memory_MiB is None else f'{r.peak_memory_MiB:.0f}'}</td>"
-            f"<td>{html.escape(_metrics_cell(r.metrics) if r.ok else f'failed at {r.error}')}</td></tr>"
-            for r in self.results
-        )
-        return (
-            "<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>peak memory (MiB)</th>"
-            f"<th>key metrics</th></tr>{rows}</table>"
-        )
-
-    def write(self, folder: str | Path) -> tuple[Path, Path]:
-        """Write ``summary.md`` and ``summary.json`` into ``folder``; return their paths."""
-        folder = Path(folder)
-        md, js = folder / "summary.md", folder / "summary.json"
-        md.write_text(self.to_markdown())
-        js.write_text(json.dumps(self.to_dict(), indent=1, default=str) + "\n")
-        return md, js
-
-
-# --------------------------------------------------------------------------- execution helpers
 
 
 @contextlib.contextmanager
@@ -424,11 +312,14 @@ def execute_notebook(
     env: dict[str, str | None] | None = None,
     cell_timeout: float = 1200,
     metrics_path: str | Path | None = None,
+    short_run: bool = False,
 ) -> NotebookResult:
     """Execute one notebook with papermill into ``output_path``; never raises for a cell error.
 
     The kernel runs in the notebook's folder with `KERNEL_ENV` plus ``env``; ``metrics_path``
     becomes ``$COURSE_METRICS_PATH`` so :func:`course_utils.notebook.record_metrics` lands there.
+    The executed copy's failed claims (:func:`failed_claims`) make the status ``claims not met``,
+    or ``ran, claims not met (short run)`` when ``short_run`` (a ``--max-steps`` smoke run).
     """
     import nbformat
     import papermill as pm
@@ -466,14 +357,19 @@ def execute_notebook(
         with contextlib.suppress(ValueError, OSError):
             metrics = json.loads(Path(metrics_path).read_text())
     peak = max([mem.peak] + [float(metrics[k]) for k in ("peak_rss_MiB",) if k in metrics]) or None
+    claims: list[FailedClaim] = []
+    if output_path.is_file():
+        with contextlib.suppress(ValueError, OSError, KeyError):
+            claims = failed_claims(json.loads(output_path.read_text()))
     return NotebookResult(
         notebook=path.stem,
-        status="ok" if error is None else "failed",
+        status=status_of(error, claims, short_run),
         seconds=round(seconds, 2),
         peak_memory_MiB=None if peak is None else round(peak, 1),
         metrics=metrics,
         error=error,
         output_path=str(output_path),
+        failed_claims=claims,
     )
 
 
@@ -493,10 +389,13 @@ def clean_notebook(nb: Any) -> Any:
 
 
 def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> NotebookResult:
-    """Re-execute ``path`` with the default model, offline, and write it back with its outputs.
+    """Re-execute ``path`` with the default model, offline, on the CPU, and write it back with its outputs.
 
     The notebook keeps its own parameters (no injected cell); ``$COURSE_MODEL`` is unset so
-    ``MODEL`` is the default; the kernel environment is the nbval one. On a failing cell the
+    ``MODEL`` is the default; the kernel environment is the nbval one plus `CPU_ENV` (CUDA hidden,
+    ``$COURSE_DEVICE=cpu``), so the committed outputs are CPU outputs on any machine.
+    Outputs with a failed claim (``<statement>: NO``) are not written either: committed outputs
+    must hold every lesson's claims; the result's status is ``claims not met`` and names them. On a failing cell the
     file is left untouched and the result names the cell.
     """
     import nbformat
@@ -513,7 +412,7 @@ def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> Notebook
         extra_arguments=_KERNEL_ARGS,
         resources={"metadata": {"path": str(path.resolve().parent)}},
     )
-    env: dict[str, str | None] = {"COURSE_MODEL": None, "COURSE_METRICS_PATH": None, **OFFLINE_ENV}
+    env: dict[str, str | None] = {"COURSE_MODEL": None, "COURSE_METRICS_PATH": None, **OFFLINE_ENV, **CPU_ENV}
     error: CellError | None = None
     start = time.perf_counter()
     with kernel_env(env), _PeakMemory() as mem:
@@ -535,18 +434,20 @@ def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> Notebook
         except (DeadKernelError, TimeoutError, RuntimeError) as err:
             error = CellError(-1, None, "(notebook could not be executed)", type(err).__name__, str(err)[:200])
     seconds = time.perf_counter() - start
-    if error is None:
+    claims = failed_claims(nb)
+    if error is None and not claims:
         clean_notebook(nb)
         tmp = path.with_name(f".{path.name}.tmp")
         nbformat.write(nb, str(tmp))
         os.replace(tmp, path)
     return NotebookResult(
         notebook=path.stem,
-        status="ok" if error is None else "failed",
+        status=status_of(error, claims, short_run=False),
         seconds=round(seconds, 2),
         peak_memory_MiB=round(mem.peak, 1) or None,
         error=error,
         output_path=str(path),
+        failed_claims=claims,
     )
 
 
@@ -564,7 +465,8 @@ def run_notebooks(
     """Execute ``notebooks`` one after another into ``out_dir``; a failure does not stop the rest.
 
     Parameters that are ``None`` keep the notebook's own value. ``model`` is also exported as
-    ``$COURSE_MODEL`` (what ``model_from_env`` reads). Writes ``summary.md`` / ``summary.json``
+    ``$COURSE_MODEL`` (what ``model_from_env`` reads). A notebook whose claims are not met fails
+    the run, unless ``max_steps`` is given (a short run: reported, not a failure). Writes ``summary.md`` / ``summary.json``
     into ``out_dir`` and returns the :class:`RunSummary`.
     """
     from tqdm.auto import tqdm
@@ -598,10 +500,11 @@ def run_notebooks(
             env=env,
             cell_timeout=cell_timeout,
             metrics_path=out_dir / "metrics" / f"{nb.stem}.json",
+            short_run=max_steps is not None,
         )
         summary.results.append(result)
-        if not result.ok:
-            bar.write(f"FAILED {nb.stem}: {result.error}", file=sys.stderr)
+        if result.status != STATUS_OK:
+            bar.write(f"{'FAILED' if not result.ok else 'NOTE'} {nb.stem}: {result.detail()}", file=sys.stderr)
         summary.write(out_dir)  # after each notebook, so an interrupted run still has a summary
     bar.close()
     return summary

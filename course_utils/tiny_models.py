@@ -2,7 +2,7 @@
 
 Every architecture the course claims to support (Llama, Qwen2, Qwen3, Gemma 2, Gemma 3 text,
 Mistral, Phi-3, GPT-2, GPT-NeoX, OPT, Falcon) gets a config of the real model type, shrunk to a
-hidden size of 64 and 2 layers, with the course-tiny tokenizer (``data/course-tiny``, 770 tokens).
+hidden size of 64 and 2 layers, with the course-tiny tokenizer (``data/course-tiny``, 772 tokens).
 Weights are random: these models test that code runs on an architecture, not what it learns.
 
 `save_tiny_model(arch, folder)` (or ``python -m course_utils.tiny_models gpt2 /tmp/tiny-gpt2``)
@@ -12,7 +12,7 @@ writes a folder that ``load_model(folder)`` and ``course-utils run --model <fold
 (11, ('llama', 'qwen2', 'qwen3'))
 >>> model = tiny_model("gpt2")
 >>> model.config.model_type, model.config.vocab_size
-('gpt2', 770)
+('gpt2', 772)
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from course_utils.resources import data_dir
+
 __all__ = ["COURSE_TINY_DIR", "TINY_ARCHITECTURES", "save_tiny_model", "tiny_config", "tiny_model"]
 
-COURSE_TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "course-tiny"
+#: The default model's folder: the clone's data/course-tiny, or course_utils/_data/course-tiny in a wheel.
+COURSE_TINY_DIR = data_dir("course-tiny")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 # The course-tiny tokenizer's special tokens (data/course-tiny/tokenizer.json).
-_VOCAB, _BOS, _EOS, _PAD = 770, 1, 2, 3
+_VOCAB, _BOS, _EOS, _PAD = 772, 1, 2, 3
 _H, _LAYERS, _HEADS, _INTER, _POS = 64, 2, 4, 128, 256
 _IDS = dict(vocab_size=_VOCAB, bos_token_id=_BOS, eos_token_id=_EOS, pad_token_id=_PAD)
 
@@ -137,10 +140,15 @@ def save_tiny_model(arch: str, folder: str | Path, seed: int = 0) -> Path:
     model = tiny_model(arch, seed=seed)
     model.generation_config.bos_token_id, model.generation_config.eos_token_id = _BOS, _EOS
     model.generation_config.pad_token_id = _PAD
+    missing = [name for name in _TOKENIZER_FILES if not (COURSE_TINY_DIR / name).is_file()]
+    if missing:  # checked before writing anything: a model folder without its tokenizer is no use
+        raise FileNotFoundError(
+            f"The course-tiny tokenizer is incomplete in {COURSE_TINY_DIR}: {', '.join(missing)} missing. "
+            "Reinstall the course (`pip install .` from a clone) or restore data/course-tiny from git."
+        )
     model.save_pretrained(folder)
     for name in _TOKENIZER_FILES:
-        if (COURSE_TINY_DIR / name).is_file():
-            shutil.copyfile(COURSE_TINY_DIR / name, folder / name)
+        shutil.copyfile(COURSE_TINY_DIR / name, folder / name)
     return folder
 
 

@@ -1,12 +1,13 @@
 """Train a LoRA adapter on a chat task with the plain ``transformers.Trainer``.
 
 The notebooks show every step of this once (notebook 1); later notebooks that only need a
-trained adapter call :func:`train_lora` so they stay short and self-contained.
+trained adapter call :func:`train_adapter` (older name ``train_lora``) so they stay short and
+self-contained.
 
 >>> from peft import LoraConfig
 >>> from course_utils.loading import load_model, load_tokenizer
 >>> from course_utils.data import load_task
->>> run = train_lora(load_model(), load_tokenizer(), load_task("shout", "train"),
+>>> run = train_adapter(load_model(), load_tokenizer(), load_task("shout", "train"),
 ...                  LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]), max_steps=5)
 >>> run.model.peft_config["default"].r
 8
@@ -22,14 +23,27 @@ from typing import Any
 
 from datasets import Dataset
 
-from course_utils.data import tokenize_for_sft
+from course_utils.data import require_messages, tokenize_for_sft
+from course_utils.devices import (  # the first re-exported: notebooks import it here
+    mixed_precision_flags,
+    trainer_device_flags,
+)
+from course_utils.quantization import prevent_cpu_repack
 
-__all__ = ["TimeBudget", "TrainRun", "cpu_friendly_args", "mixed_precision_flags", "train_lora"]
+__all__ = [
+    "TimeBudget",
+    "TrainRun",
+    "cpu_friendly_args",
+    "mixed_precision_flags",
+    "time_budget",
+    "train_adapter",
+    "train_lora",
+]
 
 
 @dataclass
 class TrainRun:
-    """What :func:`train_lora` returns: the trained ``PeftModel``, its trainer and the wall time."""
+    """What :func:`train_adapter` returns: the trained ``PeftModel``, its trainer and the wall time."""
 
     model: Any
     trainer: Any
@@ -61,35 +75,19 @@ def _time_budget_callback(seconds: float) -> Any:
     return TimeBudget()
 
 
-def TimeBudget(seconds: float) -> Any:  # noqa: N802 - reads like a class at the call site
+def time_budget(seconds: float) -> Any:
     """A ``TrainerCallback`` that ends training after ``seconds`` of wall time.
 
     A budget, not a measurement: a slow machine trains fewer steps instead of running long.
 
-    >>> TimeBudget(60).stopped_early
+    >>> time_budget(60).stopped_early
     False
     """
     return _time_budget_callback(seconds)
 
 
-def mixed_precision_flags(device: Any = "auto") -> dict[str, bool]:
-    """The Trainer's ``bf16``/``fp16`` flags that match ``load_model(..., dtype="auto")`` on ``device``.
-
-    ``bf16=True`` on a CUDA GPU with native bf16 (compute capability >= 8.0), ``fp16=True`` on an
-    older CUDA GPU (T4, V100), both False on a CPU and on MPS (the model trains in its own dtype).
-    Follows :func:`course_utils.loading.resolve_dtype`, so a model and its Trainer never disagree.
-
-    >>> mixed_precision_flags("cpu")
-    {'bf16': False, 'fp16': False}
-    """
-    import torch
-
-    from course_utils.loading import resolve_device, resolve_dtype
-
-    dev = resolve_device(device)
-    dtype = resolve_dtype("auto", dev)
-    on_cuda = dev.type == "cuda"
-    return {"bf16": on_cuda and dtype == torch.bfloat16, "fp16": on_cuda and dtype == torch.float16}
+#: The older name of :func:`time_budget` (it returns a callback object, but is a function).
+TimeBudget = time_budget
 
 
 def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
@@ -97,8 +95,9 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
 
     - ``use_cpu`` only when there is no accelerator; fp32 on CPU (bf16 matmuls crawl on
       CPUs without AVX-512-BF16/AMX); on a CUDA GPU bf16 from compute capability 8.0 on and
-      fp16 below it (a T4, a V100), like ``dtype="auto"`` (:func:`mixed_precision_flags`);
-    - ``dataloader_pin_memory=False`` (its warning on CPU breaks nbval), no checkpoints,
+      fp16 below it (a T4, a V100), like ``dtype="auto"``; ``dataloader_pin_memory=False`` (its warning
+      on CPU breaks nbval): :func:`course_utils.devices.trainer_device_flags`;
+    - no checkpoints,
       no reporting, a fixed seed.
 
     >>> cpu_friendly_args(max_steps=3).max_steps
@@ -106,10 +105,8 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
     >>> cpu_friendly_args(max_steps=2, logging_steps=10).logging_steps  # never longer than the run
     2
     """
-    import torch
     from transformers import TrainingArguments
 
-    on_gpu = torch.cuda.is_available()
     defaults: dict[str, Any] = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="course-run-"),
         per_device_train_batch_size=16,
@@ -121,9 +118,7 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
         report_to="none",
         seed=0,
         data_seed=0,
-        use_cpu=not on_gpu and not torch.backends.mps.is_available(),
-        **mixed_precision_flags("cuda" if on_gpu else "cpu"),
-        dataloader_pin_memory=False,
+        **trainer_device_flags("auto"),
         disable_tqdm=True,
         remove_unused_columns=False,
     )
@@ -135,11 +130,11 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
     return TrainingArguments(**defaults)
 
 
-def train_lora(
+def train_adapter(
     model: Any,
     tokenizer: Any,
     train_dataset: Dataset,
-    lora_config: Any,
+    peft_config: Any,
     *,
     max_steps: int = 150,
     learning_rate: float = 2e-3,
@@ -149,11 +144,13 @@ def train_lora(
     adapter_name: str = "default",
     **training_args: Any,
 ) -> TrainRun:
-    """Wrap ``model`` with ``lora_config`` (``get_peft_model``) and train it on a ``messages`` dataset.
+    """Wrap ``model`` with ``peft_config`` (``get_peft_model``) and train it on a ``messages`` dataset.
 
-    The loss is computed on the assistant's answer only (:func:`course_utils.data.tokenize_for_sft`).
-    A 4-bit base that bitsandbytes repacked for the CPU during an earlier evaluation is converted
-    back first (:func:`course_utils.quantization.prevent_cpu_repack`): its gradients would be wrong.
+    Any peft config works: ``LoraConfig``, ``IA3Config``, ``PromptTuningConfig``, ... The loss is
+    computed on the assistant's answer only (:func:`course_utils.data.tokenize_for_sft`). A 4-bit
+    base that bitsandbytes repacked for the CPU during an earlier evaluation is converted back
+    first (:func:`course_utils.quantization.prevent_cpu_repack`): its gradients would be wrong.
+    ``train_lora`` is the older name of this function.
 
     Returns:
         :class:`TrainRun` with ``.model`` (the ``PeftModel``), ``.trainer`` and ``.seconds``.
@@ -162,15 +159,15 @@ def train_lora(
     from transformers import DataCollatorForSeq2Seq, Trainer
     from transformers.trainer_callback import PrinterCallback
 
-    from course_utils.quantization import prevent_cpu_repack
-
+    # before the model is wrapped: a wrong dataset must not leave a half-built PeftModel behind
+    train_dataset = require_messages(train_dataset, "train_lora")
     prevent_cpu_repack(model)
     if isinstance(model, PeftModel):
-        model.add_adapter(adapter_name, lora_config)
+        model.add_adapter(adapter_name, peft_config)
         model.set_adapter(adapter_name)  # makes the new adapter the active, trainable one
         peft_model = model
     else:
-        peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name)
+        peft_model = get_peft_model(model, peft_config, adapter_name=adapter_name)
     args = cpu_friendly_args(
         max_steps=max_steps,
         learning_rate=learning_rate,
@@ -192,3 +189,7 @@ def train_lora(
     seconds = time.perf_counter() - start
     peft_model.eval()
     return TrainRun(model=peft_model, trainer=trainer, seconds=seconds)
+
+
+#: The older name of :func:`train_adapter` (it trains any peft config, not only LoRA).
+train_lora = train_adapter

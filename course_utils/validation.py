@@ -28,17 +28,30 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from course_utils.devices import model_device, model_dtype
+from course_utils.quantization import quantization_of
+from course_utils.reference import (  # re-exported: the notebooks and tests import them from here
+    CaptureOptions,
+    PreparedInputs,
+    ReferenceOutputs,
+    capture_reference,
+    describe_model,
+    model_outputs,
+    prepare_inputs,
+)
+from course_utils.tolerance import DEFAULT_TOLERANCES, Tolerance, tolerance_for  # re-exported too
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure
 
 __all__ = [
+    "CaptureOptions",
     "DEFAULT_TOLERANCES",
     "MetricResult",
     "PreparedInputs",
@@ -72,345 +85,8 @@ class SameModelError(ValidationError):
 
 
 # --------------------------------------------------------------------------------------------
-# tolerances
+# model checks
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Tolerance:
-    """Limits that an honest merge stays within, for one dtype.
-
-    ``None`` means "report, don't judge". Relative limits divide by the reference model's logit
-    scale (the standard deviation of its logits over the vocabulary, averaged over tokens), so
-    they mean the same thing for a flat random model and for a sharp trained one.
-
-    Args:
-        name: label shown in reports (usually the dtype).
-        max_abs_logit: largest allowed ``max |Δlogit|``; a single outlier, so only judged in float32.
-        rel_mean_abs_logit: largest allowed ``mean |Δlogit| / logit scale``.
-        rel_max_abs_logit: largest allowed ``max |Δlogit| / logit scale``.
-        mean_kl: largest allowed mean per-token KL(reference || candidate), in nats.
-        max_kl: largest allowed per-token KL, in nats.
-        top1_agreement: smallest allowed fraction of positions with the same argmax token.
-        generation_match: smallest allowed fraction of prompts whose greedy generations match exactly.
-        rel_perplexity: largest allowed ``|ppl_candidate / ppl_reference - 1|``.
-        reason: why these numbers (shown in reports).
-
-    >>> Tolerance(name="mine", mean_kl=1e-4).mean_kl
-    0.0001
-    """
-
-    name: str = "custom"
-    max_abs_logit: float | None = None
-    rel_mean_abs_logit: float | None = None
-    rel_max_abs_logit: float | None = None
-    mean_kl: float | None = None
-    max_kl: float | None = None
-    top1_agreement: float | None = None
-    generation_match: float | None = None
-    rel_perplexity: float | None = None
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        for key in ("max_abs_logit", "rel_mean_abs_logit", "rel_max_abs_logit", "mean_kl", "max_kl", "rel_perplexity"):
-            value = getattr(self, key)
-            if value is not None and not value >= 0:
-                raise ValueError(f"Tolerance.{key} must be >= 0 or None, got {value!r}.")
-        for key in ("top1_agreement", "generation_match"):
-            value = getattr(self, key)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"Tolerance.{key} is a fraction in [0, 1], got {value!r}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """All fields as a plain dict."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-# How these were chosen (issue 4; numbers in the tolerance reasons). Honest merges: all-linear
-# r=16 LoRA with lora_B ~ N(0, 0.02), adapter model vs merged model in the same dtype, measured on
-# course-tiny (CPU), on a SmolLM2-1.7B-shaped random model (H200, 24 layers) and on a 2-layer
-# SmolLM2-shaped copy (CPU). Wrong merges: one layer's delta off by 1-10%, every delta off by 10%
-# (lora_alpha slip), the adapter merged twice, another adapter merged. Rounding noise grows with
-# depth, so each limit sits ~3x above the deepest honest merge measured (SmolLM2-1.7B shape) and,
-# where the dtype allows, well below the wrong merges. Judged: the metrics that average the
-# rounding noise (mean |Δlogit| relative to the logit scale, mean KL, perplexity); the single
-# worst token (max |Δ|, max KL) and greedy text are judged only where rounding can't move them.
-DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
-    torch.float32: Tolerance(
-        name="float32",
-        max_abs_logit=None,
-        rel_mean_abs_logit=5e-5,
-        rel_max_abs_logit=5e-4,
-        mean_kl=1e-8,
-        max_kl=1e-6,
-        top1_agreement=0.995,
-        generation_match=1.0,
-        rel_perplexity=1e-4,
-        reason=(
-            "float32 merges are exact up to summation order: relative mean |Δlogit| 5e-7 on "
-            "course-tiny and 5e-6 on the SmolLM2-1.7B shape (H200: max |Δ| 3e-5, top-1 100%), "
-            "mean KL ~1e-12. A 1% slip in one layer's delta already gives 5e-5 to 3e-4. If TF32 "
-            "matmuls are on (CUDA), float32 is judged with the float16 limits."
-        ),
-    ),
-    torch.float16: Tolerance(
-        name="float16",
-        rel_mean_abs_logit=0.012,
-        rel_max_abs_logit=0.1,
-        mean_kl=1e-4,
-        max_kl=None,
-        top1_agreement=0.95,
-        generation_match=None,
-        rel_perplexity=0.01,
-        reason=(
-            "float16 rounds every merged weight to 11 significant bits: relative mean |Δlogit| "
-            "7e-4 on course-tiny, 4e-3 on the SmolLM2-1.7B shape (H200: max |Δ| 0.027, top-1 "
-            "100%). Catches an adapter merged twice, a wrong adapter, or every delta off by 10% "
-            "(0.015-0.2); one layer off by a few percent (~1e-3) is below the rounding. Max KL and "
-            "greedy text are reported, not judged."
-        ),
-    ),
-    torch.bfloat16: Tolerance(
-        name="bfloat16",
-        rel_mean_abs_logit=0.1,
-        rel_max_abs_logit=None,
-        mean_kl=5e-3,
-        max_kl=None,
-        top1_agreement=0.8,
-        generation_match=None,
-        rel_perplexity=0.05,
-        reason=(
-            "bfloat16 keeps 8 significant bits, so merging moves each weight by up to 0.4%: "
-            "relative mean |Δlogit| 7e-3 on course-tiny and 0.034 on the SmolLM2-1.7B shape (H200: "
-            "max |Δ| 0.21, top-1 89% on flat random logits). Judged on relative mean |Δ|, mean KL "
-            "(honest ~1e-4 to ~1e-3, merged twice or wrong adapter 0.04-0.07) and perplexity. An "
-            "error smaller than the rounding (one layer, or every delta, off by 10%) cannot be "
-            "seen in bfloat16: merge and validate a float32 copy when that matters."
-        ),
-    ),
-}
-
-
-def tolerance_for(*dtypes: torch.dtype | str) -> Tolerance:
-    """The default tolerance for the least precise of ``dtypes``.
-
-    Comparing a float32 adapter model with a bfloat16 merged model is judged as bfloat16.
-
-    >>> import torch
-    >>> tolerance_for(torch.float32, torch.bfloat16).name
-    'bfloat16'
-    >>> tolerance_for("float16").name
-    'float16'
-    """
-    order = [torch.bfloat16, torch.float16, torch.float32]
-    chosen = torch.float32
-    for dt in dtypes:
-        if isinstance(dt, str):
-            dt = getattr(torch, dt.replace("torch.", ""), None)
-            if not isinstance(dt, torch.dtype):
-                raise ValueError(f"Unknown dtype name {dtypes!r}; use e.g. 'float32', 'float16', 'bfloat16'.")
-        if dt not in order:  # float64 and friends are at least as precise as float32
-            continue
-        if order.index(dt) < order.index(chosen):
-            chosen = dt
-    return DEFAULT_TOLERANCES[chosen]
-
-
-# --------------------------------------------------------------------------------------------
-# inputs
-# --------------------------------------------------------------------------------------------
-@dataclass
-class PreparedInputs:
-    """Token sequences to compare on, unpadded, on the CPU.
-
-    ``sequences`` are scored (logits, KL, perplexity); ``prompts`` are continued greedily.
-
-    >>> p = PreparedInputs(sequences=[[1, 2, 3], [4, 5]])
-    >>> p.n_tokens
-    5
-    """
-
-    sequences: list[list[int]]
-    prompts: list[list[int]] | None = None
-    pad_token_id: int = 0
-    eos_token_id: int | list[int] | None = None
-    texts: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.sequences:
-            raise ValueError("No inputs to compare on: pass at least one text or token sequence.")
-        if any(len(s) == 0 for s in self.sequences):
-            raise ValueError("An input sequence is empty after tokenization; drop empty texts.")
-        if self.prompts is None:
-            self.prompts = [list(s) for s in self.sequences]
-
-    @property
-    def n_tokens(self) -> int:
-        """Number of real (non-padding) tokens over all sequences."""
-        return sum(len(s) for s in self.sequences)
-
-    def batches(self, batch_size: int, *, prompts: bool = False, padding_side: str = "right"):
-        """Yield ``(input_ids, attention_mask)`` CPU tensors, padded to the batch's longest row."""
-        rows = self.prompts if prompts else self.sequences
-        assert rows is not None
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            width = max(len(r) for r in chunk)
-            ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, r in enumerate(chunk):
-                sl = slice(width - len(r), width) if padding_side == "left" else slice(0, len(r))
-                ids[i, sl] = torch.tensor(r, dtype=torch.long)
-                mask[i, sl] = 1
-            yield ids, mask
-
-
-def _rows_from_tensor(ids: torch.Tensor, mask: torch.Tensor | None) -> list[list[int]]:
-    if ids.dim() == 1:
-        ids = ids.unsqueeze(0)
-        mask = None if mask is None else mask.reshape(1, -1)
-    if mask is None:
-        return [row.tolist() for row in ids.cpu()]
-    return [row[m.bool()].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
-
-
-def prepare_inputs(
-    inputs: Any,
-    tokenizer: Any = None,
-    *,
-    max_length: int = 128,
-    max_examples: int = 16,
-    messages_column: str = "messages",
-    text_column: str = "text",
-) -> PreparedInputs:
-    """Turn token ids, texts or a dataset split into :class:`PreparedInputs`.
-
-    Accepted ``inputs``: a :class:`PreparedInputs`; a tensor of token ids (1-D or 2-D) or a dict /
-    ``BatchEncoding`` with ``input_ids`` (and ``attention_mask``, whose zeros are dropped); a list
-    of lists of ids; a string or list of strings (needs ``tokenizer``); a ``datasets.Dataset``
-    with a ``messages`` column (rendered with the tokenizer's chat template; greedy prompts stop
-    before the last assistant turn) or a ``text`` column. At most ``max_examples`` rows, each cut
-    to ``max_length`` tokens.
-
-    >>> p = prepare_inputs([[5, 6, 7], [8, 9]])
-    >>> [len(s) for s in p.sequences]
-    [3, 2]
-    """
-    if isinstance(inputs, PreparedInputs):
-        return inputs
-    pad = eos = None
-    if tokenizer is not None:
-        pad = tokenizer.pad_token_id
-        eos = tokenizer.eos_token_id
-        if pad is None:
-            pad = eos
-    texts: list[str] | None = None
-    prompt_texts: list[str] | None = None
-
-    if isinstance(inputs, torch.Tensor):
-        sequences = _rows_from_tensor(inputs, None)
-    elif isinstance(inputs, Mapping) and "input_ids" in inputs:
-        ids = inputs["input_ids"]
-        ids = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(ids)
-        mask = inputs.get("attention_mask")
-        mask = None if mask is None else (mask if isinstance(mask, torch.Tensor) else torch.as_tensor(mask))
-        sequences = _rows_from_tensor(ids, mask)
-    elif isinstance(inputs, str):
-        texts = [inputs]
-    elif hasattr(inputs, "column_names"):  # datasets.Dataset
-        n = min(len(inputs), max_examples)
-        rows = inputs.select(range(n))
-        if messages_column in inputs.column_names:
-            if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
-                raise ValueError(
-                    f"The dataset has a {messages_column!r} column: pass a tokenizer with a chat "
-                    "template (e.g. load_tokenizer('course-tiny')) to render it."
-                )
-            texts, prompt_texts = [], []
-            for msgs in rows[messages_column]:
-                texts.append(tokenizer.apply_chat_template(msgs, tokenize=False))
-                if msgs and msgs[-1].get("role") == "assistant" and len(msgs) > 1:
-                    prompt_texts.append(
-                        tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
-                    )
-                else:
-                    prompt_texts.append(texts[-1])
-        elif text_column in inputs.column_names:
-            texts = list(rows[text_column])
-        else:
-            raise ValueError(
-                f"The dataset has columns {inputs.column_names}; expected {messages_column!r} or "
-                f"{text_column!r}. Pass messages_column= or text_column= to name yours."
-            )
-    elif isinstance(inputs, Sequence) and inputs and all(isinstance(t, str) for t in inputs):
-        texts = list(inputs)
-    elif isinstance(inputs, Sequence) and inputs and all(isinstance(r, Sequence) for r in inputs):
-        sequences = [[int(t) for t in r] for r in inputs]
-    else:
-        raise TypeError(
-            f"Can't compare on inputs of type {type(inputs).__name__}: pass token ids (tensor, "
-            "list of lists, or a tokenizer's output), texts with a tokenizer, or a dataset split."
-        )
-
-    if texts is not None:
-        if tokenizer is None:
-            raise ValueError("Texts need a tokenizer: pass tokenizer=load_tokenizer(...) as well.")
-        texts = texts[:max_examples]
-        templated = prompt_texts is not None
-        enc = tokenizer(texts, add_special_tokens=not templated)["input_ids"]
-        sequences = [list(r) for r in enc]
-        prompts = None
-        if prompt_texts is not None:
-            penc = tokenizer(prompt_texts[:max_examples], add_special_tokens=False)["input_ids"]
-            prompts = [list(r)[:max_length] for r in penc]
-    else:
-        prompts = None
-    sequences = [s[:max_length] for s in sequences[:max_examples]]
-    return PreparedInputs(
-        sequences=sequences,
-        prompts=prompts,
-        pad_token_id=int(pad) if pad is not None else 0,
-        eos_token_id=eos,
-        texts=texts,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# model helpers
-# --------------------------------------------------------------------------------------------
-def _input_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return model.get_input_embeddings().weight.device  # type: ignore[operator,union-attr]
-    except (AttributeError, NotImplementedError):
-        return next(model.parameters()).device
-
-
-def _model_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype of the model's floating-point weights (the most common one)."""
-    counts: dict[torch.dtype, int] = {}
-    for p in model.parameters():
-        if p.is_floating_point():
-            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
-    if not counts:  # fully quantized; fall back on the compute dtype
-        return getattr(model, "dtype", torch.float32)
-    return max(counts, key=counts.__getitem__)
-
-
-def _quantization(model: torch.nn.Module) -> str | None:
-    from course_utils.merging import quantization_of
-
-    return quantization_of(model)
-
-
-def _describe(model: torch.nn.Module) -> str:
-    name = type(model).__name__
-    try:
-        inner = model.get_base_model()  # type: ignore[operator]
-        name = f"{name}({type(inner).__name__})"
-    except AttributeError:
-        pass
-    q = _quantization(model)
-    return f"{name}, {str(_model_dtype(model)).replace('torch.', '')}{', ' + q if q else ''}, {_input_device(model)}"
-
-
 def _vocab_size(model: torch.nn.Module) -> int | None:
     try:
         out = model.get_output_embeddings()  # type: ignore[operator]
@@ -453,157 +129,6 @@ def _check_tokenizers(tok_a: Any, tok_b: Any) -> None:
             "compared between models that share a tokenizer: load both with the base model's "
             "tokenizer (the one saved next to the adapter)."
         )
-
-
-# --------------------------------------------------------------------------------------------
-# reference capture
-# --------------------------------------------------------------------------------------------
-@dataclass
-class ReferenceOutputs:
-    """What a model produced on some inputs, kept on the CPU in float32.
-
-    ``logits`` holds one row per real (non-padding) token, concatenated over sequences, so its
-    size is ``n_tokens x vocab x 4`` bytes; ``generations`` holds the greedy continuation of each
-    prompt (cut after the first end-of-sequence token).
-
-    >>> import torch
-    >>> ref = ReferenceOutputs(inputs=PreparedInputs([[1, 2]]), logits=torch.zeros(2, 4),
-    ...                        generations=None, max_new_tokens=0, dtype=torch.float32, description="demo")
-    >>> ref.vocab_size
-    4
-    """
-
-    inputs: PreparedInputs
-    logits: torch.Tensor
-    generations: list[list[int]] | None
-    max_new_tokens: int
-    dtype: torch.dtype
-    description: str
-    batch_size: int = 8
-    generate_kwargs: dict[str, Any] = field(default_factory=dict)
-    quantization: str | None = None
-
-    @property
-    def vocab_size(self) -> int:
-        """Width of the captured logits."""
-        return int(self.logits.shape[-1])
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the captured logits, in bytes."""
-        return self.logits.numel() * self.logits.element_size()
-
-    def __repr__(self) -> str:
-        n_gen = 0 if self.generations is None else len(self.generations)
-        return (
-            f"ReferenceOutputs({self.description}; {len(self.inputs.sequences)} sequences, "
-            f"{self.inputs.n_tokens} tokens x vocab {self.vocab_size} = {self.nbytes / 2**20:.1f} MiB; "
-            f"{n_gen} greedy generations of up to {self.max_new_tokens} tokens)"
-        )
-
-
-def _trim(tokens: list[int], eos: int | list[int] | None) -> list[int]:
-    if eos is None:
-        return tokens
-    stops = {eos} if isinstance(eos, int) else set(eos)
-    for i, t in enumerate(tokens):
-        if t in stops:
-            return tokens[: i + 1]
-    return tokens
-
-
-@torch.no_grad()
-def _run(
-    model: torch.nn.Module,
-    inputs: PreparedInputs,
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-    generate_kwargs: Mapping[str, Any] | None = None,
-) -> tuple[torch.Tensor, list[list[int]] | None]:
-    """Packed float32 CPU logits of every real token, and greedy generations."""
-    from course_utils.quantization import prevent_cpu_repack
-
-    prevent_cpu_repack(model)  # 4-bit layers keep bitsandbytes' portable layout, so a merge can match them
-    was_training = model.training
-    model.eval()
-    device = _input_device(model)
-    out: list[torch.Tensor] = []
-    try:
-        for ids, mask in inputs.batches(batch_size):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logits = logits[:, logits.shape[1] - ids.shape[1] :]  # prompt/p-tuning prepend virtual-token logits
-            out.append(logits.float().cpu()[mask.bool()])
-            del logits
-        generations: list[list[int]] | None = None
-        if max_new_tokens > 0:
-            from transformers import GenerationConfig
-
-            from course_utils.evaluation import generation_use_cache
-
-            kwargs = dict(generate_kwargs or {})  # use_cache: off for prompt-learning models (KV-cache trap)
-            gen_cfg = GenerationConfig(
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=inputs.pad_token_id,
-                eos_token_id=inputs.eos_token_id,
-                use_cache=generation_use_cache(model, kwargs.pop("use_cache", None)),
-            )
-            generations = []
-            for ids, mask in inputs.batches(batch_size, prompts=True, padding_side="left"):
-                seq = model.generate(  # type: ignore[operator]
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    generation_config=gen_cfg,
-                    **kwargs,
-                )
-                for row in seq[:, ids.shape[1] :].cpu().tolist():
-                    generations.append(_trim(row, inputs.eos_token_id))
-    finally:
-        model.train(was_training)
-    return torch.cat(out), generations
-
-
-def capture_reference(
-    model: torch.nn.Module,
-    inputs: Any,
-    tokenizer: Any = None,
-    *,
-    max_new_tokens: int = 16,
-    batch_size: int = 8,
-    max_length: int = 128,
-    max_examples: int = 16,
-    generate_kwargs: Mapping[str, Any] | None = None,
-) -> ReferenceOutputs:
-    """Run ``model`` once and keep its outputs on the CPU, to compare against later.
-
-    Call this on the adapter model BEFORE merging: ``merge_and_unload()`` changes the base model
-    in place, and keeping a second copy of a large model is what a learner's GPU can't afford.
-    ``max_new_tokens=0`` skips greedy generation.
-
-    Returns:
-        A :class:`ReferenceOutputs` (float32 logits of every real token, greedy generations).
-
-    >>> ref = capture_reference(peft_model, ["Hello there"], tokenizer)   # doctest: +SKIP
-    >>> merged, info = safe_merge(peft_model)                            # doctest: +SKIP
-    >>> compare_to_reference(merged, ref).passed                         # doctest: +SKIP
-    True
-    """
-    prepared = prepare_inputs(inputs, tokenizer, max_length=max_length, max_examples=max_examples)
-    logits, generations = _run(
-        model, prepared, batch_size=batch_size, max_new_tokens=max_new_tokens, generate_kwargs=generate_kwargs
-    )
-    return ReferenceOutputs(
-        inputs=prepared,
-        logits=logits,
-        generations=generations,
-        max_new_tokens=max_new_tokens,
-        dtype=_model_dtype(model),
-        description=_describe(model),
-        batch_size=batch_size,
-        generate_kwargs=dict(generate_kwargs or {}),
-        quantization=_quantization(model),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -932,9 +457,9 @@ def compare_to_reference(
             f"{reference.vocab_size}: they are different models or one was resized. Compare "
             "models built on the same base and tokenizer."
         )
-    tol = _resolve_tolerance(tolerance, reference.dtype, _model_dtype(model))
+    tol = _resolve_tolerance(tolerance, reference.dtype, model_dtype(model))
     notes = []
-    if tolerance in (None, "auto") and "8-bit" in f"{reference.quantization} {_quantization(model)}":
+    if tolerance in (None, "auto") and "8-bit" in f"{reference.quantization} {quantization_of(model)}":
         tol = tolerance_for(torch.bfloat16, tol.name)
         notes.append(
             "An 8-bit (LLM.int8) model quantizes activations too, so its outputs carry "
@@ -943,7 +468,7 @@ def compare_to_reference(
     if (
         tolerance in (None, "auto")
         and tol.name == "float32"
-        and _input_device(model).type == "cuda"
+        and model_device(model).type == "cuda"
         and torch.get_float32_matmul_precision() != "highest"
     ):
         tol = DEFAULT_TOLERANCES[torch.float16]
@@ -951,7 +476,7 @@ def compare_to_reference(
             "TF32 matmuls are on (torch.get_float32_matmul_precision() != 'highest'): "
             "float32 judged with the float16 limits."
         )
-    logits, generations = _run(
+    logits, generations = model_outputs(
         model,
         reference.inputs,
         batch_size=reference.batch_size,
@@ -971,7 +496,7 @@ def compare_to_reference(
         metrics=metrics,
         tolerance=tol,
         reference=reference.description,
-        candidate=_describe(model),
+        candidate=describe_model(model),
         n_sequences=len(reference.inputs.sequences),
         n_tokens=reference.inputs.n_tokens,
         per_token_kl=kl,
@@ -989,13 +514,13 @@ def compare_models(
     *,
     candidate_tokenizer: Any = None,
     tolerance: Tolerance | str | torch.dtype | None = "auto",
-    max_new_tokens: int = 16,
-    batch_size: int = 8,
-    max_length: int = 128,
-    max_examples: int = 16,
     title: str = "candidate vs reference",
+    **capture: Any,
 ) -> ValidationReport:
     """Compare two live causal LMs on the same inputs (each on its own device and dtype).
+
+    ``capture``: the fields of :class:`course_utils.reference.CaptureOptions` (``max_new_tokens``,
+    ``batch_size``, ``max_length``, ``max_examples``), or ``options=CaptureOptions(...)``.
 
     Raises:
         SameModelError: both arguments are one model (e.g. a PeftModel after merge_and_unload
@@ -1012,13 +537,5 @@ def compare_models(
             f"The models have different vocabularies ({va} vs {vb} tokens), so their logits can't be "
             "compared. Compare an adapter with a model merged from the same base (and tokenizer)."
         )
-    ref = capture_reference(
-        reference_model,
-        inputs,
-        tokenizer,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        max_length=max_length,
-        max_examples=max_examples,
-    )
+    ref = capture_reference(reference_model, inputs, tokenizer, **capture)
     return compare_to_reference(candidate_model, ref, tolerance=tolerance, title=title)

@@ -15,6 +15,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from course_utils.tables import Html, html_table
+
 __all__ = ["BASE_LABEL", "AdapterSwitcher", "adapter_switcher"]
 
 #: The dropdown entry that runs the base model (every adapter disabled).
@@ -129,13 +131,8 @@ class AdapterSwitcher:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(c)}</td><td><code>{html.escape(a)}</code></td></tr>" for c, a in self._rows()
-        )
-        return (
-            f"<p>Answers to <i>{html.escape(self.prompt)}</i>:</p>"
-            f"<table><tr><th>adapter</th><th>answer</th></tr>{rows}</table>"
-        )
+        rows = [(c, Html(f"<code>{html.escape(a)}</code>")) for c, a in self._rows()]
+        return f"<p>Answers to <i>{html.escape(self.prompt)}</i>:</p>" + html_table(["adapter", "answer"], rows)
 
 
 def adapter_switcher(

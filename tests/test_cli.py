@@ -82,14 +82,14 @@ def test_plan_single_recipe(capsys) -> None:
     )
     out = capsys.readouterr().out
     assert out.startswith("MemoryEstimate(smollm2-1.7b, lora r16 all-linear b8x512 gc)")
-    assert "fits a 16 GB GPU: yes" in out
+    assert "fits a 16 GiB GPU: yes" in out
 
 
 def test_plan_compare_json_and_table(capsys) -> None:
     assert main(["plan", "smollm2-135m", "--compare", "--json", "--gpu-sizes", "8", "80"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert [row["recipe"].split()[0] for row in table["rows"]] == ["full", "lora", "qlora"]
-    assert table["gpus_GB"] == [8, 80] and all(row["fits"]["80"] for row in table["rows"])
+    assert table["gpus_GiB"] == [8, 80] and all(row["fits"]["80"] for row in table["rows"])
     assert main(["plan", "smollm2-135m", "--compare", "--target-modules", "q_proj,v_proj"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Fit table for smollm2-135m") and "lora r16 q_proj+v_proj" in out

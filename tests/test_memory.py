@@ -232,3 +232,24 @@ def test_measure_training_peak_rejects_an_unknown_method():
 
     with pytest.raises(ValueError, match="qlora"):
         measure_training_peak("course-tiny", "prefix", device="cpu")
+
+
+def test_measure_training_peak_takes_a_recipe_or_the_older_keywords():
+    from course_utils.memory import measure_training_peak
+    from course_utils.planner import Recipe, estimate_training_memory
+
+    recipe = Recipe(method="lora", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], batch_size=2, seq_len=8)
+    by_recipe = measure_training_peak("course-tiny", recipe, steps=1, device="cpu")
+    by_keywords = measure_training_peak(
+        "course-tiny", "lora", r=4, target_modules=["q_proj", "v_proj"], batch_size=2, seq_len=8, steps=1, device="cpu"
+    )
+    assert by_recipe["trainable"] == by_keywords["trainable"] > 0
+    assert by_recipe["recipe"] == recipe.name and by_keywords["method"] == "lora"
+    # the planner counts the same trainable parameters for the same recipe
+    from course_utils.loading import resolve_model_path
+
+    assert (
+        estimate_training_memory(resolve_model_path("course-tiny"), recipe).trainable_params == by_recipe["trainable"]
+    )
+    with pytest.raises(TypeError, match="not both"):
+        measure_training_peak("course-tiny", recipe, batch_size=4, device="cpu")

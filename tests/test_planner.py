@@ -169,7 +169,7 @@ def test_fit_table_names_knobs_that_make_it_fit():
     full16 = estimate_training_memory("smollm2-1.7b", recipes[0].replace(method="qlora", target_modules="all-linear"))
     assert full16.fits(16) == ("method='qlora'" in rows[0]["suggestions"]["16"])
     text = repr(table)
-    assert "80GB" in text and "to fit" not in text.splitlines()[0]
+    assert "80GiB" in text and "to fit" not in text.splitlines()[0]
     assert "&#10003;" in table._repr_html_()
 
 
@@ -177,7 +177,7 @@ def test_estimate_with_gpu_gives_suggestions():
     est = estimate_training_memory("smollm2-1.7b", reference_recipes()["lora_r16_all"], gpu_gib=16)
     assert not est.fits(16)
     assert "gradient_checkpointing=True" in est.suggestions[16]
-    assert "to fit 16 GB" in repr(est)
+    assert "to fit 16 GiB" in repr(est)
 
 
 # --------------------------------------------------------------------------- any decoder (issue: any causal LM)

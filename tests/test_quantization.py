@@ -8,7 +8,7 @@ import torch
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
-from course_utils.memory import _quant_state_tensors  # noqa: E402
+from course_utils.model_breakdown import quant_state_tensors  # noqa: E402
 from course_utils.quantization import (  # noqa: E402
     bnb_4bit_config,
     bnb_8bit_config,
@@ -57,7 +57,7 @@ def test_nf4_bytes_match_bitsandbytes():
     )
     layer = layer.to("cpu")
     stored = layer.weight.numel() * layer.weight.element_size() + sum(
-        t.numel() * t.element_size() for t in _quant_state_tensors(layer.weight)
+        t.numel() * t.element_size() for t in quant_state_tensors(layer.weight)
     )
     assert stored == nf4_weight_bytes(out_f, in_f, include_code_tables=True)
     assert int8_weight_bytes(out_f, in_f) == out_f * in_f + 4 * out_f

@@ -78,6 +78,6 @@ def test_fit_table_suggests_the_smallest_gpu_count_that_fits() -> None:
 def test_plan_command_prints_the_per_gpu_peak(capsys: pytest.CaptureFixture) -> None:
     assert main(["plan", "llama-3.1-8b", "--gc", "--gpus", "4", "--sharding", "fsdp", "--gpu", "16"]) == 0
     out = capsys.readouterr().out
-    assert "fsdp x4" in out and "fits a 16 GB GPU: yes" in out
+    assert "fsdp x4" in out and "fits a 16 GiB GPU: yes" in out
     assert main(["plan", "llama-3.1-8b", "--n-gpus", "4", "--sharding", "none"]) == 2
     assert "needs a sharding" in capsys.readouterr().err
