@@ -19,7 +19,7 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/06_qlora.ipynb)
 #
 # QLoRA (Dettmers et al., 2023) trains a LoRA adapter on top of a base model whose linear weights are stored in
-# **4 bits** (NF4). The base shrinks about 7x; the adapter trains in full precision on top.
+# **4 bits** (NF4): its linear layers shrink about 7x, and the adapter trains in full precision on top.
 #
 # **You will learn to**
 # - see how NF4 stores a weight: blocks of 64, one scale each, 16 levels;
