@@ -43,11 +43,15 @@ from typing import Any
 __all__ = [
     "ACCELERATE_CONFIGS",
     "ACCELERATE_CONFIG_DIR",
+    "FACTS_ENV_VAR",
+    "PROBE_PROMPT",
     "UnsupportedHereError",
     "accelerate_config",
     "launch_command",
     "build_parser",
     "main",
+    "record_rank_facts",
+    "write_rank_facts",
 ]
 
 ACCELERATE_CONFIG_DIR = Path(__file__).resolve().parent / "accelerate_configs"
@@ -215,18 +219,112 @@ def _nbytes(tensors: Any) -> int:
     return int(sum(_local(t).numel() * _local(t).element_size() for t in tensors))
 
 
-def _facts_callback(facts: dict[str, Any]) -> Any:
+#: Environment variable that asks a training script for per-rank facts (its value: the JSON file to write).
+FACTS_ENV_VAR = "COURSE_RANK_FACTS"
+#: The fixed prompt whose last-token logits every rank records after training.
+PROBE_PROMPT = "Hello there, how are you?"
+
+
+def record_rank_facts(trainer: Any, path: str | Path | None = None) -> dict[str, Any]:
+    """Record what this rank saw and holds while ``trainer`` trains; with ``path``, write all ranks' facts to JSON.
+
+    Adds a ``TrainerCallback`` to ``trainer`` (a transformers ``Trainer`` or TRL ``SFTTrainer``) that keeps:
+    a digest of every batch this rank trained on (a forward pre-hook on the input embeddings), the bytes
+    of the weights, gradients and optimizer state this rank holds (its shards under FSDP), the logged
+    losses and the trained model's logits on a fixed prompt (:data:`PROBE_PROMPT`). The course's
+    training script ``course_utils/train_sft.py`` calls it only when :data:`FACTS_ENV_VAR` asks, so a
+    learner's own run carries no instrumentation.
+
+    With ``path``, every rank writes its facts at the end of training and the main process merges them
+    into ``{"world_size": N, "ranks": [...]}`` at ``path`` (:func:`write_rank_facts`).
+
+    Args:
+        trainer: the trainer, before ``trainer.train()``.
+        path: JSON file for all ranks' facts; None keeps them in the returned dict only.
+
+    Returns:
+        This rank's facts: a dict that ``trainer.train()`` fills in.
+
+    >>> from types import SimpleNamespace
+    >>> trainer = SimpleNamespace(add_callback=lambda cb: None)
+    >>> sorted(record_rank_facts(trainer))
+    ['backend', 'batches', 'distributed_type', 'rank', 'world_size']
+    """
+    import torch
+    from accelerate import PartialState
     from transformers import TrainerCallback
 
+    state = PartialState()
+    facts: dict[str, Any] = {
+        "rank": state.process_index,
+        "world_size": state.num_processes,
+        "distributed_type": str(state.distributed_type),
+        "backend": state.backend,
+        "batches": [],
+    }
+    hooks: list[Any] = []
+
     class RankFacts(TrainerCallback):
-        """Per-rank gradient bytes, read just before each optimizer step (grads are freed right after)."""
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            embeddings = trainer.model.get_input_embeddings()  # sees every input_ids this rank trains on
+            hooks.append(embeddings.register_forward_pre_hook(lambda _m, inp: facts["batches"].append(_digest(inp[0]))))
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            opt = kwargs["optimizer"]
-            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            facts["grad_bytes"] = _nbytes(grads)
+            opt = kwargs["optimizer"]  # gradients are freed right after the step: read them now
+            facts["grad_bytes"] = _nbytes(p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None)
 
-    return RankFacts()
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            for hook in hooks:
+                hook.remove()
+            params = list(trainer.model_wrapped.parameters())  # FSDP: this rank's shards; DDP: the whole model
+            opt_states = [
+                v for s in trainer.optimizer.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"
+            ]  # exp_avg, exp_avg_sq (the scalar step is not counted)
+            facts.update(
+                weight_bytes=_nbytes(params),
+                trainable_weight_bytes=_nbytes(p for p in params if p.requires_grad),
+                optimizer_state_bytes=_nbytes(opt_states),
+                train_loss=next((row["train_loss"] for row in state.log_history if "train_loss" in row), None),
+                losses=[row["loss"] for row in state.log_history if "loss" in row],
+            )
+            # the trained model's logits on a fixed prompt, computed by every rank (FSDP gathers in forward)
+            probe = trainer.processing_class(PROBE_PROMPT, return_tensors="pt").to(args.device)
+            trainer.model_wrapped.eval()
+            with torch.no_grad():
+                logits = trainer.model_wrapped(**probe).logits.float().cpu()
+            trainer.model_wrapped.train()
+            facts["probe_logits"] = logits[0, -1].tolist()
+            if path is not None:
+                write_rank_facts(path, facts)
+
+    trainer.add_callback(RankFacts())
+    return facts
+
+
+def write_rank_facts(path: str | Path, facts: dict[str, Any]) -> None:
+    """Write this rank's ``facts``; the main process then merges all ranks into ``{"world_size", "ranks"}`` at ``path``.
+
+    Every rank must call it: it waits for the others before merging, and again after.
+
+    >>> import json, tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "facts.json"
+    >>> write_rank_facts(path, {"rank": 0, "world_size": 1, "losses": [1.5, 0.7]})
+    >>> json.loads(path.read_text())["ranks"][0]["losses"]
+    [1.5, 0.7]
+    """
+    from accelerate import PartialState
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rank, world = facts["rank"], facts["world_size"]
+    path.with_suffix(f".rank{rank}.json").write_text(json.dumps(facts))
+    PartialState().wait_for_everyone()
+    if rank == 0:
+        ranks = [json.loads(path.with_suffix(f".rank{r}.json").read_text()) for r in range(world)]
+        for r in range(world):
+            path.with_suffix(f".rank{r}.json").unlink()
+        path.write_text(json.dumps({"world_size": world, "ranks": ranks}, indent=1))
+    PartialState().wait_for_everyone()
 
 
 def _sft_config(ns: argparse.Namespace, out: Path, device: str) -> Any:
@@ -299,48 +397,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     )
     args = _sft_config(ns, out, device)
     train = to_prompt_completion(load_task(ns.task, "train"))
-    facts: dict[str, Any] = {
-        "rank": state.process_index,
-        "world_size": state.num_processes,
-        "distributed_type": str(state.distributed_type),
-        "backend": state.backend,
-    }
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=[_facts_callback(facts)],
-    )
-
-    # Which batches did this rank train on? A forward pre-hook on the embedding sees every input_ids.
-    batches: list[str] = []
-    hook = trainer.model.get_input_embeddings().register_forward_pre_hook(
-        lambda _m, inputs: batches.append(_digest(inputs[0]))
-    )
-    result = trainer.train()
-    hook.remove()
-
-    params = list(trainer.model_wrapped.parameters())  # FSDP: this rank's shards; DDP: the whole model
-    opt_states = [
-        v for s in trainer.optimizer.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"
-    ]  # exp_avg, exp_avg_sq (the scalar step is not counted)
-    facts.update(
-        batches=batches,
-        weight_bytes=_nbytes(params),
-        trainable_weight_bytes=_nbytes(p for p in params if p.requires_grad),
-        optimizer_state_bytes=_nbytes(opt_states),
-        train_loss=float(result.training_loss),
-        losses=[row["loss"] for row in trainer.state.log_history if "loss" in row],
-    )
-
-    # The trained model's logits on a fixed prompt, computed by every rank (FSDP gathers in forward).
-    probe = tokenizer("Hello there, how are you?", return_tensors="pt").to(trainer.args.device)
-    trainer.model_wrapped.eval()
-    with torch.no_grad():
-        logits = trainer.model_wrapped(**probe).logits.float().cpu()
-    facts["probe_logits"] = logits[0, -1].tolist()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=lora)
+    facts = record_rank_facts(trainer)  # batches, bytes, losses and probe logits of this rank
+    trainer.train()
 
     if trainer.is_fsdp_enabled:  # gather the adapter's shards into one file (as peft's examples/sft/train.py does)
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -408,18 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     if ns.facts:
-        path = Path(ns.facts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        per_rank = path.with_suffix(f".rank{rank}.json")
-        per_rank.write_text(json.dumps(facts))
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
-        if rank == 0:  # merge every rank's facts into one file
-            ranks = [json.loads(path.with_suffix(f".rank{r}.json").read_text()) for r in range(world)]
-            for r in range(world):
-                path.with_suffix(f".rank{r}.json").unlink()
-            path.write_text(json.dumps({"world_size": world, "ranks": ranks}, indent=1))
+        write_rank_facts(ns.facts, facts)
     if rank == 0:
         ev = facts.get("eval")
         if ev:

@@ -18,22 +18,19 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/07_beyond_one_gpu.ipynb)
 #
-# A LoRA adapter on SmolLM2 fits one GPU; an 8B model at a useful batch often does not. The answer of today's
-# ecosystem is `accelerate launch` with data parallelism (DDP), FSDP or DeepSpeed ZeRO-3, and peft and TRL
-# support all three. Nothing here is home-made: TRL's `SFTTrainer` trains, accelerate wraps the model, peft
-# supplies FSDP's auto-wrap policy, and the Trainer saves only the adapter, from the main process.
+# A LoRA adapter on SmolLM2 fits one GPU; an 8B model at a useful batch often does not. Today's answer is
+# `accelerate launch` with data parallelism (DDP), FSDP or DeepSpeed ZeRO-3. peft and TRL support all three,
+# and the training script hardly changes.
 #
 # **You will learn to**
-# - say what DDP, FSDP and ZeRO-3 each keep on every GPU: weights, gradients, optimizer state, activations;
-# - read the planner's per-GPU peak for SmolLM2-1.7B and an 8B model on 1-8 GPUs of 16, 24 and 80 GB, LoRA and QLoRA;
-# - launch a training run with `accelerate launch --config_file ...` (configs for DDP, FSDP+LoRA, FSDP+QLoRA, ZeRO-3 ship
-#   with the course), and why QLoRA under FSDP needs `bnb_4bit_quant_storage`;
-# - run a real 2-process launch on this CPU and check that the ranks saw different data, held the bytes the
-#   planner predicts and saved one adapter that reproduces the trained model.
+# - say what DDP, FSDP and ZeRO-3 each keep on every GPU;
+# - read the planner's per-GPU peak for SmolLM2-1.7B and an 8B model on 1-8 GPUs;
+# - write a short `SFTTrainer` script and launch it with `accelerate launch --num_processes 2`;
+# - check a real 2-process run: different data per rank, the bytes the planner predicts, one trained adapter.
 #
-# **Time:** about a minute on a CPU (the 2-process launch is most of it).
+# **Time:** about a minute on a CPU; the 2-process launch is most of it.
 
-# %% tags=["nbval-ignore-output"]
+# %%
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
 import subprocess
 import sys
@@ -48,39 +45,49 @@ from course_utils.notebook import setup
 # %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
 SEED = 0
-NUM_PROCESSES = 2  # processes of the real launch (CPU processes here; GPUs where at least this many exist)
-MAX_STEPS = 20  # training steps of the launch (each process trains on its own batch per step)
-BATCH_SIZE = 8  # sequences per process per step
+NUM_PROCESSES = 2  # processes of the real launch: GPUs where at least this many exist, CPU processes otherwise
+LEARNING_RATE = "auto"  # "auto": chosen by model size (course_utils.hyperparameters)
+MAX_STEPS = "auto"  # optimizer steps; every process trains on its own batch at each step
+BATCH_SIZE = "auto"  # sequences per step over ALL processes: each process takes BATCH_SIZE / NUM_PROCESSES
 R = 8  # LoRA rank (all-linear)
+N_EVAL = 48  # eval conversations scored before and after training
 
 # %% tags=["nbval-ignore-output"]
 info = setup(SEED, model=MODEL)
+# shown, not claimed: the device and library versions of this machine
 
 # %% [markdown]
 # ## 1. What each GPU keeps
 #
 # Training state has four parts: the **weights**, their **gradients**, the **optimizer state** (AdamW: two
-# tensors per trainable parameter) and the **activations** saved for backward. With N GPUs each process trains
-# on its own micro-batch, and the strategies differ in what they split:
-#
-# | | weights | gradients | optimizer state | activations |
-# |---|---|---|---|---|
-# | **DDP** (`DistributedDataParallel`) | all | all, plus gradient buckets of the same size | all | own micro-batch |
-# | **FSDP** (`FULL_SHARD`) | 1/N, plus the unit being computed (gathered) | 1/N | 1/N | own micro-batch |
-# | **DeepSpeed ZeRO-3** | 1/N, plus parameters being computed | 1/N | 1/N | own micro-batch |
-#
-# DDP never saves memory: it buys speed (N batches at once). FSDP and ZeRO-3 split every tensor of the training
-# state into N shards and all-gather one wrapped unit (a decoder layer) when it is needed. Activations do not
-# shrink with N: only a smaller micro-batch or gradient checkpointing shrinks them.
-#
-# With LoRA the gradients and optimizer state are tiny (only the adapters train), so sharding mostly splits the
-# frozen **weights**. First by hand on the default model: count the bytes of a LoRA model's tensors.
+# tensors per trainable parameter) and the **activations** saved for backward. With N GPUs each process
+# trains on its own micro-batch; the strategies differ in what they split:
 
 # %%
+import matplotlib.pyplot as plt
+
+from course_utils.figures.distributed import draw_what_each_gpu_keeps
+
+draw_what_each_gpu_keeps(n_gpus=4)
+plt.show()
+
+# %% [markdown]
+# - **DDP** keeps a whole copy everywhere and averages the gradients: it buys speed, never memory.
+# - **FSDP** (`FULL_SHARD`) and **ZeRO-3** keep 1/N of each tensor and all-gather one unit (a decoder layer)
+#   while it computes.
+# - **Activations** never shrink with N: only a smaller micro-batch or gradient checkpointing shrinks them.
+#
+# With LoRA only the adapters train, so their gradients and optimizer state are tiny: sharding mostly splits the
+# frozen **weights**. First by hand, on the default model:
+
+# %%
+import pandas as pd
 import torch
 from peft import LoraConfig, get_peft_model
 
 from course_utils.loading import load_model
+
+pd.set_option("display.max_colwidth", 160)  # show whole sentences in tables
 
 model = get_peft_model(
     load_model(MODEL, dtype="float32", device="cpu"),
@@ -90,72 +97,73 @@ weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 adam_bytes = 2 * trainable_bytes  # exp_avg and exp_avg_sq, float32 like the LoRA weights
 
+
+def shard(n):
+    return -(-n // NUM_PROCESSES)  # 1/N, rounded up
+
+
 by_hand = {
     "ddp": (weight_bytes, trainable_bytes, adam_bytes),
-    "fsdp": (-(-weight_bytes // NUM_PROCESSES), -(-trainable_bytes // NUM_PROCESSES), -(-adam_bytes // NUM_PROCESSES)),
+    "fsdp": (shard(weight_bytes), shard(trainable_bytes), shard(adam_bytes)),
 }
-print(f"{MODEL} + LoRA r={R}, float32, per process with {NUM_PROCESSES} processes (bytes):")
-print(f"{'':6}{'weights':>12}{'gradients':>12}{'optimizer':>12}")
-for kind, (w, g, o) in by_hand.items():
-    print(f"{kind:6}{w:>12,}{g:>12,}{o:>12,}")
+pd.DataFrame(by_hand, index=["weights", "gradients", "optimizer state"]).T.rename_axis(
+    f"bytes per process, {NUM_PROCESSES} processes"
+)
 
 # %% [markdown]
-# The course's planner does this for any config, adding what the mechanisms keep on top (DDP's gradient buckets,
-# FSDP's gathered units): `Recipe(..., n_gpus=N, sharding="ddp" | "fsdp" | "zero3")` gives the **per-GPU** estimate,
-# and `details` lists each term. (`course_utils/sharding.py` holds the rules of the table above.)
-
-# %%
-from course_utils.planner import Recipe, estimate_training_memory
-
-tiny = Recipe(method="lora", dtype="float32", r=R, lora_dropout=0.0, batch_size=BATCH_SIZE, seq_len=128)
-planned = {}
-for kind in ("ddp", "fsdp"):
-    d = estimate_training_memory(model.config, tiny.replace(n_gpus=NUM_PROCESSES, sharding=kind)).details
-    planned[kind] = (d["per GPU: weights (own shard)"], d["per GPU: grads"], d["per GPU: optimizer state"])
-    print(
-        f"planner, {kind}: weights {planned[kind][0]:,}  gradients {planned[kind][1]:,}  optimizer {planned[kind][2]:,}"
-        f"  (+ gathered {d['per GPU: gathered weights (FSDP/ZeRO-3 units)']:,}, buckets {d['per GPU: DDP gradient buckets']:,})"
-    )
-expect_planner = planned == by_hand
+# The course's planner does this for any config, and adds what the mechanisms keep on top (DDP's gradient
+# buckets, FSDP's gathered units): `Recipe(..., n_gpus=N, sharding="ddp" | "fsdp" | "zero3")` gives the
+# **per-GPU** estimate, and `details` lists each term.
 
 # %%
 from course_utils.notebook import expect
+from course_utils.planner import Recipe, estimate_training_memory
 
+tiny = Recipe(method="lora", dtype="float32", r=R, lora_dropout=0.0, batch_size=8, seq_len=128)
+planned, extras = {}, {}
+for kind in ("ddp", "fsdp"):
+    d = estimate_training_memory(model.config, tiny.replace(n_gpus=NUM_PROCESSES, sharding=kind)).details
+    planned[kind] = (d["per GPU: weights (own shard)"], d["per GPU: grads"], d["per GPU: optimizer state"])
+    extras[kind] = (d["per GPU: gathered weights (FSDP/ZeRO-3 units)"], d["per GPU: DDP gradient buckets"])
 expect(
-    "the planner's per-GPU weights, gradients and optimizer state equal the hand count (DDP and FSDP)", expect_planner
+    "the planner's per-GPU weights, gradients and optimizer state equal the hand count (DDP and FSDP)",
+    planned == by_hand,
 )
+expect("on top, DDP keeps gradient buckets and FSDP a gathered unit", extras["ddp"][1] > 0 and extras["fsdp"][0] > 0)
 del model
 
 # %% [markdown]
 # ## 2. Real models on 1, 2, 4 and 8 GPUs
 #
 # The planner's per-GPU peak for SmolLM2-1.7B and an 8B model (`data/configs/llama-3.1-8b`: Llama-3.1-8B's
-# shape, config only), LoRA and QLoRA (r=16, all-linear), batch 8 x 512 tokens per GPU with gradient
-# checkpointing, FSDP on 2-8 GPUs. "fits" adds ~5% allocator slack and 1 GiB of CUDA context, as everywhere in
-# the course. These are planner numbers (no GPU was used); section 5 says how to measure them.
+# shape, config only), LoRA and QLoRA (r=16, all-linear), 8 x 512 tokens per GPU, gradient checkpointing, FSDP
+# on 2-8 GPUs. A card "fits" with ~5% allocator slack and 1 GiB of CUDA context. No GPU is used here.
 
 # %%
 from course_utils.planner import load_config
 
-MODELS = {"SmolLM2-1.7B": "smollm2-1.7b", "8B (Llama-3.1-8B shape)": "llama-3.1-8b"}
+MODELS = {"SmolLM2-1.7B": "smollm2-1.7b", "8B": "llama-3.1-8b"}
 GPU_COUNTS, GPU_GB = (1, 2, 4, 8), (16, 24, 80)
 base = Recipe(method="lora", batch_size=8, seq_len=512, gradient_checkpointing=True)
 peaks = {}
-print(f"{'model':<24}{'method':<7}{'GPUs':>5}{'per-GPU peak GiB':>18}  " + "  ".join(f"{g} GB" for g in GPU_GB))
 for label, cfg in MODELS.items():
     config = load_config(cfg)
     for method in ("lora", "qlora"):
         for n in GPU_COUNTS:
-            est = estimate_training_memory(
-                config, base.replace(method=method, n_gpus=n, sharding="fsdp" if n > 1 else "none")
+            sharding = "fsdp" if n > 1 else "none"
+            peaks[label, method, n] = estimate_training_memory(
+                config, base.replace(method=method, n_gpus=n, sharding=sharding)
             )
-            peaks[label, method, n] = est
-            fits = "  ".join(f"{'yes' if est.fits(g) else 'no':>5}" for g in GPU_GB)
-            print(f"{label:<24}{method:<7}{n:>5}{est.peak_gib:>18.2f}  {fits}")
+table = pd.DataFrame(
+    {
+        f"{n} GPU{'s' if n > 1 else ''}": {k[:2]: round(v.peak_gib, 2) for k, v in peaks.items() if k[2] == n}
+        for n in GPU_COUNTS
+    }
+)
+table.index.names = ["model", "method"]
+table  # per-GPU peak, GiB
 
 # %%
-import matplotlib.pyplot as plt
-
 from course_utils.plotting import plot_xy
 
 ax = plot_xy(
@@ -170,94 +178,99 @@ ax = plot_xy(
     logx=True,
 )
 for g in GPU_GB:
-    ax.axhline(g / 1.05 - 1, color="grey", lw=0.8, ls="--")  # what a g-GB card can hold after slack and context
+    ax.axhline(g / 1.05 - 1, color="grey", lw=0.8, ls="--")  # what a g-GB card holds after slack and context
     ax.text(GPU_COUNTS[-1], g / 1.05 - 1, f"{g} GB card", va="bottom", ha="right", fontsize=8)
 ax.set_xticks(GPU_COUNTS, [str(n) for n in GPU_COUNTS])
 plt.show()
 
 # %% [markdown]
 # Read the table with the four parts in mind:
-# - **8B LoRA** keeps 16 GB of bf16 weights: it needs more than one 16 or 24 GB card, while FSDP splits the weights
-#   and four 16 GB cards hold it. What remains per GPU is mostly the logits of 8 x 512 tokens over a 128k vocabulary,
-#   which no sharding splits.
-# - **QLoRA** barely moves with N: its 4-bit weights are small already, and what dominates (the float32 embeddings
-#   and head after `prepare_model_for_kbit_training`, gathered as FSDP's root unit, plus logits and activations) is
-#   not split. QLoRA + FSDP pays off when even the 4-bit weights do not fit one card: 70B models.
-# - **SmolLM2-1.7B** fits one card; more GPUs only add speed (use DDP).
-#
-# The fit table names the smallest number of GPUs that fits, beside the single-GPU knobs:
+# - **8B LoRA** holds 16 GB of bf16 weights: no single 16 or 24 GB card, but FSDP halves its peak from 22.4 GiB
+#   (1 GPU) to 11.6 GiB (8 GPUs). What stays is mostly the logits of 8 x 512 tokens over a 128k vocabulary.
+# - **8B QLoRA** is the other way round: 16.6 GiB on 1 GPU, **16.9 GiB on 2** (higher: each GPU gathers the
+#   float32 embeddings and head, 4.1 GiB, as FSDP's root unit) and 14.0 GiB on 8, 16% below one GPU. QLoRA + FSDP
+#   pays off when even the 4-bit weights do not fit a card: 70B models.
+# - **SmolLM2-1.7B** fits one card either way; more GPUs add speed (use DDP).
+
+# %%
+lora8b = [peaks["8B", "lora", n].peak_bytes for n in GPU_COUNTS]
+qlora8b = [peaks["8B", "qlora", n].peak_bytes for n in GPU_COUNTS]
+expect("8B LoRA: 8 GPUs with FSDP cut the per-GPU peak by >= 40%", lora8b[-1] <= 0.6 * lora8b[0])
+expect("8B QLoRA: 2 GPUs with FSDP peak higher than 1 GPU", qlora8b[1] > qlora8b[0])
+expect("8B QLoRA: 8 GPUs cut the per-GPU peak by less than 20%", qlora8b[-1] > 0.8 * qlora8b[0])
+
+# %% [markdown]
+# The fit table names the smallest number of GPUs that fits, beside the single-GPU knobs
+# (`course-utils plan llama-3.1-8b --gc --gpus 4 --sharding fsdp --gpu 16` on the command line):
 
 # %%
 from course_utils.planner import fit_table
 
-print(fit_table("llama-3.1-8b", [base, base.replace(gradient_checkpointing=False)], gpus=GPU_GB))
+fits = fit_table("llama-3.1-8b", [base, base.replace(gradient_checkpointing=False)], gpus=GPU_GB)
+fits
 
 # %%
-need = {
-    g: [
-        s
-        for s in fit_table("llama-3.1-8b", [base], gpus=(g,)).estimates[0].suggestions.get(g, [])
-        if s.startswith("n_gpus")
-    ]
-    for g in (16,)
-}
+knobs = fits.estimates[0].suggestions.get(16, [])
 expect(
-    "8B LoRA with checkpointing: the fit table suggests 4 GPUs with FSDP on 16 GB cards",
-    need[16] == ["n_gpus=4, sharding='fsdp'"],
+    "8B LoRA with checkpointing: on 16 GB cards the fit table suggests 4 GPUs with FSDP",
+    "n_gpus=4, sharding='fsdp'" in knobs,
 )
 expect(
     "8B LoRA with checkpointing fits one 80 GB card and no 24 GB card alone",
-    peaks["8B (Llama-3.1-8B shape)", "lora", 1].fits(80) and not peaks["8B (Llama-3.1-8B shape)", "lora", 1].fits(24),
-)
-expect(
-    "QLoRA's per-GPU peak drops by less than 20% from 1 to 8 GPUs (8B)",
-    peaks["8B (Llama-3.1-8B shape)", "qlora", 8].peak_bytes
-    > 0.8 * peaks["8B (Llama-3.1-8B shape)", "qlora", 1].peak_bytes,
+    peaks["8B", "lora", 1].fits(80) and not peaks["8B", "lora", 1].fits(24),
 )
 
 # %% [markdown]
-# From the command line: `course-utils plan llama-3.1-8b --gc --gpus 4 --sharding fsdp --gpu 16`.
+# ## 3. The training script
 #
-# ## 3. Launching: `accelerate launch --config_file ...`
+# A launch is a script plus a config. The script is plain TRL: load the model and tokenizer, a `LoraConfig`, an
+# `SFTConfig`, `SFTTrainer(...).train()`, `save_model`. Nothing in it mentions processes: `accelerate launch`
+# starts N copies, and the Trainer (through accelerate) wraps the model in DDP or FSDP, gives each process its
+# share of the data, and saves the adapter once, from the main process. The course ships it as
+# `course_utils/train_sft.py`:
+
+# %%
+from pathlib import Path
+
+from IPython.display import Markdown, display
+
+import course_utils
+
+SCRIPT = Path(course_utils.__file__).parent / "train_sft.py"
+display(Markdown(f"```python\n{SCRIPT.read_text().strip()}\n```"))
+
+# %% [markdown]
+# Two lines are there for this notebook only: with `COURSE_RANK_FACTS` set, `record_rank_facts` (in
+# `course_utils.distributed`) records what each process trained on and held. A normal run skips them.
 #
-# A launch is a script plus a config. The course ships both: the training module `course_utils.distributed`
-# (TRL's `SFTTrainer` with a LoRA or QLoRA `peft_config`, the course's data and evaluation) and four accelerate
-# configs inside the package, so they work after `pip install` too:
+# The config says which engine: the course ships four, inside the package so they work after `pip install` too.
 
 # %%
 from course_utils.distributed import ACCELERATE_CONFIGS, accelerate_config
 
-for name, what in ACCELERATE_CONFIGS.items():
-    print(f"{name + '.yaml':<16} {what}")
-print()
+pd.DataFrame({"selects": ACCELERATE_CONFIGS}).rename(index=lambda name: f"{name}.yaml")
+
+# %%
 print(accelerate_config("fsdp-lora").read_text())
 
 # %% [markdown]
-# The commands (the config's `num_processes` is overridden on the command line):
+# The commands (`--num_processes` overrides the config's):
 #
 # ```bash
-# CFG=$(python -m course_utils.distributed --config fsdp-lora)    # path of a shipped config
-# accelerate launch --config_file $CFG --num_processes 4 -m course_utils.distributed \
-#     --model HuggingFaceTB/SmolLM2-1.7B-Instruct --output-dir adapters/smollm2-fsdp
-# accelerate launch --config_file $(python -m course_utils.distributed --config fsdp-qlora) --num_processes 4 \
-#     -m course_utils.distributed --method qlora --model <8B hub id> --gradient-checkpointing
-# accelerate launch --config_file $(python -m course_utils.distributed --config zero3) --num_processes 8 \
-#     -m course_utils.distributed --model <8B hub id>                # pip install deepspeed first
+# CFG=$(python -m course_utils.distributed --config ddp)    # path of a shipped config
+# accelerate launch --config_file $CFG --num_processes 2 train_sft.py --output-dir outputs/07-shout-ddp
+# accelerate launch --config_file $(python -m course_utils.distributed --config fsdp-lora) --num_processes 4 \
+#     train_sft.py --model HuggingFaceTB/SmolLM2-1.7B-Instruct --learning-rate 2e-4
 # ```
 #
+# `python -m course_utils.distributed` is the same run with more options (QLoRA, ZeRO-3, gradient checkpointing).
 # What the engines do for you:
-# - **Auto-wrap that suits peft.** The FSDP configs ask for `TRANSFORMER_BASED_WRAP` (one unit per decoder layer);
-#   when the model is a `PeftModel`, the Trainer replaces it with peft's `fsdp_auto_wrap_policy`, which also puts
-#   every trainable LoRA layer in its own unit, so no flat parameter mixes frozen and trainable tensors.
-# - **QLoRA under FSDP.** FSDP shards parameters of one floating dtype, but bitsandbytes packs 4-bit weights in
-#   uint8. `BitsAndBytesConfig(bnb_4bit_quant_storage=torch.bfloat16)`, the compute dtype, stores the same bytes as
-#   bf16 elements, and the Trainer sets FSDP's mixed precision to match. The module does this when launched with FSDP:
-#   `course_utils.distributed.qlora_config("fsdp", torch.bfloat16)`.
-# - **One adapter, from the main process.** `trainer.save_model(...)` gathers the adapter's shards and writes only
-#   the adapter (a few MB), once.
-# - **What cannot run here says so.** DeepSpeed and FSDP need GPUs (accelerate runs FSDP on GPUs only; on CPU
-#   processes it would silently fall back to plain DDP), so the module refuses them on a CPU with one sentence saying
-#   what to use instead. `course-utils doctor` lists what runs on your machine.
+# - **Auto-wrap that suits peft.** With a `PeftModel`, the Trainer uses peft's `fsdp_auto_wrap_policy`: one
+#   unit per decoder layer, and every trainable LoRA layer in its own unit, so no unit mixes frozen and trained.
+# - **QLoRA under FSDP.** FSDP shards one floating dtype, but bitsandbytes packs 4-bit weights in uint8:
+#   `BitsAndBytesConfig(bnb_4bit_quant_storage=torch.bfloat16)` stores the same bytes as bf16 elements.
+# - **What cannot run here says so.** accelerate runs FSDP on GPUs only (on CPU processes it would quietly fall
+#   back to DDP), and DeepSpeed needs CUDA, so `course_utils.distributed` refuses them on a CPU in one sentence:
 
 # %%
 from course_utils.distributed import UnsupportedHereError, require_supported
@@ -269,158 +282,154 @@ for kind, method in (("fsdp", "lora"), ("deepspeed", "lora"), ("fsdp", "qlora"))
         print(f"{kind} + {method} on CPUs: {err}")
 
 # %% [markdown]
-# ## 4. A real 2-process launch on this machine
+# ## 4. A real 2-process launch
 #
-# Without (enough) GPUs, the DDP config starts CPU processes that exchange gradients over **gloo**: the same code
-# path as N GPUs, with the same data sharding and the same saving. The module writes what each rank saw and held to
-# a JSON file (`--facts`), which we check below. Its output (losses, timings) varies between machines, so the cell
-# output is not compared; the claims are checked in the cell after it.
+# Without enough GPUs, the DDP config starts CPU processes that exchange gradients over **gloo**: the same code
+# path as N GPUs, with the same data sharding and saving. The training recipe comes from the model's size; the
+# batch is split between the processes, so N processes do in each step what one process would do with the whole
+# batch.
+
+# %%
+from course_utils.hyperparameters import resolve, suggest
+
+hp = suggest(MODEL, "lora")
+lr, max_steps = resolve(LEARNING_RATE, hp.learning_rate), resolve(MAX_STEPS, hp.max_steps)
+per_process_batch = max(1, resolve(BATCH_SIZE, hp.batch_size) // NUM_PROCESSES)
+print(f"learning rate {lr:g}, {max_steps} steps, {per_process_batch} sequences per process per step")
 
 # %% tags=["nbval-ignore-output"]
+# shown, not claimed: the training log and this machine's wall time (the checks come two cells down)
 import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
-import course_utils
-from course_utils.distributed import launch_command
+from course_utils.distributed import FACTS_ENV_VAR
 
-work = Path(tempfile.mkdtemp(prefix="dist-"))
-adapter_dir, facts_file = work / "adapter", work / "facts.json"
-cmd = launch_command(
-    [
-        "--model",
-        MODEL,
-        "--max-steps",
-        str(MAX_STEPS),
-        "--batch-size",
-        str(BATCH_SIZE),
-        "--r",
-        str(R),
-        "--output-dir",
-        str(adapter_dir),
-        "--facts",
-        str(facts_file),
-        "--eval-examples",
-        "16",
-        "--seed",
-        str(SEED),
-    ],
-    num_processes=NUM_PROCESSES,
-)
+from course_utils.paths import outputs_dir
+
+ADAPTER_DIR = outputs_dir("07-shout-ddp")  # outputs/ beside the notebook (Drive on Colab); a re-run replaces it
+facts_file = Path(tempfile.mkdtemp(prefix="nb07-")) / "facts.json"
+cmd = ["accelerate", "launch", "--config_file", str(accelerate_config("ddp")), "--num_processes", str(NUM_PROCESSES)]
+cmd += [str(SCRIPT), "--model", MODEL, "--max-steps", str(max_steps), "--batch-size", str(per_process_batch)]
+cmd += ["--learning-rate", str(lr), "--r", str(R), "--seed", str(SEED), "--output-dir", os.path.relpath(ADAPTER_DIR)]
 env = {
     **os.environ,
+    FACTS_ENV_VAR: str(facts_file),  # ask the script for per-rank facts
     "TQDM_DISABLE": "1",
-    "OMP_NUM_THREADS": "1",
-    # the processes import the same course_utils as this notebook
+    "OMP_NUM_THREADS": "1",  # one thread per process
     "PYTHONPATH": os.pathsep.join([str(Path(course_utils.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
 }
 if torch.cuda.device_count() < NUM_PROCESSES:
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes (gloo) unless there is one GPU per process
-print("$", " ".join(cmd))
+print("$ accelerate launch --config_file ddp.yaml --num_processes", NUM_PROCESSES, "train_sft.py", *cmd[7:])
 start = time.perf_counter()
-proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)  # exit code shown below
+proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
 launch_seconds = time.perf_counter() - start
-for line in proc.stdout.splitlines():
-    if line.startswith(("{'loss'", "[rank", "saved adapter", "done in")):
-        print(line)
-print(f"exit code {proc.returncode}; the launch took {launch_seconds:.1f} s wall time")
+print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("{'loss'")))
+print(f"exit code {proc.returncode}, {launch_seconds:.1f} s wall time")
 if proc.returncode != 0:
-    print(proc.stderr[-3000:])
+    raise RuntimeError(f"the launch failed:\n{proc.stderr[-3000:]}")
 
 # %% [markdown]
-# Each rank printed its own line. Now the checks: the two ranks trained on **different** batches (the Trainer's
-# distributed sampler), they hold the same bytes as the planner's `ddp` column of section 1, DDP kept the two
-# replicas identical, and the **saved** adapter, loaded on a fresh base model, gives the trained model's logits.
+# Each rank wrote what it saw and held. The checks: the ranks trained on **different** batches, each held the
+# bytes of the planner's `ddp` column (section 1), DDP kept the replicas identical, and the **saved** adapter,
+# loaded on a fresh base model, is trained and gives rank 0's logits.
 
 # %% tags=["nbval-ignore-output"]
 from peft import PeftModel
 
+from course_utils.data import load_task
+from course_utils.distributed import PROBE_PROMPT
+from course_utils.evaluation import evaluate_task
 from course_utils.loading import load_tokenizer
 
-facts = json.loads(facts_file.read_text())
-ranks = facts["ranks"]
+ranks = json.loads(facts_file.read_text())["ranks"]
 tokenizer = load_tokenizer(MODEL)
-reloaded = PeftModel.from_pretrained(load_model(MODEL, dtype="float32", device="cpu"), str(adapter_dir)).eval()
+eval_ds = load_task("shout", "eval").select(range(N_EVAL))
+acc_base = evaluate_task(load_model(MODEL, dtype="float32", device="cpu"), tokenizer, eval_ds, progress=False).accuracy
+reloaded = PeftModel.from_pretrained(load_model(MODEL, dtype="float32", device="cpu"), str(ADAPTER_DIR)).eval()
 with torch.no_grad():
-    probe = reloaded(**tokenizer("Hello there, how are you?", return_tensors="pt")).logits[0, -1]
-max_diff = (probe - torch.tensor(ranks[0]["probe_logits"])).abs().max().item()
-replica_diff = (torch.tensor(ranks[0]["probe_logits"]) - torch.tensor(ranks[1]["probe_logits"])).abs().max().item()
-for r in ranks:
-    print(
-        f"rank {r['rank']}: {len(r['batches'])} batches, first {r['batches'][:2]}, losses {[round(x, 3) for x in r['losses']]}"
-    )
-print(f"saved adapter vs rank 0's model: max |logit diff| {max_diff:.2e}; rank 0 vs rank 1: {replica_diff:.2e}")
-print(f"saved files: {ranks[0]['adapter_files']}")
-print(f"eval after training, from the saved adapter: {ranks[0].get('eval')}")
+    probe = reloaded(**tokenizer(PROBE_PROMPT, return_tensors="pt")).logits[0, -1]
+logits = [torch.tensor(r["probe_logits"]) for r in ranks]
+saved_vs_rank0 = (probe - logits[0]).abs().max().item()
+replica_diff = max((lg - logits[0]).abs().max().item() for lg in logits)
+max_b = {n: p.abs().max().item() for n, p in reloaded.named_parameters() if "lora_B" in n}
+acc_adapter = evaluate_task(reloaded, tokenizer, eval_ds, progress=False).accuracy
+saved = sorted(p.name for p in ADAPTER_DIR.iterdir())
+print(f"saved adapter vs rank 0: max |logit diff| {saved_vs_rank0:.1e}; largest replica difference {replica_diff:.1e}")
+print(f"smallest max|B| over the {len(max_b)} LoRA layers: {min(max_b.values()):.3g}")
+print(f"shout accuracy on {N_EVAL} eval questions: base {acc_base:.0%} -> saved adapter {acc_adapter:.0%}")
+print("saved files:", saved)
+pd.DataFrame(
+    {
+        "batches": [len(r["batches"]) for r in ranks],
+        "first batch": [r["batches"][0] for r in ranks],
+        "weights B": [r["weight_bytes"] for r in ranks],
+        "grads B": [r["grad_bytes"] for r in ranks],
+        "optimizer B": [r["optimizer_state_bytes"] for r in ranks],
+        "loss first -> last": [f"{r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}" for r in ranks],
+    },
+    index=pd.Index([r["rank"] for r in ranks], name="rank"),
+)
 
 # %%
 expect(
-    f"{NUM_PROCESSES} processes trained, each on {MAX_STEPS} batches",
-    len(ranks) == NUM_PROCESSES and all(len(r["batches"]) == MAX_STEPS for r in ranks),
+    f"{NUM_PROCESSES} processes trained, each on {max_steps} batches",
+    len(ranks) == NUM_PROCESSES and all(len(r["batches"]) == max_steps for r in ranks),
 )
-expect("no batch was seen by two ranks", len({b for r in ranks for b in r["batches"]}) == NUM_PROCESSES * MAX_STEPS)
+expect("no batch was seen by two ranks", len({b for r in ranks for b in r["batches"]}) == NUM_PROCESSES * max_steps)
 expect(
     "each rank held exactly the planner's per-GPU weights, gradients and optimizer state (DDP)",
     all((r["weight_bytes"], r["grad_bytes"], r["optimizer_state_bytes"]) == planned["ddp"] for r in ranks),
 )
 expect("the replicas stayed identical (max logit diff < 1e-4)", replica_diff < 1e-4)
-expect("the saved adapter reproduces rank 0's model (max logit diff < 1e-4)", max_diff < 1e-4)
+expect("the saved adapter reproduces rank 0's model (max logit diff < 1e-4)", saved_vs_rank0 < 1e-4)
+expect("the saved adapter is trained: max |B| > 0 on every LoRA layer", len(max_b) > 0 and min(max_b.values()) > 0)
 expect(
-    "only the adapter was saved",
-    "adapter_model.safetensors" in ranks[0]["adapter_files"]
-    and not any(f.startswith("model") for f in ranks[0]["adapter_files"]),
+    "the saved adapter lifts shout accuracy by >= 30 points over the base model",
+    acc_adapter - acc_base >= 0.30,
+    hint="train longer (MAX_STEPS) or raise LEARNING_RATE",
 )
-expect("the loss went down", ranks[0]["losses"][-1] < ranks[0]["losses"][0])
+expect(
+    "only the adapter was saved", "adapter_model.safetensors" in saved and not any(f.startswith("model") for f in saved)
+)
 
 # %% [markdown]
-# ## 5. What holds for real models, and how to check
+# ## 5. What holds for real models
 #
-# - The per-rank **byte counts** are exact on any model: they are tensor sizes, and the launch above measures them
-#   the way a GPU run would (`--facts`). With FSDP they are 1/N of the same numbers, rounded up: torch's own FSDP2
-#   (`fully_shard`) does run on CPU processes, and `tests/test_distributed.py` shards this LoRA model over 2 gloo
-#   processes and finds exactly the planner's `fsdp` column of section 1 on each rank (accelerate's FSDP is GPU-only).
-# - The **peaks** of section 2 are the planner's model of the mechanisms (checked within 15% against an H200 on one
-#   GPU, `data/reference/`); the FSDP and ZeRO-3 extras (gathered units, prefetch) are modelled, not yet measured. One
-#   GPU cannot show sharding across GPUs. On a machine with N GPUs, measure with the same launch and
-#   `torch.cuda.max_memory_allocated()`, e.g. `course-utils plan llama-3.1-8b --gc --gpus 4 --sharding fsdp` against
-#   `accelerate launch --config_file $(python -m course_utils.distributed --config fsdp-lora) --num_processes 4 ...`.
+# - The per-rank **byte counts** are exact on any model: they are tensor sizes, measured as a GPU run would
+#   measure them. With FSDP each rank holds 1/N of the same numbers, rounded up.
+# - The **peaks** of section 2 are the planner's model of the mechanisms, checked within 15% against an H200 on
+#   one GPU (`data/reference/`); the FSDP and ZeRO-3 extras (gathered units, prefetch) are modelled, not
+#   measured. On N GPUs, measure with the same launch and `torch.cuda.max_memory_allocated()`.
 # - DeepSpeed is optional (`pip install "peft-course[deepspeed]"`, CUDA only); FSDP needs nothing beyond torch.
 #
 # ## What we measured
 
 # %% tags=["nbval-ignore-output"]
-from IPython.display import Markdown, display
-
+# shown, not claimed: a summary of the numbers claimed above, with this machine's wall time
 from course_utils.notebook import record_metrics
 
-rows = [
-    (
-        f"{MODEL}, LoRA r={R}: bytes per rank, DDP (weights / grads / optimizer)",
-        " / ".join(f"{v:,}" for v in planned["ddp"]),
+summary = {
+    f"bytes per rank, DDP (weights / grads / optimizer), {MODEL} + LoRA r={R}": " / ".join(
+        f"{v:,}" for v in planned["ddp"]
     ),
-    ("same, FSDP (planner, 1/N)", " / ".join(f"{v:,}" for v in planned["fsdp"])),
-    (f"{NUM_PROCESSES}-process CPU launch, {MAX_STEPS} steps: wall time", f"{launch_seconds:.0f} s"),
-    ("loss, first -> last logged (rank 0)", f"{ranks[0]['losses'][0]:.3f} -> {ranks[0]['losses'][-1]:.3f}"),
-    (
-        "8B LoRA + gc per-GPU peak, 1 / 2 / 4 / 8 GPUs (planner, GiB)",
-        " / ".join(f"{peaks['8B (Llama-3.1-8B shape)', 'lora', n].peak_gib:.1f}" for n in GPU_COUNTS),
-    ),
-    (
-        "8B QLoRA + gc per-GPU peak, 1 / 2 / 4 / 8 GPUs (planner, GiB)",
-        " / ".join(f"{peaks['8B (Llama-3.1-8B shape)', 'qlora', n].peak_gib:.1f}" for n in GPU_COUNTS),
-    ),
-]
-display(Markdown("| measurement | result |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
+    "same, FSDP (1/N)": " / ".join(f"{v:,}" for v in planned["fsdp"]),
+    f"{NUM_PROCESSES}-process CPU launch, {max_steps} steps: wall time": f"{launch_seconds:.0f} s",
+    "shout accuracy: base -> saved adapter": f"{acc_base:.0%} -> {acc_adapter:.0%}",
+    "8B LoRA + gc per-GPU peak, 1 / 2 / 4 / 8 GPUs (GiB)": " / ".join(f"{b / 2**30:.1f}" for b in lora8b),
+    "8B QLoRA + gc per-GPU peak, 1 / 2 / 4 / 8 GPUs (GiB)": " / ".join(f"{b / 2**30:.1f}" for b in qlora8b),
+}
 _ = record_metrics(
     model=MODEL,
     launch_seconds=launch_seconds,
     processes=NUM_PROCESSES,
-    max_steps=MAX_STEPS,
-    loss_first=ranks[0]["losses"][0],
-    loss_last=ranks[0]["losses"][-1],
+    max_steps=max_steps,
+    accuracy_before=acc_base,
+    accuracy_after=acc_adapter,
 )
+pd.DataFrame({"result": summary}).rename_axis("measurement")
 
 # %% [markdown]
 # ## Exercises
@@ -428,6 +437,6 @@ _ = record_metrics(
 # 1. Run `course-utils plan llama-3.1-8b --gpus 8 --sharding ddp --gc` and compare with `--sharding fsdp`. Which
 #    term is the same, which is 8x smaller, and why does DDP come out *above* one GPU?
 # 2. Relaunch section 4 with `NUM_PROCESSES = 1` (papermill `-p NUM_PROCESSES 1`, or edit the parameters cell). The
-#    same module runs unchanged; which claim of the check cell changes meaning?
-# 3. On a machine with 2+ GPUs, launch with `fsdp-lora.yaml` and compare each rank's `weight_bytes` in the facts file
-#    with the planner's `per GPU: weights (own shard)` for `sharding="fsdp"`.
+#    script runs unchanged; which check changes meaning?
+# 3. On a machine with 2+ GPUs, launch the script with `fsdp-lora.yaml` and compare each rank's `weight_bytes` in
+#    the facts file with the planner's `per GPU: weights (own shard)` for `sharding="fsdp"`.
