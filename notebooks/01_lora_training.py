@@ -19,13 +19,11 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/01_lora_training.ipynb)
 #
 # **What you will learn**
-# - loading a model and its tokenizer with transformers, and why padding goes left for generation and right
-#   for training;
-# - how many parameters and how much memory LoRA saves, counted for this model and for SmolLM2-1.7B;
-# - what a LoRA layer computes (`W x + (alpha/r) · B A x`), by writing one and matching peft's to the last digit;
+# - loading a model and tokenizer with transformers; padding left for generation, right for training;
+# - how many parameters and how much memory LoRA saves, for this model and SmolLM2-1.7B;
+# - what a LoRA layer computes (`W x + (alpha/r) · B A x`), by writing one and matching peft's;
 # - `LoraConfig`, `get_peft_model`, `TrainingArguments` and `Trainer`, argument by argument;
-# - how accuracy depends on the rank and on which layers you adapt; saving and sharing the adapter;
-# - training on your own data in three lines.
+# - how rank and target layers change accuracy; saving and sharing the adapter; your own data.
 #
 # **Time:** about a minute on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU
 # with `MODEL = "smollm2-135m"`.
@@ -52,7 +50,7 @@ LEARNING_RATE = "auto"  # "auto": chosen by model size (course-tiny: 2e-3); or a
 MAX_STEPS = "auto"  # optimizer steps of the main run (course-tiny: 100)
 BATCH_SIZE = "auto"  # rows per step (course-tiny: 16)
 SEED = 0
-SWEEP_RANKS = [1, 2, 8]  # ranks of the small experiment (section 7)
+SWEEP_RANKS = [1, 2, 8]  # ranks of the small experiment (section 8)
 SWEEP_STEPS = 60  # steps of each experiment run
 SWEEP_BATCH = 8  # its batch size (smaller than the main run's: the sweep has to be quick)
 
@@ -122,11 +120,10 @@ pd.DataFrame(layouts, index=pair).rename(columns=lambda side: f"padding_side={si
 # - **Training: right.** The loss ignores pads either way, but with right padding every row's real tokens sit at
 #   positions 0, 1, 2, ... exactly as when the model reads one prompt alone.
 #
-# **A pad distinct from EOS.** The model must learn to emit EOS (`<|im_end|>` here) at the end of its answer, or
-# generation never stops. Code that masks labels *by token id* (`labels[input_ids == pad_id] = -100`, as
-# `DataCollatorForLanguageModeling` does) also masks every real EOS when pad == EOS. `course-tiny` has its own
-# `<|pad|>`. For a tokenizer with pad == EOS (or no pad at all, then set `tokenizer.pad_token = tokenizer.eos_token`),
-# build the labels before padding and pad with `-100` by position, as section 5 does.
+# **A pad distinct from EOS.** The model must learn to emit EOS (`<|im_end|>` here) at the end of each answer, or
+# generation never stops. Code that masks labels by token id (`labels[input_ids == pad_id] = -100`) would also
+# mask every real EOS if pad == EOS. `course-tiny` has its own `<|pad|>`. With a tokenizer whose pad is its EOS,
+# build the labels before padding and pad them with `-100` by position, as section 5 does.
 
 # %% [markdown]
 # ## 2. Why parameter-efficient fine-tuning, in numbers
@@ -499,6 +496,7 @@ print(f"the planner's count for this config (section 2): {counts[MODEL].trainabl
 from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
 
+# shown, not claimed: the base's accuracy enters the lift claimed after training
 shout = load_task("shout")
 before = evaluate_task(peft_model, tokenizer, shout["eval"], progress=False, name="before training")
 print(f"shout eval accuracy before training: {before.accuracy:.1%} ({before.correct}/{before.total})")
@@ -553,7 +551,11 @@ learning_rate = resolve(LEARNING_RATE, hp.learning_rate)
 max_steps = resolve(MAX_STEPS, hp.max_steps)
 batch_size = resolve(BATCH_SIZE, hp.batch_size)
 pd.DataFrame(
-    {"value": [learning_rate, max_steps, batch_size], "parameters cell": [LEARNING_RATE, MAX_STEPS, BATCH_SIZE]},
+    {
+        "value": [learning_rate, max_steps, batch_size],
+        "parameters cell": [LEARNING_RATE, MAX_STEPS, BATCH_SIZE],
+        "suggestion's source": [hp.source[k] for k in ("learning_rate", "max_steps", "batch_size")],
+    },
     index=["learning_rate", "max_steps", "batch_size"],
 )
 
@@ -580,7 +582,7 @@ args = TrainingArguments(
     lr_scheduler_type="constant",  # keep the rate for the whole (short) run
     warmup_steps=0,  # no warm-up: B starts at zero, so the first steps cannot wreck the model
     logging_steps=10,  # record the loss every 10 steps in trainer.state.log_history
-    save_strategy="no",  # no checkpoints: we save the adapter ourselves (section 6)
+    save_strategy="no",  # no checkpoints: we save the adapter ourselves (section 7)
     report_to="none",  # no Weights & Biases, TensorBoard, ...
     seed=SEED,  # the same initialisation of A ...
     data_seed=SEED,  # ... and the same order of rows on every run
@@ -637,13 +639,13 @@ after
 # The rest of the course writes these steps with three helpers. Each does what sections 1 and 5 wrote out, and a
 # little more:
 #
-# - `load_tokenizer(MODEL)`: `AutoTokenizer.from_pretrained` on the resolved name; sets a pad token (EOS) when the
-#   tokenizer has none, and left padding for generation.
-# - `load_model(MODEL, dtype=DTYPE, device=DEVICE)`: resolves `"auto"` as above, loads, moves to the device; with a
-#   `quantization_config` it places a 4-bit model (notebook 06). A name that cannot be loaded offline gets an error
-#   that says what to do.
-# - `cpu_friendly_args(...)`: the `TrainingArguments` above, with a fresh temporary `output_dir`; it never logs
-#   less often than once per run. `train_lora(model, tokenizer, rows, lora_config, ...)` is section 5 in one call.
+# - `load_tokenizer(MODEL)`: `AutoTokenizer.from_pretrained`, plus a pad token (EOS) when there is none, and
+#   left padding for generation;
+# - `load_model(MODEL, dtype=DTYPE, device=DEVICE)`: resolves `"auto"`, loads, moves to the device, places a 4-bit
+#   model (notebook 06), and explains a name that cannot be loaded offline;
+# - `cpu_friendly_args(...)`: the `TrainingArguments` above, with a temporary `output_dir`.
+#
+# `train_lora(model, tokenizer, rows, lora_config, ...)` is section 5 in one call.
 
 # %%
 from course_utils.loading import load_model, load_tokenizer
@@ -672,17 +674,19 @@ del helper_model
 # %% [markdown]
 # ## 7. Save and share the adapter
 #
-# `save_pretrained` on a `PeftModel` writes only the adapter: `A`, `B` and its config. The folder sits beside this
-# notebook, in `outputs/`, so it survives the session; re-running the notebook replaces its own adapter there.
+# `save_pretrained` on a `PeftModel` writes only the adapter: `A`, `B` and its config. We save it beside this
+# notebook, in `outputs/`, where it survives the session (`outputs_dir` picks Google Drive on Colab when mounted).
 
 # %% tags=["nbval-ignore-output"]
-ADAPTER_DIR = Path("outputs") / "01-shout-lora"  # re-running this notebook replaces this adapter
-peft_model.save_pretrained(ADAPTER_DIR)
+from course_utils.paths import outputs_dir
+
+ADAPTER_DIR = outputs_dir("01-shout-lora")  # ./outputs/01-shout-lora (on Colab: in your Google Drive, if mounted)
+peft_model.save_pretrained(ADAPTER_DIR)  # re-running this notebook replaces its own adapter here
 
 # The weights file only: the config and README beside it hold the base model's path, whose length varies.
 adapter_bytes = (ADAPTER_DIR / "adapter_model.safetensors").stat().st_size
 model_bytes = sum(p.numel() * p.element_size() for p in peft_model.get_base_model().parameters() if not p.requires_grad)
-print(f"saved to {ADAPTER_DIR}: {sorted(p.name for p in ADAPTER_DIR.iterdir())}")
+print(f"saved to {ADAPTER_DIR.parent.name}/{ADAPTER_DIR.name}: {sorted(p.name for p in ADAPTER_DIR.iterdir())}")
 print(f"adapter weights on disk: {adapter_bytes / 1024:.0f} KiB; the model's weights: {model_bytes / 2**20:.1f} MiB")
 
 # %%
@@ -714,7 +718,7 @@ else:
 #
 # How small can the adapter be? We train 3 adapters of growing rank on the attention projections and two on every
 # linear layer (`"all-linear"`), each for `SWEEP_STEPS` steps of `SWEEP_BATCH` rows with `lora_alpha = 2 r` (the
-# same scaling). `train_lora` is the training of section 5 in one call.
+# same scaling), with `train_lora`.
 
 # %%
 import contextlib
@@ -823,8 +827,7 @@ tickets = {
     "I cannot log in to my account.": "login",
     "The password reset link does not work.": "login",
 }
-MY_DATA = Path("outputs") / "01-my-tickets.jsonl"
-MY_DATA.parent.mkdir(exist_ok=True)
+MY_DATA = outputs_dir("01-my-tickets.jsonl")  # outputs/01-my-tickets.jsonl
 with MY_DATA.open("w") as fh:
     for question, team in tickets.items():
         user = f"Which team handles this ticket: billing, shipping or login? {question}"
@@ -833,18 +836,24 @@ with MY_DATA.open("w") as fh:
 print(MY_DATA.read_text().splitlines()[0])
 
 # %% [markdown]
-# Then load, train, evaluate. `scorer="contains"` counts an answer as right when it contains the expected text
-# (exact match is the default). A few steps only, and scored on the rows it trained on: this shows the path, not
-# a result; with your data, keep an eval file apart.
+# Then load, train, evaluate. `load_task` on a file holds out a fifth of the rows (the same ones on every run) as
+# `eval`. `scorer="contains"` counts an answer as right when it contains the expected text (exact match is the
+# default). Five steps on four rows only show the path; with your data, train for real.
 
 # %% tags=["nbval-ignore-output"]
-my_rows = load_task(MY_DATA)
-my_run = train_lora(load_model(MODEL, dtype=DTYPE, device=DEVICE), helper_tokenizer, my_rows, lora_config, max_steps=5)
-my_result = evaluate_task(my_run.model, helper_tokenizer, my_rows, scorer="contains", progress=False)
+my_task = load_task(MY_DATA)
+my_run = train_lora(
+    load_model(MODEL, dtype=DTYPE, device=DEVICE), helper_tokenizer, my_task["train"], lora_config, max_steps=5
+)
+my_result = evaluate_task(my_run.model, helper_tokenizer, my_task["eval"], scorer="contains", progress=False)
 my_result
 
 # %%
-expect(f"the three lines ran and scored all {len(tickets)} rows", my_result.total == len(tickets))
+print(f"{len(my_task['train'])} rows to train on, {len(my_task['eval'])} held out")
+expect(
+    "the three lines ran and scored every held-out row",
+    my_result.total == len(my_task["eval"]) > 0 and len(my_task["train"]) + my_result.total == len(tickets),
+)
 
 # %% [markdown]
 # ## What we measured
