@@ -30,7 +30,7 @@
 #
 # The old tutorial's claims about LoRA's savings are checked in [docs/claims.md](../docs/claims.md).
 
-# %% tags=["nbval-ignore-output"]
+# %%
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
 import subprocess
 import sys
@@ -664,11 +664,11 @@ same_args = [
     if getattr(helper_args, name) == getattr(args, name)
 ]
 print(f"load_tokenizer: pad token {helper_tokenizer.pad_token!r}, padding side {helper_tokenizer.padding_side!r}")
-print(
-    "load_model: same dtype and device as section 1:",
+print(f"cpu_friendly_args: {len(same_args)} of 16 settings equal to ours")
+expect(
+    "load_model gives the model in the same dtype, on the same device, as section 1",
     helper_model.dtype == dtype and helper_model.device.type == device.type,
 )
-print(f"cpu_friendly_args: {len(same_args)} of 16 settings equal to ours")
 del helper_model
 
 # %% [markdown]
