@@ -1,15 +1,12 @@
-"""LoRA from scratch: the layer notebook 1 writes by hand, and the arithmetic behind its size.
+"""LoRA from scratch: the layer notebook 01 writes by hand, kept here word for word.
 
 A LoRA layer keeps a frozen linear layer ``W`` and adds a low-rank update::
 
     y = W x + (lora_alpha / r) * B (A x)        A: (r, in_features), B: (out_features, r)
 
-``B`` starts at zero, so a freshly wrapped model computes exactly what the base model did;
-``A`` starts like peft's default (``kaiming_uniform_(a=sqrt(5))``, the init of ``nn.Linear``).
-Only ``A`` and ``B`` are trained: ``r * (in_features + out_features)`` parameters per layer.
-A fused projection (Phi-3's ``qkv_proj``) is one layer like any other; GPT-2's ``Conv1D``
-(weight stored (in, out), peft's ``fan_in_fan_out``) is wrapped too. Reading a model's layer
-names and counting LoRA parameters is `course_utils.architectures`' job.
+The class below is the one the notebook's cell defines (a test checks that the two sources are
+equal), so what a learner reads in the chapter is what the course imports. Reading a model's
+layer names and counting LoRA parameters is `course_utils.architectures`' job.
 
 >>> import torch
 >>> layer = LoRALinear(torch.nn.Linear(8, 4), r=2, lora_alpha=4)
@@ -20,75 +17,70 @@ names and counting LoRA parameters is `course_utils.architectures`' job.
 True
 """
 
-from __future__ import annotations
-
 import math
-from typing import Any
 
 import torch
 from torch import nn
-
-from course_utils.architectures import is_conv1d, layer_shape
+from transformers.pytorch_utils import Conv1D
 
 __all__ = ["LoRALinear"]
 
 
 class LoRALinear(nn.Module):
-    """A frozen linear layer plus a trainable low-rank update ``(lora_alpha / r) * B @ A``.
+    """A frozen linear layer ``W`` plus a trainable low-rank update: ``y = W x + (lora_alpha / r) * B A x``.
+
+    ``A`` is (r, in_features) and starts random, as peft's default (the init of ``nn.Linear``);
+    ``B`` is (out_features, r) and starts at zero, so the wrapped layer first computes exactly
+    what ``W`` did. Only ``A`` and ``B`` train: ``r * (in_features + out_features)`` parameters.
 
     Args:
-        base_layer: the layer to adapt, an ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2); its
-            weights are frozen (``requires_grad=False``).
-        r: rank of the update (the inner size of ``B @ A``).
-        lora_alpha: scaling numerator; the update is multiplied by ``lora_alpha / r``.
-        lora_dropout: dropout applied to the input of the LoRA path only (as peft does).
+        base_layer: the layer to adapt: an ``nn.Linear`` (a fused projection such as Phi-3's
+            ``qkv_proj`` is one too) or GPT-2's ``Conv1D``. Its weights are frozen.
+        r: rank of the update, the inner size of ``B A``.
+        lora_alpha: the update is multiplied by ``lora_alpha / r``.
+        lora_dropout: dropout on the input of the LoRA path only, as peft does.
     """
 
     def __init__(self, base_layer: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0) -> None:
         super().__init__()
         if not isinstance(r, int) or r < 1:
             raise ValueError(f"r must be a positive integer, got {r!r}.")
-        self.base_layer = base_layer
-        for p in self.base_layer.parameters():
-            p.requires_grad_(False)
+        if isinstance(base_layer, Conv1D):  # GPT-2 stores W as (in, out): peft calls it fan_in_fan_out
+            self.in_features, self.out_features = base_layer.nx, base_layer.nf
+        elif isinstance(base_layer, nn.Linear):  # W stored as (out, in)
+            self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        else:
+            raise TypeError(f"LoRALinear adapts an nn.Linear or a Conv1D, got {type(base_layer).__name__}.")
+        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
+        self.base_layer = base_layer.requires_grad_(False)  # W (and its bias) stay frozen
         self.r = r
         self.lora_alpha = lora_alpha
         self.scaling = lora_alpha / r
-        weight = base_layer.weight
-        # Conv1D keeps its weight as (in, out): peft calls this fan_in_fan_out and transposes the
-        # update when merging. A and B have the same shapes either way.
-        self.fan_in_fan_out = is_conv1d(base_layer)
-        self.in_features, self.out_features = layer_shape(base_layer)
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=weight.dtype, device=weight.device))
+        dtype, device = base_layer.weight.dtype, base_layer.weight.device
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=dtype, device=device))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=dtype, device=device))  # (out, r): zero
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default init of A
         self.dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+        update = self.dropout(x) @ self.lora_A.T @ self.lora_B.T  # (..., in) -> (..., r) -> (..., out)
+        return self.base_layer(x) + update * self.scaling
 
     def lora_parameter_count(self) -> int:
         """Trainable parameters this layer adds: ``r * (in_features + out_features)``."""
         return self.lora_A.numel() + self.lora_B.numel()
 
     def delta_weight(self) -> torch.Tensor:
-        """The update as a full matrix, ``scaling * B @ A``, in the base weight's layout (what merging adds).
-
-        For a ``Conv1D`` base (weight stored (in, out)) that is the transpose, as peft's
-        ``fan_in_fan_out`` does.
-        """
-        delta = self.scaling * self.lora_B @ self.lora_A
+        """The update as one matrix, ``scaling * B @ A``, in the base weight's layout: what merging adds to ``W``."""
+        delta = self.scaling * self.lora_B @ self.lora_A  # (out, in)
         return delta.T if self.fan_in_fan_out else delta
 
     @classmethod
-    def from_peft(cls, peft_layer: Any, adapter_name: str = "default") -> LoRALinear:
-        """A ``LoRALinear`` with the same base weights, A, B and scaling as a peft LoRA ``Linear`` layer.
-
-        Works for any layer peft adapts as ``lora.Linear``: ``nn.Linear``, a fused projection, or a
-        ``Conv1D`` (peft's ``fan_in_fan_out=True``).
-        """
-        base = peft_layer.get_base_layer()
-        layer = cls(base, r=peft_layer.r[adapter_name], lora_alpha=peft_layer.lora_alpha[adapter_name])
+    def from_peft(cls, peft_layer: nn.Module, adapter_name: str = "default") -> "LoRALinear":
+        """A ``LoRALinear`` with the same base layer, ``A``, ``B`` and scaling as one of peft's LoRA layers."""
+        layer = cls(
+            peft_layer.get_base_layer(), r=peft_layer.r[adapter_name], lora_alpha=peft_layer.lora_alpha[adapter_name]
+        )
         with torch.no_grad():
             layer.lora_A.copy_(peft_layer.lora_A[adapter_name].weight)
             layer.lora_B.copy_(peft_layer.lora_B[adapter_name].weight)

@@ -19,18 +19,18 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/01_lora_training.ipynb)
 #
 # **What you will learn**
-# - why parameter-efficient fine-tuning: how many parameters and how much GPU memory LoRA saves, counted and
-#   planned for this model and SmolLM2-1.7B and set beside an H200 measurement (the tutorial we started from says
-#   "about 90%" and "3x": we check each against the setting it was made in);
-# - what a LoRA layer computes, by writing one (`W x + (alpha/r) · B A x`) and matching peft's layer to the last digit;
-# - `LoraConfig`, argument by argument, `get_peft_model` and where the trainable parameters sit;
-# - training an adapter with the plain `transformers.Trainer` (loss on the answer only), with memory tracked;
-# - how accuracy depends on the rank and on which layers you adapt.
+# - loading a model and tokenizer with transformers; padding left for generation, right for training;
+# - how many parameters and how much memory LoRA saves, for this model and SmolLM2-1.7B;
+# - what a LoRA layer computes (`W x + (alpha/r) · B A x`), by writing one and matching peft's;
+# - `LoraConfig`, `get_peft_model`, `TrainingArguments` and `Trainer`, argument by argument;
+# - how rank and target layers change accuracy; saving and sharing the adapter; your own data.
 #
-# **Time:** about 1-2 minutes on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU
+# **Time:** about a minute on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU
 # with `MODEL = "smollm2-135m"`.
+#
+# The old tutorial's claims about LoRA's savings are checked in [docs/claims.md](../docs/claims.md).
 
-# %% tags=["nbval-ignore-output"]
+# %%
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
 import subprocess
 import sys
@@ -43,86 +43,138 @@ from course_utils.loading import model_from_env
 from course_utils.notebook import setup
 
 # %% tags=["parameters"]
-MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
-DTYPE = "auto"  # float32 on CPU, bfloat16 on a recent GPU
+MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id or local folder
+DTYPE = "auto"  # float32 on CPU, bfloat16 on recent GPUs, float16 on older GPUs (T4, V100) and on Apple's MPS
 DEVICE = "auto"  # cuda > mps > cpu
-MAX_STEPS = 100  # training steps of the main run
+LEARNING_RATE = "auto"  # "auto": chosen by model size (course-tiny: 2e-3); or a number
+MAX_STEPS = "auto"  # optimizer steps of the main run (course-tiny: 100)
+BATCH_SIZE = "auto"  # rows per step (course-tiny: 16)
 SEED = 0
-SWEEP_RANKS = [1, 2, 8]  # ranks of the small experiment
+SWEEP_RANKS = [1, 2, 8]  # ranks of the small experiment (section 8)
 SWEEP_STEPS = 60  # steps of each experiment run
 SWEEP_BATCH = 8  # its batch size (smaller than the main run's: the sweep has to be quick)
 
 # %% tags=["nbval-ignore-output"]
 info = setup(SEED, model=MODEL)
+# shown, not claimed: the device and library versions of this machine
 
 # %% [markdown]
-# ## 1. Why parameter-efficient fine-tuning, in numbers
+# ## 1. The model and its tokenizer, with transformers
 #
-# Full fine-tuning updates every weight: you need gradients and optimizer state for all of them, and every task
-# gets its own full copy of the model. LoRA freezes the model and trains two small matrices per adapted layer.
-# The tutorial this course grew from claims LoRA "typically reduces trainable parameters by about 90%" and, "for
-# GPT-3 175B, ... GPU memory requirements by 3x compared to full fine-tuning". We check both, for the model we use
-# and for SmolLM2-1.7B (its shipped config: nothing is downloaded), with the course's memory planner
-# (`course_utils.planner`: arithmetic on the config, checked against peak memory measured on an H200 GPU, which
-# ships in `data/reference/`).
+# Two calls load everything: `AutoTokenizer.from_pretrained` and `AutoModelForCausalLM.from_pretrained`. They take
+# a hub id (`"HuggingFaceTB/SmolLM2-135M-Instruct"`) or a local folder. The course's default model ships in the
+# repository, in `data/course-tiny`; `resolve_model_path` turns the short name into that folder and leaves hub ids
+# as they are.
+#
+# `dtype` is a real choice: float32 on a CPU (16-bit matmuls are slow there), bfloat16 on a recent GPU.
 
 # %%
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from course_utils.architectures import attention_projection_names
-from course_utils.data import load_task
-from course_utils.loading import load_model, load_tokenizer
-from course_utils.planner import Recipe, estimate_training_memory, load_config
+from course_utils.loading import resolve_device, resolve_dtype, resolve_model_path
 
-tokenizer = load_tokenizer(MODEL)
-model = load_model(MODEL, dtype=DTYPE, device=DEVICE)
-ATTENTION = attention_projection_names(model)  # read from the model, e.g. ['q_proj', 'k_proj', 'v_proj', 'o_proj']
-SMOLLM2 = load_config("smollm2-1.7b")  # the shipped config.json of SmolLM2-1.7B: shapes only, no weights
+MODEL_PATH = resolve_model_path(MODEL)  # "course-tiny" -> the folder data/course-tiny; a hub id stays as it is
+device = resolve_device(DEVICE)  # "auto": torch.device("cuda") if there is a GPU, else "mps", else "cpu"
+dtype = resolve_dtype(DTYPE, device)  # "auto": torch.float32 on CPU, torch.bfloat16 on a recent GPU
+
+tokenizer = AutoTokenizer.from_pretrained(MODEL_PATH)
+model = AutoModelForCausalLM.from_pretrained(MODEL_PATH, dtype=dtype).to(device)
 n_params = sum(p.numel() for p in model.parameters())
-print(f"{MODEL}: {n_params:,} parameters; attention projections: {ATTENTION}")
+print(f"{MODEL}: a {model.config.model_type} model, {model.config.num_hidden_layers} layers, {n_params:,} parameters")
 
 # %% [markdown]
-# ### Trainable parameters: "about 90%"?
+# ### Padding: which token, and on which side
 #
-# LoRA r=16 on the attention projections (the tutorial: LoRA "injects trainable matrices into the model's attention
-# layers"), counted by the planner from each config.
+# A batch is a rectangle: shorter rows are filled with a **pad token**, and the attention mask tells the model
+# to ignore them. Two settings matter, and both are on the tokenizer:
 
 # %%
+import pandas as pd
+
+pd.DataFrame(
+    {
+        "token": [tokenizer.eos_token, tokenizer.pad_token],
+        "id": [tokenizer.eos_token_id, tokenizer.pad_token_id],
+    },
+    index=["end of turn (EOS)", "padding"],
+).assign(padding_side=["", tokenizer.padding_side])
+
+# %% [markdown]
+# **The side.** Here is the same pair of prompts padded both ways (`·` marks a pad):
+
+# %%
+pair = ["What does the carp eat?", "Is the fox gold?"]
+layouts = {}
+for side in ("left", "right"):
+    tokenizer.padding_side = side
+    ids = tokenizer(pair, padding=True)["input_ids"]
+    layouts[side] = [
+        " ".join("·" if t == tokenizer.pad_token_id else tokenizer.decode([t]).strip() for t in row) for row in ids
+    ]
+pd.DataFrame(layouts, index=pair).rename(columns=lambda side: f"padding_side={side!r}")
+
+# %% [markdown]
+# - **Generation: left.** `generate` appends each new token at the right end of every row. With right padding the
+#   short prompt would continue after its pads; with left padding every row ends with its last real token.
+# - **Training: right.** The loss ignores pads either way, but with right padding every row's real tokens sit at
+#   positions 0, 1, 2, ... exactly as when the model reads one prompt alone.
+#
+# **A pad distinct from EOS.** The model must learn to emit EOS (`<|im_end|>` here) at the end of each answer, or
+# generation never stops. Code that masks labels by token id (`labels[input_ids == pad_id] = -100`) would also
+# mask every real EOS if pad == EOS. `course-tiny` has its own `<|pad|>`. With a tokenizer whose pad is its EOS,
+# build the labels before padding and pad them with `-100` by position, as section 5 does.
+
+# %% [markdown]
+# ## 2. Why parameter-efficient fine-tuning, in numbers
+#
+# Full fine-tuning updates every weight: it keeps gradients and optimizer state for all of them, and every task
+# gets its own full copy of the model. LoRA freezes the model and trains two small matrices per adapted layer.
+#
+# How much does that save? We count it for our model and for SmolLM2-1.7B (its shipped config: nothing is
+# downloaded) with the course's memory planner, `course_utils.planner`: arithmetic on the config, checked
+# against peak memory measured on an H200 GPU (the measurements ship in `data/reference/`).
+
+# %%
+from course_utils.architectures import attention_projection_names
+from course_utils.planner import Recipe, estimate_training_memory, load_config
+
+ATTENTION = attention_projection_names(model)  # read from the model: ['q_proj', 'k_proj', 'v_proj', 'o_proj']
 LLAMA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]  # SmolLM2 is a Llama-architecture model
+SMOLLM2 = load_config("smollm2-1.7b")  # the shipped config.json of SmolLM2-1.7B: shapes only, no weights
+
 lora_attention = Recipe(method="lora", r=16, lora_alpha=32, target_modules=ATTENTION)
 counts = {
     MODEL: estimate_training_memory(model.config, lora_attention),
     "SmolLM2-1.7B": estimate_training_memory(SMOLLM2, lora_attention.replace(target_modules=LLAMA_ATTENTION)),
 }
-
-print(f"{'model':<14} {'parameters':>14} {'LoRA trainable':>15} {'share':>7} {'fewer than full FT':>19}")
-for label, est in counts.items():
-    share = est.trainable_params / est.n_params
-    print(f"{label:<14} {est.n_params:>14,} {est.trainable_params:>15,} {share:>7.2%} {1 - share:>19.2%}")
+pd.DataFrame(
+    {
+        "parameters": [est.n_params for est in counts.values()],
+        "LoRA r=16 trainable": [est.trainable_params for est in counts.values()],
+        "trainable share (%)": [round(100 * est.trainable_params / est.n_params, 2) for est in counts.values()],
+    },
+    index=list(counts),
+)
 
 # %% [markdown]
-# LoRA cuts the *trainable* parameters by more than the tutorial's "about 90%": over 99% for SmolLM2-1.7B (a
-# count, so it holds on any machine), and less for our tiny model, whose layers are so narrow that a rank-16
-# update is not small next to them (the update grows with the layer width, the layer with its square). For any
-# other model, the planner gives the count from its config before you download a weight.
+# LoRA r=16 on the attention projections trains 0.4% of SmolLM2-1.7B's parameters. Our tiny model's layers are so
+# narrow (192 wide) that a rank-16 update is not small next to them: the update grows with the layer's width,
+# the layer with its square.
 #
-# ### Memory: "3x" compared with which full fine-tuning?
+# ### Memory
 #
-# Memory is where the baseline matters. Full fine-tuning comes in two common forms, and LoRA in one:
+# Memory depends on which full fine-tuning you compare with. Bytes per parameter, before activations:
 #
-# | recipe | weights | gradients | Adam's two moments | bytes per parameter, before activations |
+# | recipe | weights | gradients | Adam's two moments | bytes per parameter |
 # |---|---|---|---|---|
-# | full FT, **mixed precision** | fp32 master copy, matmuls in bf16 (autocast) | fp32 | fp32 | 4 + 4 + 8 = 16 |
+# | full FT, **mixed precision** | fp32 master copy, matmuls in bf16 | fp32 | fp32 | 4 + 4 + 8 = 16 |
 # | full FT, **pure bf16** | bf16 | bf16 | bf16 | 2 + 2 + 4 = 8 |
-# | **LoRA** r=16 on q, v | bf16, frozen | only for the adapter (fp32) | only for the adapter (fp32) | about 2 |
+# | **LoRA** r=16 on q, v | bf16, frozen | adapter only (fp32) | adapter only (fp32) | about 2 |
 #
-# Mixed precision is what `Trainer(bf16=True)` does with a model loaded with `dtype=torch.float32`. Pure bf16 is
-# what you get by loading with `dtype=torch.bfloat16` and training every weight; note that transformers 5 loads a
-# checkpoint in its own dtype by default (`dtype="auto"`: bf16 for SmolLM2), so a plain `from_pretrained(name)`
-# followed by full fine-tuning is pure bf16. LoRA on q and v is the LoRA paper's own GPT-3 setting, what peft
-# picks for Llama models when `target_modules` is left out (as in the tutorial's `LoraConfig`), and the row the
-# H200 reference measured. Each recipe planned at batch 8 x 512 tokens, beside the H200's measurement of the
-# same step:
+# Mixed precision is `Trainer(bf16=True)` on a model loaded in float32, the usual way large models are trained.
+# Pure bf16 is what you get from loading in bfloat16 and training every weight. Each recipe, planned for a step
+# of batch 8 x 512 tokens, beside the H200's measurement of the same step:
 
 # %%
 import json
@@ -145,15 +197,16 @@ LABELS = {
 h200 = json.loads(REFERENCE_PATH.read_text())["train"]  # peak GiB measured on an H200 (bf16, batch 8 x 512)
 planned = {key: estimate_training_memory(SMOLLM2, rc) for key, rc in memory_recipes.items()}
 measured = {key: h200[key]["peak_GiB"] for key in memory_recipes}
-
-print("SmolLM2-1.7B, batch 8 x 512: peak training memory, and its ratio to LoRA's")
-print(f"{'recipe':<26} {'planner GiB':>11} {'H200 GiB':>9} {'planner ratio':>14} {'H200 ratio':>11}")
-for key in memory_recipes:
-    print(
-        f"{LABELS[key]:<26} {planned[key].peak_gib:>11.1f} {measured[key]:>9.1f} "
-        f"{planned[key].peak_gib / planned['lora_r16_qv'].peak_gib:>13.1f}x "
-        f"{measured[key] / measured['lora_r16_qv']:>10.1f}x"
-    )
+memory_table = pd.DataFrame(
+    {
+        "planner GiB": [planned[k].peak_gib for k in LABELS],
+        "H200 GiB": [measured[k] for k in LABELS],
+        "planner ratio to LoRA": [planned[k].peak_gib / planned["lora_r16_qv"].peak_gib for k in LABELS],
+        "H200 ratio to LoRA": [measured[k] / measured["lora_r16_qv"] for k in LABELS],
+    },
+    index=list(LABELS.values()),
+).round(1)
+memory_table
 
 # %%
 import matplotlib.pyplot as plt
@@ -185,34 +238,25 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# **Which baseline is the "3x"?** The tutorial's figure is the LoRA paper's (Hu et al., 2021, section 4.2): on
-# GPT-3 175B, LoRA cut training memory from 1.2 TB to 350 GB, "up to 2/3" less "as we do not need to store the
-# optimizer states for the frozen parameters". That baseline is full fine-tuning with Adam as large models are
-# trained, in mixed precision. Against that baseline the H200 measures 2.7x for SmolLM2-1.7B at batch 8 x 512 (the
-# planner: 2.6x): the tutorial is nearly right. Against pure-bf16 full fine-tuning the same LoRA step saves 1.6x.
+# LoRA removes a fixed cost: the gradients and Adam moments of every weight (and, in mixed precision, the fp32
+# copy). LoRA needs no fp32 copy of the base: frozen weights are never updated, so they stay in bf16.
 #
-# **Which baseline do you meet in practice?** Mixed precision is the default for full fine-tuning and pre-training
-# (`Trainer(bf16=True)` on an fp32 model, DeepSpeed and FSDP mixed precision): bf16 keeps 8 significant bits, so
-# an update smaller than about 1/256 of a weight is rounded away, and the fp32 master copy keeps those small steps.
-# Pure bf16 halves the per-parameter state and is used when memory is tight and runs are short (and, as above, by
-# anyone who fine-tunes a bf16 checkpoint without asking for fp32). LoRA needs no fp32 master copy of the base:
-# the frozen weights are never updated, so they stay in bf16 and only the small adapter is kept in fp32.
+# It does not remove the **activations** saved for the backward pass, which grow with the tokens per step (batch
+# x sequence length). So the saving is not one number:
+# - small batches or short sequences: the fixed cost dominates and the ratio is large;
+# - large batches or long sequences: activations dominate both recipes and the ratio falls towards 1;
+# - gradient checkpointing keeps only each layer's input and recomputes the rest: activations shrink, and the
+#   ratio rises again.
 #
-# **Why the ratio is not one number.** LoRA removes a fixed cost, the state of every weight (gradients, Adam
-# moments and, in mixed precision, the fp32 copy). It does not remove the activations saved for the backward pass,
-# which grow with the tokens per step, batch size x sequence length (linearly, with the memory-efficient attention
-# the planner assumes). Small batches or short sequences: the fixed cost dominates and the ratio is large. Large
-# batches or long sequences: activations dominate both recipes and the ratio falls towards 1; doubling the
-# sequence length does what doubling the batch does. Gradient checkpointing keeps only each layer's input and
-# recomputes the rest during the backward pass: activations shrink, the fixed cost dominates again, and the ratio
-# rises. The planner, over batch sizes (sequence length 512):
+# The planner, over batch sizes (sequence length 512):
 
 # %%
 BATCHES = [1, 2, 4, 8, 16, 32]
 ratios = {}
 for gc in (False, True):
     for key in ("fft_float32", "fft_bfloat16"):
-        ratios[(key, gc)] = [
+        label = LABELS[key].removeprefix("full FT, ") + (", gradient checkpointing" if gc else "")
+        ratios[label] = [
             estimate_training_memory(
                 SMOLLM2, memory_recipes[key].replace(batch_size=b, gradient_checkpointing=gc)
             ).peak_gib
@@ -221,30 +265,25 @@ for gc in (False, True):
             ).peak_gib
             for b in BATCHES
         ]
-
-print(f"{'full FT / LoRA r=16 q,v, planned':<42}" + "".join(f"{'batch ' + str(b):>10}" for b in BATCHES))
-for (key, gc), values in ratios.items():
-    label = LABELS[key].removeprefix("full FT, ") + (", gradient checkpointing" if gc else "")
-    print(f"{label:<42}" + "".join(f"{v:>9.1f}x" for v in values))
+ratio_table = pd.DataFrame(ratios, index=pd.Index(BATCHES, name="batch size")).T.round(1)
+ratio_table  # full fine-tuning's peak memory / LoRA r=16 q,v's, planned
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.8))
-for (key, gc), values in ratios.items():
+for label, values in ratios.items():
     ax.plot(
         BATCHES,
         values,
         marker="o",
         ms=4,
-        ls="--" if gc else "-",
-        color="C0" if key == "fft_float32" else "C1",
-        label=LABELS[key] + (", checkpointing" if gc else ""),
+        ls="--" if "checkpointing" in label else "-",
+        color="C0" if label.startswith("mixed") else "C1",
+        label=label,
     )
 for key, color in (("fft_float32", "C0"), ("fft_bfloat16", "C1")):
     ax.scatter(
         [8], [measured[key] / measured["lora_r16_qv"]], marker="*", s=160, color=color, edgecolor="black", zorder=3
     )
-ax.axhline(3, color="grey", lw=0.8, ls=":")
-ax.text(1, 3.1, "the tutorial's '3x'", fontsize=8, color="grey")
 ax.set_xscale("log", base=2)
 ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
 ax.set(
@@ -256,71 +295,139 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# At batch 1 the mixed-precision peak is the optimizer step (fp32 weights, gradients and both Adam moments at
-# once), and LoRA needs about 7x less; at batch 32 activations decide and the ratio is under 2x. Checkpointing
-# lifts the ratio at batch 8 from 2.6x to more than 5x. These are the planner's figures (arithmetic on the
-# config, the same on any machine); the stars are the H200's measurements. For your own model and batch, plan
-# it: `estimate_training_memory(...)` as above or `course-utils plan <config> --method lora --gc`;
-# `course_utils.planner.compare_with_reference()` shows how close the planner lands to all eight H200 rows.
+# Against mixed precision LoRA needs about 7x less memory at batch 1 and under 2x at batch 32; checkpointing
+# lifts the ratio at batch 8 from 2.6x to more than 5x. For your own model and batch, plan it before you
+# download a weight: `estimate_training_memory(...)` as above, or `course-utils plan <config> --method lora --gc`.
 
 # %% [markdown]
-# ## 2. A LoRA layer from scratch
+# ## 3. The idea: a low-rank update
 #
-# A LoRA layer keeps the frozen weight `W` and adds a low-rank update: `y = W x + (alpha / r) · B (A x)`, with
-# `A` of shape `(r, in)` and `B` of shape `(out, r)`. `B` starts at zero, so before training the layer computes
-# exactly what the frozen layer did; `A` starts random (peft uses `kaiming_uniform_(a=sqrt(5))`, the default init
-# of `nn.Linear`). Here it is in a dozen lines.
+# A linear layer computes `y = W x`, with `W` of shape `(d_out, d_in)`. Fine-tuning changes `W` by some `ΔW`.
+# LoRA's bet: the change a task needs has a low rank, so write it as the product of two thin matrices,
+# `ΔW = B A`, and train only those.
+#
+# - `A` is `(r, d_in)` and `B` is `(d_out, r)`; `r` (the rank) is small, 1 to 64.
+# - `W` stays frozen. The update is scaled by `lora_alpha / r`, so changing `r` does not change the step size much.
+# - `B` starts at zero: before training, the layer computes exactly what the frozen layer did.
+#
+# Here it is for our model's first attention projection with `r=16`:
+
+# %%
+from course_utils.architectures import layer_shape
+from course_utils.figures.lora import draw_lora_update
+
+layer_name, first_proj = next((n, m) for n, m in model.named_modules() if n.endswith(ATTENTION[0]))
+d_in, d_out = layer_shape(first_proj)  # (192, 192) here; GPT-2 stores its weight transposed, this reads either
+fig = draw_lora_update(d_out=d_out, d_in=d_in, r=16, lora_alpha=32)
+
+# %% [markdown]
+# ### The layer, written out
+#
+# `A` starts random, as peft does (`kaiming_uniform_(a=sqrt(5))`, the default init of `nn.Linear`). Dropout, when
+# used, applies to the LoRA path's input only. `from_peft` copies a peft layer's `A` and `B` into ours, and
+# `delta_weight` gives `ΔW` as one matrix: what merging (notebook 03) adds to `W`. GPT-2 stores `W` transposed (its
+# `Conv1D`), so the class reads the shapes from either kind of layer.
 
 # %%
 import math
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 
 class LoRALinear(nn.Module):
-    """y = W x + (lora_alpha / r) * B A x, with W frozen and only A, B trainable."""
+    """A frozen linear layer ``W`` plus a trainable low-rank update: ``y = W x + (lora_alpha / r) * B A x``.
 
-    def __init__(self, base_layer: nn.Linear, r: int = 8, lora_alpha: float = 16):
+    ``A`` is (r, in_features) and starts random, as peft's default (the init of ``nn.Linear``);
+    ``B`` is (out_features, r) and starts at zero, so the wrapped layer first computes exactly
+    what ``W`` did. Only ``A`` and ``B`` train: ``r * (in_features + out_features)`` parameters.
+
+    Args:
+        base_layer: the layer to adapt: an ``nn.Linear`` (a fused projection such as Phi-3's
+            ``qkv_proj`` is one too) or GPT-2's ``Conv1D``. Its weights are frozen.
+        r: rank of the update, the inner size of ``B A``.
+        lora_alpha: the update is multiplied by ``lora_alpha / r``.
+        lora_dropout: dropout on the input of the LoRA path only, as peft does.
+    """
+
+    def __init__(self, base_layer: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0) -> None:
         super().__init__()
-        self.base_layer = base_layer.requires_grad_(False)  # W (and bias) frozen
+        if not isinstance(r, int) or r < 1:
+            raise ValueError(f"r must be a positive integer, got {r!r}.")
+        if isinstance(base_layer, Conv1D):  # GPT-2 stores W as (in, out): peft calls it fan_in_fan_out
+            self.in_features, self.out_features = base_layer.nx, base_layer.nf
+        elif isinstance(base_layer, nn.Linear):  # W stored as (out, in)
+            self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        else:
+            raise TypeError(f"LoRALinear adapts an nn.Linear or a Conv1D, got {type(base_layer).__name__}.")
+        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
+        self.base_layer = base_layer.requires_grad_(False)  # W (and its bias) stay frozen
+        self.r = r
+        self.lora_alpha = lora_alpha
         self.scaling = lora_alpha / r
-        self.lora_A = nn.Parameter(torch.empty(r, base_layer.in_features))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, r))  # (out, r): zero at start
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft does
+        dtype, device = base_layer.weight.dtype, base_layer.weight.device
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=dtype, device=device))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=dtype, device=device))  # (out, r): zero
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default init of A
+        self.dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
 
-    def forward(self, x):
-        return self.base_layer(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = self.dropout(x) @ self.lora_A.T @ self.lora_B.T  # (..., in) -> (..., r) -> (..., out)
+        return self.base_layer(x) + update * self.scaling
+
+    def lora_parameter_count(self) -> int:
+        """Trainable parameters this layer adds: ``r * (in_features + out_features)``."""
+        return self.lora_A.numel() + self.lora_B.numel()
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update as one matrix, ``scaling * B @ A``, in the base weight's layout: what merging adds to ``W``."""
+        delta = self.scaling * self.lora_B @ self.lora_A  # (out, in)
+        return delta.T if self.fan_in_fan_out else delta
+
+    @classmethod
+    def from_peft(cls, peft_layer: nn.Module, adapter_name: str = "default") -> "LoRALinear":
+        """A ``LoRALinear`` with the same base layer, ``A``, ``B`` and scaling as one of peft's LoRA layers."""
+        layer = cls(
+            peft_layer.get_base_layer(), r=peft_layer.r[adapter_name], lora_alpha=peft_layer.lora_alpha[adapter_name]
+        )
+        with torch.no_grad():
+            layer.lora_A.copy_(peft_layer.lora_A[adapter_name].weight)
+            layer.lora_B.copy_(peft_layer.lora_B[adapter_name].weight)
+        layer.scaling = peft_layer.scaling[adapter_name]
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, lora_alpha={self.lora_alpha}, scaling={self.scaling:g}"
 
 
 # %% [markdown]
-# We wrap a copy of the model's first attention projection and check that the output is unchanged at start.
+# We wrap a copy of the model's first attention projection: at start (`B = 0`) the output is unchanged, and the
+# trainable parameters are `r * (d_in + d_out)`.
 
 # %%
 import copy
 
 from course_utils.architectures import as_linear
 
-layer_name, first_proj = next((n, m) for n, m in model.named_modules() if n.endswith(ATTENTION[0]))
-base_linear = as_linear(first_proj)  # a float32 nn.Linear copy (GPT-2's Conv1D stores its weight transposed)
+base_linear = as_linear(first_proj)  # a float32 nn.Linear copy of the projection, whatever the model's dtype
 torch.manual_seed(SEED)
 mine = LoRALinear(copy.deepcopy(base_linear), r=4, lora_alpha=8)
-x = torch.randn(2, 5, base_linear.in_features)
-print(f"wrapped {layer_name}: in {base_linear.in_features}, out {base_linear.out_features}")
+x = torch.randn(2, 5, d_in)
+print(mine)
 print("output unchanged at start (B = 0):", torch.equal(mine(x), base_linear(x)))
-print(
-    "trainable parameters:",
-    sum(p.numel() for p in mine.parameters() if p.requires_grad),
-    f"= r * (in + out) = 4 * ({base_linear.in_features} + {base_linear.out_features})",
-)
+print(f"trainable parameters: {mine.lora_parameter_count()} = r * (d_in + d_out) = 4 * ({d_in} + {d_out})")
 
 # %% [markdown]
-# Now the same layer through peft: `inject_adapter_in_model` puts peft's LoRA layer into any `nn.Module`. We give
-# its `B` non-zero values (as after training), copy peft's `A` and `B` into our layer, and compare the outputs.
+# Now peft's own LoRA layer on the same projection. `inject_adapter_in_model` puts it into any `nn.Module`; we
+# give its `B` non-zero values (as after training), copy its `A` and `B` into our class with `from_peft`, and
+# compare the outputs.
 
 # %%
 from collections import OrderedDict
 
 from peft import LoraConfig, inject_adapter_in_model
+
+from course_utils.notebook import expect
 
 holder = nn.Sequential(OrderedDict(proj=copy.deepcopy(base_linear)))
 inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["proj"]), holder)
@@ -328,37 +435,25 @@ peft_layer = holder.proj
 torch.manual_seed(SEED)
 nn.init.normal_(peft_layer.lora_B["default"].weight, std=0.02)  # as if trained: B is no longer zero
 
+mine = LoRALinear.from_peft(peft_layer)
 with torch.no_grad():
-    mine.lora_A.copy_(peft_layer.lora_A["default"].weight)
-    mine.lora_B.copy_(peft_layer.lora_B["default"].weight)
     ours, theirs = mine(x), peft_layer(x)
     update = (theirs - base_linear(x)).abs().max().item()
+    delta_diff = (mine.delta_weight() - peft_layer.get_delta_weight("default")).abs().max().item()
 diff = (ours - theirs).abs().max().item()
-print(f"peft scaling {peft_layer.scaling['default']} == ours {mine.scaling}")
-print(f"the update changes the output (max |change| > 0.01): {update > 0.01}")
-print(f"max |ours - peft| < 1e-6: {diff < 1e-6}")
-assert torch.allclose(ours, theirs, atol=1e-6)
-
-# %% tags=["nbval-ignore-output"]
 print(f"the update changes the output by up to {update:.3f}; ours and peft's differ by at most {diff:.1e}")
 
-# %% [markdown]
-# The course keeps this layer in `course_utils.lora_scratch.LoRALinear` (with dropout, `delta_weight()` and
-# `from_peft()`), tested against peft in `tests/`. It gives the same numbers:
-
 # %%
-from course_utils.lora_scratch import LoRALinear as CourseLoRALinear
-
-with torch.no_grad():
-    print(
-        "course_utils LoRALinear matches peft:",
-        torch.allclose(CourseLoRALinear.from_peft(peft_layer)(x), theirs, atol=1e-6),
-    )
+expect("the update changes the layer's output (max |change| > 0.01)", update > 0.01)
+expect("our layer computes what peft's does (max |difference| < 1e-6)", diff < 1e-6 and delta_diff < 1e-6)
 
 # %% [markdown]
-# ## 3. LoRA with peft: `LoraConfig` and `get_peft_model`
+# This class is `course_utils.lora_scratch.LoRALinear`, word for word: later notebooks import it from there.
+
+# %% [markdown]
+# ## 4. LoRA with peft: `LoraConfig` and `get_peft_model`
 #
-# The tutorial's configuration, one argument at a time. `target_modules` comes from the model (the attention
+# peft does the wrapping for every targeted layer of a model. `target_modules` comes from the model (the attention
 # projections we read above), so the same cell works for any architecture.
 
 # %%
@@ -375,59 +470,47 @@ lora_config = LoraConfig(
 peft_model = get_peft_model(model, lora_config)  # wraps `model` in place; the base weights are frozen
 peft_model.print_trainable_parameters()
 
+# %% [markdown]
+# Where the trainable parameters sit, per target (`course_utils.architectures.trainable_parameter_table`); the
+# planner of section 2 counted the same number from the config alone:
+
 # %%
 from course_utils.architectures import trainable_parameter_table
 
 table = trainable_parameter_table(peft_model)
 print(table)
-print(f"planner's count for this config (section 1): {counts[MODEL].trainable_params:,}")
-# The table divides by all parameters, adapter included; section 1 divides by the base model's (what full FT trains).
-print(f"as a share of the base model's {n_params:,} parameters: {table.trainable / n_params:.2%}")
+print(f"the planner's count for this config (section 2): {counts[MODEL].trainable_params:,}")
 
 # %% [markdown]
-# The tutorial also loads the model with `peft_config=` and `load_in_8bit=True` in `from_pretrained`. Neither
-# argument exists in transformers 5: the call fails. Quantized loading takes a `BitsAndBytesConfig` (notebook 06)
-# and LoRA is added with `get_peft_model`, as above.
-
-# %%
-from transformers import AutoModelForCausalLM
-
-from course_utils.loading import resolve_model_path
-
-try:
-    AutoModelForCausalLM.from_pretrained(resolve_model_path(MODEL), load_in_8bit=True, peft_config=lora_config)
-except TypeError as err:
-    print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
-
-# %% [markdown]
-# ## 4. Train the adapter on the `shout` task
+# ## 5. Train the adapter with the plain `Trainer`
 #
-# The task: answer questions about the small world in capitals (`"What color is the fox?"` -> `"THE FOX IS
-# GOLD."`). The base model answers in a normal sentence, so it scores 0%. A freshly wrapped model has `B = 0`: it
-# still answers like the base model.
+# The task, `shout`: each question carries its fact, and the answer repeats it in capitals (`"The carp eats nuts.
+# What does the carp eat?"` -> `"THE CARP EATS NUTS."`). The base model answers in a normal sentence, so it scores
+# about 0% by exact match. A freshly wrapped model has `B = 0`: it still answers like the base model.
+#
+# The rows are chat conversations (`messages`: a user turn and the assistant's answer). `load_task` reads the
+# course's JSON Lines files into a `datasets.DatasetDict`; `evaluate_task` generates a greedy answer for each
+# held-out question (left padding) and counts exact matches.
 
 # %% tags=["nbval-ignore-output"]
+from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
-from course_utils.notebook import expect
 
+# shown, not claimed: the base's accuracy enters the lift claimed after training
 shout = load_task("shout")
 before = evaluate_task(peft_model, tokenizer, shout["eval"], progress=False, name="before training")
 print(f"shout eval accuracy before training: {before.accuracy:.1%} ({before.correct}/{before.total})")
+before
 
 # %% [markdown]
-# Accuracies come out of generation, whose last digits differ between CPU families, so the number above is in a
-# cell the course's tests do not compare; the claim the lesson rests on is checked in the next cell, with a margin.
-
-# %%
-expect("the base model scores below 10% on shout (it answers in normal case)", before.accuracy < 0.10)
-
-# %% [markdown]
+# Accuracy comes out of generation, whose last digits can differ between CPU families; the lesson's claim comes
+# after training, as a lift over this number.
+#
 # ### The loss on the answer only: masking the prompt
 #
-# A training row is the whole conversation, but the model should learn to *answer*, not to repeat the system
-# prompt and the question. `Trainer` computes the cross-entropy on every position whose label is not `-100`
-# (PyTorch's `ignore_index`), so we copy the token ids into the labels and set the prompt's labels to `-100`.
-# Here is one row, by hand:
+# A training row is the whole conversation, but the model should learn to *answer*, not to repeat the prompt.
+# `Trainer` computes the cross-entropy on every position whose label is not `-100` (PyTorch's `ignore_index`), so
+# we copy the token ids into the labels and set the prompt's labels to `-100`. One row, by hand:
 
 # %%
 messages = shout["train"][0]["messages"]  # [user, assistant]; the template adds its default system prompt
@@ -442,112 +525,200 @@ print(f"{len(input_ids)} tokens; the first {len(prompt_ids)} (the prompt) get la
 print("loss on:", repr(tokenizer.decode([t for t in labels if t != -100])))
 
 # %% [markdown]
-# `course_utils.data.tokenize_for_sft` does exactly this for every row (and raises a clear error for a chat
-# template that renders the prompt differently inside the conversation, where this simple cut would be wrong).
-# The rest of the course uses it; it gives the same ids and labels:
+# `course_utils.data.tokenize_for_sft` does this for every row (and stops with a clear error for a chat template
+# that renders the prompt differently inside the conversation, where this simple cut would be wrong). It gives
+# the same ids and labels:
 
 # %%
 from course_utils.data import tokenize_for_sft
 
 train_dataset = tokenize_for_sft(shout["train"], tokenizer)
 row = train_dataset[0]
-print(
-    "tokenize_for_sft, row 0: same input_ids", row["input_ids"] == input_ids, "| same labels", row["labels"] == labels
+print("row 0: same input_ids", row["input_ids"] == input_ids, "| same labels", row["labels"] == labels)
+
+# %% [markdown]
+# ### The budget: learning rate, steps, batch size
+#
+# `"auto"` in the parameters cell picks them by model size (`course_utils.hyperparameters.suggest`): LoRA on a
+# tiny model takes a large learning rate and few steps; a real model takes a smaller rate. A number in the
+# parameters cell wins over the suggestion.
+
+# %%
+from course_utils.hyperparameters import resolve, suggest
+
+hp = suggest(model, method="lora")
+learning_rate = resolve(LEARNING_RATE, hp.learning_rate)
+max_steps = resolve(MAX_STEPS, hp.max_steps)
+batch_size = resolve(BATCH_SIZE, hp.batch_size)
+pd.DataFrame(
+    {
+        "value": [learning_rate, max_steps, batch_size],
+        "parameters cell": [LEARNING_RATE, MAX_STEPS, BATCH_SIZE],
+        "suggestion's source": [hp.source[k] for k in ("learning_rate", "max_steps", "batch_size")],
+    },
+    index=["learning_rate", "max_steps", "batch_size"],
 )
 
 # %% [markdown]
-# Every step of the training, written out with the plain `Trainer`:
+# ### `TrainingArguments` and `Trainer`, argument by argument
+#
 # - `train_dataset`: the masked rows above;
-# - `DataCollatorForSeq2Seq` pads `input_ids` and `labels` (with `-100`) to the longest row of each batch;
-# - `cpu_friendly_args` are `TrainingArguments` that work on a CPU and a GPU alike (fp32 on CPU, bf16 on GPU, no
-#   pinned memory, no checkpoints, fixed seed); `MemoryCallback` adds the peak memory to each log.
+# - `DataCollatorForSeq2Seq` pads `input_ids` with the pad token and `labels` with `-100`, by position, to the
+#   longest row of each batch (on the right, as training wants);
+# - `TrainingArguments`: every setting of the run, each explained in its comment.
 
 # %% tags=["nbval-ignore-output"]
 import time
+from pathlib import Path
 
-from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
+from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
 
-from course_utils.memory import MemoryCallback
-from course_utils.training import cpu_friendly_args
-
-collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-memory = MemoryCallback()
-args = cpu_friendly_args(max_steps=MAX_STEPS, learning_rate=2e-3, per_device_train_batch_size=16, logging_steps=10)
+tokenizer.padding_side = "right"  # training: real tokens at positions 0, 1, 2, ... (section 1)
+args = TrainingArguments(
+    output_dir=str(Path("outputs") / "01-trainer"),  # checkpoints would go here; save_strategy="no" writes none
+    max_steps=max_steps,  # optimizer steps (instead of num_train_epochs)
+    per_device_train_batch_size=batch_size,  # rows per step on each device
+    learning_rate=learning_rate,  # AdamW's step size; LoRA takes larger ones than full fine-tuning
+    lr_scheduler_type="constant",  # keep the rate for the whole (short) run
+    warmup_steps=0,  # no warm-up: B starts at zero, so the first steps cannot wreck the model
+    logging_steps=10,  # record the loss every 10 steps in trainer.state.log_history
+    save_strategy="no",  # no checkpoints: we save the adapter ourselves (section 7)
+    report_to="none",  # no Weights & Biases, TensorBoard, ...
+    seed=SEED,  # the same initialisation of A ...
+    data_seed=SEED,  # ... and the same order of rows on every run
+    use_cpu=device.type == "cpu",  # train where the model is
+    bf16=device.type == "cuda" and dtype == torch.bfloat16,  # 16-bit matmuls on a GPU with the model in bf16
+    fp16=device.type == "cuda" and dtype == torch.float16,  # ... or fp16 on an older GPU (T4, V100)
+    dataloader_pin_memory=False,  # pinned memory only speeds copies to a GPU (and warns on a CPU)
+    disable_tqdm=True,  # no progress bar: we plot the losses instead
+    remove_unused_columns=False,  # keep our columns: the Trainer cannot read them from PeftModel.forward(**kwargs)
+)
 trainer = Trainer(
     model=peft_model,
     args=args,
     train_dataset=train_dataset,
-    data_collator=collator,
+    data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
     processing_class=tokenizer,
-    callbacks=[memory],
 )
-trainer.remove_callback(PrinterCallback)  # we plot the log instead of printing a dict per log step
+trainer.remove_callback(PrinterCallback)  # no dict printed per logging step: the losses are plotted below
 
 start = time.perf_counter()
 trainer.train()
 train_seconds = time.perf_counter() - start
-peak_mib = max(p for _, p in memory.steps)
-print(
-    f"{trainer.state.global_step} steps in {train_seconds:.1f} s; peak memory {peak_mib:.0f} MiB ({memory.tracker.what})"
-)
+print(f"{trainer.state.global_step} steps in {train_seconds:.1f} s")
 
 # %% tags=["nbval-ignore-output"]
-from course_utils.plotting import plot_loss
-
 losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-fig, (ax_loss, ax_mem) = plt.subplots(1, 2, figsize=(11, 3.5))
-plot_loss(trainer.state.log_history, title="Training loss, LoRA r=16 on shout", ax=ax_loss)
-memory.plot(ax=ax_mem)
+logged_steps = [log["step"] for log in trainer.state.log_history if "loss" in log]
+fig, ax = plt.subplots(figsize=(6, 3.2))
+ax.plot(logged_steps, losses, marker="o", ms=3)
+ax.set(title="Training loss, LoRA r=16 on shout", xlabel="step", ylabel="loss (answer tokens)")
 plt.show()
-print(f"loss: first log {losses[0]:.3f} -> last log {losses[-1]:.3f}")
-
-# %% tags=["nbval-ignore-output"]
 after = evaluate_task(peft_model, tokenizer, shout["eval"], progress=False, name="after training")
-print(
-    f"shout eval accuracy: {before.accuracy:.1%} before -> {after.accuracy:.1%} after "
-    f"({after.correct}/{after.total} held-out questions)"
-)
+print(f"loss: first log {losses[0]:.3f} -> last log {losses[-1]:.3f}")
+print(f"shout eval accuracy: {before.accuracy:.1%} before -> {after.accuracy:.1%} after ({after.total} questions)")
 
 # %%
 expect("the training loss fell to less than half of its first logged value", losses[-1] < 0.5 * losses[0])
-expect("shout accuracy after training >= 75% (held-out questions)", after.accuracy >= 0.75)
+expect(
+    "shout accuracy rises by >= 50 points over the base model",
+    after.accuracy - before.accuracy >= 0.50,
+    hint="train longer (MAX_STEPS) or with another LEARNING_RATE; look at the answers below",
+)
 
 # %% [markdown]
-# A few held-out questions and the answers (generated text can differ in the last token between machines):
+# A few held-out questions and the adapted model's answers:
 
 # %% tags=["nbval-ignore-output"]
+# shown, not claimed: generated text can differ in its last token between machines
 after
 
 # %% [markdown]
-# ### Save the adapter
+# ## 6. The same with the course's helpers
 #
-# `save_pretrained` on a `PeftModel` writes only the adapter: `A`, `B` and its config. We save into a fresh,
-# time-stamped folder so a re-run never overwrites an earlier adapter.
+# The rest of the course writes these steps with three helpers. Each does what sections 1 and 5 wrote out, and a
+# little more:
+#
+# - `load_tokenizer(MODEL)`: `AutoTokenizer.from_pretrained`, plus a pad token (EOS) when there is none, and
+#   left padding for generation;
+# - `load_model(MODEL, dtype=DTYPE, device=DEVICE)`: resolves `"auto"`, loads, moves to the device, places a 4-bit
+#   model (notebook 06), and explains a name that cannot be loaded offline;
+# - `cpu_friendly_args(...)`: the `TrainingArguments` above, with a temporary `output_dir`.
+#
+# `train_lora(model, tokenizer, rows, lora_config, ...)` is section 5 in one call.
 
 # %%
-from pathlib import Path
+from course_utils.loading import load_model, load_tokenizer
+from course_utils.training import cpu_friendly_args
 
-RUN_DIR = Path("outputs") / "01_lora_training" / time.strftime("%Y%m%d-%H%M%S")
-ADAPTER_DIR = RUN_DIR / "shout-lora"
-ADAPTER_DIR.mkdir(parents=True, exist_ok=False)  # fails rather than overwrite
-peft_model.save_pretrained(ADAPTER_DIR)
+helper_tokenizer = load_tokenizer(MODEL)
+helper_model = load_model(MODEL, dtype=DTYPE, device=DEVICE)
+helper_args = cpu_friendly_args(
+    max_steps=max_steps, learning_rate=learning_rate, per_device_train_batch_size=batch_size, logging_steps=10
+)
+same_args = [
+    name
+    for name in ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "warmup_steps")
+    + ("logging_steps", "save_strategy", "report_to", "seed", "data_seed", "use_cpu", "bf16", "fp16")
+    + ("dataloader_pin_memory", "disable_tqdm", "remove_unused_columns")
+    if getattr(helper_args, name) == getattr(args, name)
+]
+print(f"load_tokenizer: pad token {helper_tokenizer.pad_token!r}, padding side {helper_tokenizer.padding_side!r}")
+print(f"cpu_friendly_args: {len(same_args)} of 16 settings equal to ours")
+expect(
+    "load_model gives the model in the same dtype, on the same device, as section 1",
+    helper_model.dtype == dtype and helper_model.device.type == device.type,
+)
+del helper_model
+
+# %% [markdown]
+# ## 7. Save and share the adapter
+#
+# `save_pretrained` on a `PeftModel` writes only the adapter: `A`, `B` and its config. We save it beside this
+# notebook, in `outputs/`, where it survives the session (`outputs_dir` picks Google Drive on Colab when mounted).
+
+# %% tags=["nbval-ignore-output"]
+from course_utils.paths import outputs_dir
+
+ADAPTER_DIR = outputs_dir("01-shout-lora")  # ./outputs/01-shout-lora (on Colab: in your Google Drive, if mounted)
+peft_model.save_pretrained(ADAPTER_DIR)  # re-running this notebook replaces its own adapter here
 
 # The weights file only: the config and README beside it hold the base model's path, whose length varies.
 adapter_bytes = (ADAPTER_DIR / "adapter_model.safetensors").stat().st_size
 model_bytes = sum(p.numel() * p.element_size() for p in peft_model.get_base_model().parameters() if not p.requires_grad)
-print(f"saved to {ADAPTER_DIR}: {sorted(p.name for p in ADAPTER_DIR.iterdir())}")
-print(
-    f"adapter weights on disk: {adapter_bytes / 1024:.0f} KiB; the model's weights: {model_bytes / 2**20:.1f} MiB "
-    f"({model_bytes / adapter_bytes:.0f}x larger)"
-)
+print(f"saved to {ADAPTER_DIR.parent.name}/{ADAPTER_DIR.name}: {sorted(p.name for p in ADAPTER_DIR.iterdir())}")
+print(f"adapter weights on disk: {adapter_bytes / 1024:.0f} KiB; the model's weights: {model_bytes / 2**20:.1f} MiB")
+
+# %%
+expect("the adapter file is at least 10x smaller than the model's weights", model_bytes >= 10 * adapter_bytes)
 
 # %% [markdown]
-# ## 5. Experiment: rank and target layers
+# To share it, `push_to_hub` uploads the same files to a repository of yours on the Hugging Face Hub. Replace
+# `your-name` with your user name and log in first (`hf auth login`, or `HF_TOKEN` in the environment). The cell
+# uploads nothing offline, without a token, or with the placeholder name.
+
+# %%
+import os
+
+from huggingface_hub import get_token
+
+HUB_REPO = "your-name/01-shout-lora"  # <- your user name / a repository name
+offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+if offline or get_token() is None or HUB_REPO.startswith("your-name/"):
+    print("Not uploaded: set HUB_REPO to your user name, log in and unset HF_HUB_OFFLINE to share the adapter.")
+else:
+    peft_model.push_to_hub(HUB_REPO)  # the adapter only: a few hundred KiB, not the model
+    print(f"uploaded to https://huggingface.co/{HUB_REPO}")
+
+# %% [markdown]
+# Anyone can then load it on the same base model: `PeftModel.from_pretrained(base_model, "your-name/01-shout-lora")`
+# (notebook 02).
 #
-# How small can the adapter be? We train 3 adapters of growing rank on the attention projections
-# and two on every linear layer (`"all-linear"`), each for `SWEEP_STEPS` steps of `SWEEP_BATCH` examples with `lora_alpha = 2 r` (the same
-# scaling), and plot accuracy against the number of trainable parameters. `train_lora` is the training loop of
-# section 4 in one call.
+# ## 8. Experiment: rank and target layers
+#
+# How small can the adapter be? We train 3 adapters of growing rank on the attention projections and two on every
+# linear layer (`"all-linear"`), each for `SWEEP_STEPS` steps of `SWEEP_BATCH` rows with `lora_alpha = 2 r` (the
+# same scaling), with `train_lora`.
 
 # %%
 import contextlib
@@ -563,33 +734,31 @@ for label, r, targets in experiments:
     with contextlib.redirect_stdout(io.StringIO()):  # keep the Trainer's per-log prints out of the notebook
         run = train_lora(
             load_model(MODEL, dtype=DTYPE, device=DEVICE),
-            tokenizer,
+            helper_tokenizer,
             shout["train"],
             config,
             max_steps=SWEEP_STEPS,
             batch_size=SWEEP_BATCH,
+            learning_rate=learning_rate,
         )
-    acc = evaluate_task(run.model, tokenizer, shout["eval"], progress=False).accuracy
+    result = evaluate_task(run.model, helper_tokenizer, shout["eval"], progress=False)
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     sweep.append(
-        {
-            "targets": label,
-            "r": r,
-            "trainable": trainable,
-            "loss": run.losses[-1],
-            "accuracy": acc,
-            "seconds": run.seconds,
-        }
+        {"targets": label, "r": r, "trainable": trainable, "loss": run.losses[-1], "accuracy": result.accuracy}
     )
-
-print(f"{'targets':<11} {'r':>3} {'trainable':>10}")  # counts: the same on every machine
-for row in sweep:
-    print(f"{row['targets']:<11} {row['r']:>3} {row['trainable']:>10,}")
+sweep_table = pd.DataFrame(sweep)
+sweep_table[["targets", "r", "trainable"]]  # counts: the same on every machine
 
 # %% tags=["nbval-ignore-output"]
-print(f"{'targets':<11} {'r':>3} {'last loss':>10} {'accuracy':>9} {'seconds':>8}")
-for row in sweep:
-    print(f"{row['targets']:<11} {row['r']:>3} {row['loss']:>10.3f} {row['accuracy']:>9.1%} {row['seconds']:>8.1f}")
+sweep_table.round(3)
+
+# %%
+by_rank = {row["r"]: row["accuracy"] for row in sweep if row["targets"] == "attention"}
+expect(
+    f"on this budget, r={SWEEP_RANKS[-1]} on attention beats r={SWEEP_RANKS[0]} by at least 30 points",
+    by_rank[SWEEP_RANKS[-1]] - by_rank[SWEEP_RANKS[0]] >= 0.30,
+    hint="on a wide model a small rank is often enough: compare the table, not this margin",
+)
 
 # %%
 from course_utils.plotting import plot_xy
@@ -615,76 +784,101 @@ for row in sweep:
     )
 plt.show()
 
+# %% [markdown]
+# **Reading the plot.** On this short budget accuracy climbs with the rank on our 1.8M-parameter model: the
+# smallest adapters have not learned the style yet. The budget matters as much as the rank: with the main run's
+# budget small ranks catch up. Differences of two or three questions out of 48 are within what another seed
+# would change.
+#
+# **On a real model** a small rank is often enough: our layers are 192 wide, and in a model of 2048 the same rank
+# is a far smaller share of the layer. The LoRA paper found r=1 on W_q and W_v about as good as r=64 for GPT-3 175B
+# (its Table 6). To check on your model, run this notebook with `MODEL = "smollm2-135m"`.
+#
+# Memory is no reason to pick a small rank. The planner gives SmolLM2-1.7B's step (LoRA on q, v, batch 8 x 512)
+# the same size for r=1 and r=64, within 1%:
+
 # %%
-by_rank = {row["r"]: row["accuracy"] for row in sweep if row["targets"] == "attention"}
-expect(
-    f"on this budget, r={SWEEP_RANKS[-1]} on attention beats r={SWEEP_RANKS[0]} by at least 30 points",
-    by_rank[SWEEP_RANKS[-1]] - by_rank[SWEEP_RANKS[0]] >= 0.30,
-)
+pd.DataFrame(
+    [
+        {
+            "r": r,
+            "trainable": est.trainable_params,
+            "planned peak GiB": round(est.peak_gib, 2),
+        }
+        for r in (1, 16, 64)
+        for est in [estimate_training_memory(SMOLLM2, memory_recipes["lora_r16_qv"].replace(r=r, lora_alpha=2 * r))]
+    ]
+).set_index("r")
 
 # %% [markdown]
-# **Reading the plot.** On this short budget (`SWEEP_STEPS` steps of `SWEEP_BATCH` examples) accuracy climbs
-# with the rank on our 1.8M-parameter model: the smallest adapters have not learned the style yet. Adapting every
-# linear layer multiplies the parameters (the MLP matrices are larger) and, at the same rank, did not do better
-# than the attention projections on this task in our run (see the table above). The budget matters as much as
-# the rank: set `SWEEP_STEPS = 100` and `SWEEP_BATCH = 16`, the main run's budget, and small ranks catch up
-# (when this notebook was written, r=2 on the attention projections reached 94% with that budget). Differences
-# of two or three questions out of 48 are within what another seed would change.
+# ## 9. Your own data in three lines
 #
-# **Does this hold for a real model?** Not as a rule. Our model's layers are 192 wide; in a model of 2048 the
-# same rank is a far smaller share of the layer, and a style change needs little of it: the LoRA paper found
-# r=1 on W_q and W_v about as good as r=64 for GPT-3 175B on WikiSQL and MultiNLI (its Table 6). To check on your
-# model, run this notebook with `MODEL = "smollm2-135m"` (or `course-utils run 01 --model smollm2-135m` on a GPU)
-# and compare the sweep. Memory is no reason to pick a small rank: the planner gives SmolLM2-1.7B's step (LoRA on
-# q, v, batch 8 x 512) at the same size for r=1 and r=64, within 1%:
+# Your data needs one thing: rows in the `messages` format, one JSON object per line. Here are six, written to
+# `outputs/` (replace them with yours: a few hundred rows are a good start).
 
 # %%
-for r in (1, 16, 64):
-    est = estimate_training_memory(SMOLLM2, memory_recipes["lora_r16_qv"].replace(r=r, lora_alpha=2 * r))
-    print(
-        f"SmolLM2-1.7B, LoRA r={r:<2} on q,v: {est.trainable_params:>10,} trainable parameters, planned peak {est.peak_gib:.2f} GiB"
-    )
+import json
+
+tickets = {
+    "My invoice shows the wrong amount.": "billing",
+    "I was charged twice this month.": "billing",
+    "The parcel has not arrived yet.": "shipping",
+    "Where is my order?": "shipping",
+    "I cannot log in to my account.": "login",
+    "The password reset link does not work.": "login",
+}
+MY_DATA = outputs_dir("01-my-tickets.jsonl")  # outputs/01-my-tickets.jsonl
+with MY_DATA.open("w") as fh:
+    for question, team in tickets.items():
+        user = f"Which team handles this ticket: billing, shipping or login? {question}"
+        fh.write(json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": team}]}))
+        fh.write("\n")
+print(MY_DATA.read_text().splitlines()[0])
+
+# %% [markdown]
+# Then load, train, evaluate. `load_task` on a file holds out a fifth of the rows (the same ones on every run) as
+# `eval`. `scorer="contains"` counts an answer as right when it contains the expected text (exact match is the
+# default). Five steps on four rows only show the path; with your data, train for real.
+
+# %% tags=["nbval-ignore-output"]
+my_task = load_task(MY_DATA)
+my_run = train_lora(
+    load_model(MODEL, dtype=DTYPE, device=DEVICE), helper_tokenizer, my_task["train"], lora_config, max_steps=5
+)
+my_result = evaluate_task(my_run.model, helper_tokenizer, my_task["eval"], scorer="contains", progress=False)
+my_result
+
+# %%
+print(f"{len(my_task['train'])} rows to train on, {len(my_task['eval'])} held out")
+expect(
+    "the three lines ran and scored every held-out row",
+    my_result.total == len(my_task["eval"]) > 0 and len(my_task["train"]) + my_result.total == len(tickets),
+)
 
 # %% [markdown]
 # ## What we measured
 
 # %% tags=["nbval-ignore-output"]
-from IPython.display import Markdown, display
-
+# shown, not claimed: a summary of the numbers above, each claimed where it was measured
 best = max(sweep, key=lambda row: (row["accuracy"], -row["trainable"]))
-mp, bf, lq = (planned[k].peak_gib for k in ("fft_float32", "fft_bfloat16", "lora_r16_qv"))
-mm, bm, lm = (measured[k] for k in ("fft_float32", "fft_bfloat16", "lora_r16_qv"))
-rows = [
-    (
-        "trainable parameters, LoRA r=16 attention (this model, counted by peft)",
-        f"{table.trainable:,} ({table.trainable / n_params:.2%} of {n_params:,})",
-    ),
-    (
-        "fewer trainable parameters than full FT, LoRA r=16 attention (planner: this model / SmolLM2-1.7B)",
-        " / ".join(f"{1 - est.trainable_params / est.n_params:.2%}" for est in counts.values())
-        + " (tutorial: 'about 90%')",
-    ),
-    (
-        "peak memory SmolLM2-1.7B, batch 8 x 512: full FT mixed precision -> LoRA r=16 q,v (planner / H200)",
-        f"{mp:.1f} -> {lq:.1f} GiB, {mp / lq:.1f}x / {mm:.1f} -> {lm:.1f} GiB, {mm / lm:.1f}x (tutorial: '3x', this baseline)",
-    ),
-    (
-        "same, full FT pure bf16 -> LoRA r=16 q,v (planner / H200)",
-        f"{bf:.1f} -> {lq:.1f} GiB, {bf / lq:.1f}x / {bm:.1f} -> {lm:.1f} GiB, {bm / lm:.1f}x",
-    ),
-    ("our LoRA layer vs peft's, max abs difference", "< 1e-6"),
-    (f"shout eval accuracy, {MAX_STEPS} steps (this notebook)", f"{before.accuracy:.1%} -> {after.accuracy:.1%}"),
-    ("training loss, first -> last log", f"{losses[0]:.3f} -> {losses[-1]:.3f}"),
-    ("adapter weights on disk vs model weights", f"{adapter_bytes / 1024:.0f} KiB vs {model_bytes / 2**20:.1f} MiB"),
-    (
-        f"sweep: best accuracy after {SWEEP_STEPS} steps",
-        f"{best['accuracy']:.1%} ({best['targets']}, r={best['r']}, {best['trainable']:,} parameters)",
-    ),
-]
-display(Markdown("| quantity | measured |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
-
-# %% tags=["nbval-ignore-output"]
-print(f"main run: {train_seconds:.1f} s of training, peak memory {peak_mib:.0f} MiB ({memory.tracker.what})")
+pd.DataFrame(
+    {
+        "trainable parameters, LoRA r=16 on attention (this model)": f"{table.trainable:,} of {n_params:,} "
+        f"({table.trainable / n_params:.2%})",
+        "same, SmolLM2-1.7B (planner)": f"{counts['SmolLM2-1.7B'].trainable_params:,} "
+        f"({counts['SmolLM2-1.7B'].trainable_params / counts['SmolLM2-1.7B'].n_params:.2%})",
+        "peak memory SmolLM2-1.7B, batch 8 x 512, full FT mixed precision / LoRA r=16 q,v (H200)": (
+            f"{measured['fft_float32']:.1f} / {measured['lora_r16_qv']:.1f} GiB"
+        ),
+        "our LoRA layer vs peft's, max |difference|": f"{diff:.1e}",
+        f"shout eval accuracy, base -> after {max_steps} steps": f"{before.accuracy:.1%} -> {after.accuracy:.1%}",
+        "training loss, first -> last log": f"{losses[0]:.3f} -> {losses[-1]:.3f}",
+        "training time (s)": f"{train_seconds:.1f}",
+        "adapter weights on disk vs model weights": f"{adapter_bytes / 1024:.0f} KiB vs {model_bytes / 2**20:.1f} MiB",
+        f"sweep: best accuracy after {SWEEP_STEPS} steps": f"{best['accuracy']:.1%} ({best['targets']}, r={best['r']})",
+    },
+    index=["measured"],
+).T
 
 # %%
 from course_utils.notebook import record_metrics
@@ -694,7 +888,6 @@ _ = record_metrics(
     accuracy_before=before.accuracy,
     accuracy_after=after.accuracy,
     train_seconds=round(train_seconds, 2),
-    peak_mem_MiB=round(peak_mib, 1),
     trainable_params=table.trainable,
     adapter_KiB=round(adapter_bytes / 1024, 1),
     sweep={f"{row['targets']} r={row['r']}": row["accuracy"] for row in sweep},
