@@ -104,7 +104,7 @@ pd.DataFrame(
 # **The side.** Here is the same pair of prompts padded both ways (`·` marks a pad):
 
 # %%
-pair = ["What does the carp eat?", "Is the fox gold?"]
+pair = ["The carp eats nuts. What does the carp eat?", "Is the fox gold?"]
 layouts = {}
 for side in ("left", "right"):
     tokenizer.padding_side = side
@@ -552,7 +552,7 @@ max_steps = resolve(MAX_STEPS, hp.max_steps)
 batch_size = resolve(BATCH_SIZE, hp.batch_size)
 pd.DataFrame(
     {
-        "value": [learning_rate, max_steps, batch_size],
+        "value": [f"{v:g}" for v in (learning_rate, max_steps, batch_size)],
         "parameters cell": [LEARNING_RATE, MAX_STEPS, BATCH_SIZE],
         "suggestion's source": [hp.source[k] for k in ("learning_rate", "max_steps", "batch_size")],
     },
