@@ -262,7 +262,7 @@ expect(
     hint="raise MAX_STEPS or LEARNING_RATE",
 )
 expect(
-    f"terse accuracy rises by >= {SFT_LIFT:.0%} points over the base model after SFT (held-out questions)",
+    f"terse accuracy rises by >= {100 * SFT_LIFT:.0f} points over the base model after SFT (held-out questions)",
     sft_after.accuracy - sft_before.accuracy >= SFT_LIFT,
     hint="on a real model: MAX_STEPS = 400, or LEARNING_RATE = 5e-4",
 )
@@ -507,7 +507,7 @@ print(f"held-out preference accuracy: {pref_before:.1%} -> {pref_after:.1%} (ada
 # %%
 DPO_LIFT = 0.50  # points of held-out preference accuracy DPO must add over the base model
 expect(
-    f"held-out preference accuracy rises by >= {DPO_LIFT:.0%} points over the base model after DPO",
+    f"held-out preference accuracy rises by >= {100 * DPO_LIFT:.0f} points over the base model after DPO",
     pref_after - pref_before >= DPO_LIFT,
     hint="on a real model: DPO_STEPS = 300, or DPO_LEARNING_RATE = 5e-5",
 )

@@ -213,7 +213,7 @@ prompt_after
 # %%
 PT_LIFT = 0.40  # points of terse accuracy prompt tuning must add over its untrained start
 expect(
-    f"prompt tuning lifts terse accuracy by >= {PT_LIFT:.0%} points over its untrained start",
+    f"prompt tuning lifts terse accuracy by >= {100 * PT_LIFT:.0f} points over its untrained start",
     prompt_after.accuracy - prompt_before >= PT_LIFT,
     hint="raise MAX_STEPS, or try LEARNING_RATE = 0.1",
 )
@@ -342,7 +342,7 @@ LIFT = {"LoRA": 0.50, "prompt tuning": PT_LIFT, "IA3": 0.50}  # points each must
 for label, lift in LIFT.items():
     r = runs[label]
     expect(
-        f"{label} lifts terse accuracy by >= {lift:.0%} points over its untrained start",
+        f"{label} lifts terse accuracy by >= {100 * lift:.0f} points over its untrained start",
         r["after"] - r["before"] >= lift,
     )
 expect(
