@@ -52,7 +52,7 @@ MAX_STEPS = "auto"  # the same step budget for every method
 BATCH_SIZE = "auto"
 NUM_VIRTUAL_TOKENS = 20
 # the other methods of section 4: LoRA's "auto" rate as in notebook 01; prefix tuning and IA3 from a sweep on the toy
-LR = {"LoRA": "auto", "prefix tuning": 3e-2, "IA3": 5e-2}
+LR = {"LoRA": "auto", "prefix tuning": 3e-2, "IA3": 3e-1}
 SEED = 0
 
 # %% tags=["nbval-ignore-output"]
@@ -280,14 +280,7 @@ class KeepStart(TrainerCallback):
         self.model = copy.deepcopy(model)
 
 
-runs = {  # prompt tuning was trained and measured above
-    "prompt tuning": {
-        "model": prompt_model,
-        "seconds": prompt_seconds,
-        "before": prompt_before,
-        "after": prompt_after.accuracy,
-    }
-}
+runs = {"prompt tuning": {"model": prompt_model, "start": prompt_start, "seconds": prompt_seconds}}  # trained above
 for label, config in configs.items():
     keep = KeepStart()
     run = train_lora(
@@ -303,20 +296,32 @@ for label, config in configs.items():
     runs[label] = {"model": run.model, "start": keep.model, "seconds": run.seconds}
 
 # %% [markdown]
-# Each method's accuracy before and after, its trainable parameters, and the adapter saved where you would keep it
-# (`outputs/` beside the notebook, Google Drive on Colab; re-running replaces them):
+# Each method's accuracy before and after, how many of its answers have the terse *form* (`The <subject>: <value>.`,
+# right or wrong), its trainable parameters, and the adapter saved where you would keep it (`outputs/` beside the
+# notebook, Google Drive on Colab; re-running replaces them):
 
 # %% tags=["nbval-ignore-output"]
+import re
+
 from course_utils.paths import outputs_dir
 
 ORDER = ["LoRA", "prompt tuning", "prefix tuning", "IA3"]
+N_EVAL = len(terse["eval"])
 n_total = sum(p.numel() for p in base_model.parameters())
+
+
+def measure(model):
+    """Exact-match accuracy and the fraction of answers in the terse form, on the eval split."""
+    result = evaluate_task(model, tokenizer, terse["eval"], progress=False, n_examples=N_EVAL)
+    form = sum(bool(re.fullmatch(r"The [a-z]+: [a-z ]+\.", e["answer"].strip())) for e in result.examples)
+    return result.accuracy, form / N_EVAL
+
+
 rows = []
 for label in ORDER:
     r = runs[label]
-    if label != "prompt tuning":
-        r["before"] = evaluate_task(r["start"], tokenizer, terse["eval"], progress=False).accuracy
-        r["after"] = evaluate_task(r["model"], tokenizer, terse["eval"], progress=False).accuracy
+    r["before"], r["form before"] = measure(r["start"])
+    r["after"], r["form after"] = measure(r["model"])
     r["trainable"] = sum(p.numel() for p in r["model"].parameters() if p.requires_grad)
     folder = outputs_dir(f"05-terse-{label.replace(' ', '-').lower()}")
     r["model"].save_pretrained(folder)
@@ -330,7 +335,7 @@ for label in ORDER:
             "adapter KiB": round(r["disk_KiB"], 1),
             "accuracy before": r["before"],
             "accuracy after": r["after"],
-            "lift (points)": round(100 * (r["after"] - r["before"]), 1),
+            "terse form after": r["form after"],
             "seconds": round(r["seconds"], 1),
         }
     )
@@ -344,18 +349,30 @@ for label, lift in LIFT.items():
     expect(
         f"{label} lifts terse accuracy by >= {100 * lift:.0f} points over its untrained start",
         r["after"] - r["before"] >= lift,
+        hint=f"raise MAX_STEPS or LR[{label!r}]" if label != "prompt tuning" else "raise MAX_STEPS or LEARNING_RATE",
     )
+prefix = runs["prefix tuning"]
 expect(
-    "LoRA and IA3 end >= 10 points above prompt tuning",
-    min(runs["LoRA"]["after"], runs["IA3"]["after"]) - runs["prompt tuning"]["after"] >= 0.10,
+    "prefix tuning lifts the share of answers in the terse form by >= 50 points over its untrained start",
+    prefix["form after"] - prefix["form before"] >= 0.5,
 )
+expect("but prefix tuning answers fewer than half of the questions right", prefix["after"] < 0.5)
+expect(
+    "LoRA and IA3 end >= 20 points above prefix tuning, and at least as high as prompt tuning",
+    min(runs["LoRA"]["after"], runs["IA3"]["after"]) - prefix["after"] >= 0.2
+    and min(runs["LoRA"]["after"], runs["IA3"]["after"]) >= runs["prompt tuning"]["after"],
+)
+expect("prompt tuning ends >= 10 points above prefix tuning", runs["prompt tuning"]["after"] - prefix["after"] >= 0.1)
 expect(
     "prompt tuning trains fewer parameters than LoRA and prefix tuning",
     runs["prompt tuning"]["trainable"] < min(runs["LoRA"]["trainable"], runs["prefix tuning"]["trainable"]),
 )
 
 # %% [markdown]
-# **Prefix tuning.** (placeholder: written after the retrained model's run)
+# **Prefix tuning learns the form, not the reading.** Its answers take the terse form, but the value is often wrong:
+# the trained keys and values sit in *every* layer, and every token attends to them, so they pull attention away
+# from the fact in the prompt. Its loss on the training rows falls all the same. A higher rate (0.1) made it worse
+# on the toy; on a real model try fewer virtual tokens or `prefix_projection=True`.
 
 # %%
 import matplotlib.pyplot as plt
@@ -382,9 +399,10 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **Reading it.** Prompt tuning's 3,840 parameters, the smallest adapter but IA3's, steer the frozen model to the new
-# form. It also costs nothing in the weights, so one frozen model can serve many soft prompts in one batch. Time
-# differs little: the frozen model's forward and backward dominate.
+# **Reading it.** LoRA and IA3 change the weights and get (nearly) every answer right; IA3 with the fewest
+# parameters. Prompt tuning's 3,840 numbers steer the frozen model part of the way, and it costs nothing in the
+# weights: one frozen model can serve many soft prompts in one batch. Time differs little: the frozen model's
+# forward and backward dominate.
 #
 # **Is prompt tuning weak on small models?** Lester et al. (2021, "The Power of Scale for Parameter-Efficient Prompt
 # Tuning") found it lags fine-tuning on small T5 models and closes the gap as models grow to billions of
