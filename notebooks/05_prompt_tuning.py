@@ -52,7 +52,7 @@ MAX_STEPS = "auto"  # the same step budget for every method
 BATCH_SIZE = "auto"
 NUM_VIRTUAL_TOKENS = 20
 # the other methods of section 4: LoRA's "auto" rate as in notebook 01; prefix tuning and IA3 from a sweep on the toy
-LR = {"LoRA": "auto", "prefix tuning": 3e-2, "IA3": 3e-1}
+LR = {"LoRA": "auto", "prefix tuning": 3e-2, "IA3": 5e-2}
 SEED = 0
 
 # %% tags=["nbval-ignore-output"]
@@ -199,28 +199,40 @@ expect("the KV cache changes what the prompt-tuned model says", answers[True] !=
 # prompt, its untrained start, and the cache forced on:
 
 # %% tags=["nbval-ignore-output"]
+import re
+
 from course_utils.evaluation import evaluate_task
 
-prompt_after = evaluate_task(
-    prompt_model, tokenizer, terse["eval"], progress=False, name=f"prompt tuning, {STEPS} steps"
-)
-prompt_before = evaluate_task(prompt_start, tokenizer, terse["eval"], progress=False).accuracy
-prompt_cached = evaluate_task(prompt_model, tokenizer, terse["eval"], progress=False, use_cache=True).accuracy
-print(f"terse accuracy: untrained start {prompt_before:.1%} -> trained {prompt_after.accuracy:.1%}")
-print(f"the trained soft prompt with the cache forced on: {prompt_cached:.1%}")
-prompt_after
+N_EVAL = len(terse["eval"])
+
+
+def measure(model, **kwargs):
+    """Exact-match accuracy, and the share of answers in the terse form `The <subject>: <value>.` (right or wrong)."""
+    result = evaluate_task(model, tokenizer, terse["eval"], progress=False, n_examples=N_EVAL, **kwargs)
+    form = sum(bool(re.fullmatch(r"The [a-z]+: [a-z ]+\.", e["answer"].strip())) for e in result.examples)
+    return result.accuracy, form / N_EVAL
+
+
+prompt = {
+    "start": measure(prompt_start),
+    "trained": measure(prompt_model),
+    "cache on": measure(prompt_model, use_cache=True),
+}
+pd.DataFrame(prompt, index=["accuracy", "terse form"]).T
 
 # %%
-PT_LIFT = 0.40  # points of terse accuracy prompt tuning must add over its untrained start
 expect(
-    f"prompt tuning lifts terse accuracy by >= {100 * PT_LIFT:.0f} points over its untrained start",
-    prompt_after.accuracy - prompt_before >= PT_LIFT,
+    "prompt tuning lifts the share of answers in the terse form by >= 50 points over its untrained start",
+    prompt["trained"][1] - prompt["start"][1] >= 0.5,
     hint="raise MAX_STEPS, or try LEARNING_RATE = 0.1",
 )
 expect(
     "with the cache forced on, less than half of that lift remains",
-    prompt_cached - prompt_before < 0.5 * (prompt_after.accuracy - prompt_before),
+    prompt["cache on"][1] - prompt["start"][1] < 0.5 * (prompt["trained"][1] - prompt["start"][1]),
 )
+
+# %% [markdown]
+# The soft prompt taught the *form*. Whether the value in each answer is right is section 4's question.
 
 # %% [markdown]
 # **What are the virtual tokens near?** Each is a vector in the space of the word embeddings, so we can list the
@@ -301,27 +313,17 @@ for label, config in configs.items():
 # notebook, Google Drive on Colab; re-running replaces them):
 
 # %% tags=["nbval-ignore-output"]
-import re
-
 from course_utils.paths import outputs_dir
 
 ORDER = ["LoRA", "prompt tuning", "prefix tuning", "IA3"]
-N_EVAL = len(terse["eval"])
 n_total = sum(p.numel() for p in base_model.parameters())
-
-
-def measure(model):
-    """Exact-match accuracy and the fraction of answers in the terse form, on the eval split."""
-    result = evaluate_task(model, tokenizer, terse["eval"], progress=False, n_examples=N_EVAL)
-    form = sum(bool(re.fullmatch(r"The [a-z]+: [a-z ]+\.", e["answer"].strip())) for e in result.examples)
-    return result.accuracy, form / N_EVAL
-
-
 rows = []
 for label in ORDER:
     r = runs[label]
-    r["before"], r["form before"] = measure(r["start"])
-    r["after"], r["form after"] = measure(r["model"])
+    if label == "prompt tuning":
+        (r["before"], r["form before"]), (r["after"], r["form after"]) = prompt["start"], prompt["trained"]
+    else:
+        (r["before"], r["form before"]), (r["after"], r["form after"]) = measure(r["start"]), measure(r["model"])
     r["trainable"] = sum(p.numel() for p in r["model"].parameters() if p.requires_grad)
     folder = outputs_dir(f"05-terse-{label.replace(' ', '-').lower()}")
     r["model"].save_pretrained(folder)
@@ -343,36 +345,35 @@ comparison = pd.DataFrame(rows).set_index("method")
 comparison
 
 # %%
-LIFT = {"LoRA": 0.50, "prompt tuning": PT_LIFT, "IA3": 0.50}  # points each must add over its untrained start
-for label, lift in LIFT.items():
+for label in ("LoRA", "IA3"):
+    expect(
+        f"{label} lifts terse accuracy by >= 50 points over its untrained start",
+        runs[label]["after"] - runs[label]["before"] >= 0.5,
+        hint=f"raise MAX_STEPS or LR[{label!r}]",
+    )
+for label in ("prompt tuning", "prefix tuning"):
     r = runs[label]
     expect(
-        f"{label} lifts terse accuracy by >= {100 * lift:.0f} points over its untrained start",
-        r["after"] - r["before"] >= lift,
-        hint=f"raise MAX_STEPS or LR[{label!r}]" if label != "prompt tuning" else "raise MAX_STEPS or LEARNING_RATE",
+        f"{label} lifts the share of answers in the terse form by >= 50 points over its untrained start",
+        r["form after"] - r["form before"] >= 0.5,
     )
-prefix = runs["prefix tuning"]
+    expect(f"but {label} answers fewer than half of the questions right", r["after"] < 0.5)
 expect(
-    "prefix tuning lifts the share of answers in the terse form by >= 50 points over its untrained start",
-    prefix["form after"] - prefix["form before"] >= 0.5,
+    "LoRA and IA3 end >= 50 points above both prompt tuning and prefix tuning",
+    min(runs["LoRA"]["after"], runs["IA3"]["after"])
+    - max(runs["prompt tuning"]["after"], runs["prefix tuning"]["after"])
+    >= 0.5,
 )
-expect("but prefix tuning answers fewer than half of the questions right", prefix["after"] < 0.5)
-expect(
-    "LoRA and IA3 end >= 20 points above prefix tuning, and at least as high as prompt tuning",
-    min(runs["LoRA"]["after"], runs["IA3"]["after"]) - prefix["after"] >= 0.2
-    and min(runs["LoRA"]["after"], runs["IA3"]["after"]) >= runs["prompt tuning"]["after"],
-)
-expect("prompt tuning ends >= 10 points above prefix tuning", runs["prompt tuning"]["after"] - prefix["after"] >= 0.1)
 expect(
     "prompt tuning trains fewer parameters than LoRA and prefix tuning",
     runs["prompt tuning"]["trainable"] < min(runs["LoRA"]["trainable"], runs["prefix tuning"]["trainable"]),
 )
 
 # %% [markdown]
-# **Prefix tuning learns the form, not the reading.** Its answers take the terse form, but the value is often wrong:
-# the trained keys and values sit in *every* layer, and every token attends to them, so they pull attention away
-# from the fact in the prompt. Its loss on the training rows falls all the same. A higher rate (0.1) made it worse
-# on the toy; on a real model try fewer virtual tokens or `prefix_projection=True`.
+# **The soft prompts learn the form, not the reading.** Prompt tuning's and prefix tuning's answers take the terse
+# form, but the value is mostly wrong: extra vectors that every token attends to pull attention away from the fact
+# in the prompt, and on this 1.8M-parameter toy they do not learn to leave it alone. LoRA and IA3 change the weights
+# themselves and get (nearly) every answer right, IA3 with the fewest parameters.
 
 # %%
 import matplotlib.pyplot as plt
@@ -399,10 +400,8 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **Reading it.** LoRA and IA3 change the weights and get (nearly) every answer right; IA3 with the fewest
-# parameters. Prompt tuning's 3,840 numbers steer the frozen model part of the way, and it costs nothing in the
-# weights: one frozen model can serve many soft prompts in one batch. Time differs little: the frozen model's
-# forward and backward dominate.
+# **Reading it.** A soft prompt costs nothing in the weights, so one frozen model can serve many soft prompts in one
+# batch; time differs little, as the frozen model's forward and backward dominate.
 #
 # **Is prompt tuning weak on small models?** Lester et al. (2021, "The Power of Scale for Parameter-Efficient Prompt
 # Tuning") found it lags fine-tuning on small T5 models and closes the gap as models grow to billions of
@@ -418,19 +417,25 @@ from course_utils.notebook import record_metrics
 
 _ = record_metrics(
     model=MODEL,
-    accuracy_before=prompt_before,
-    accuracy_after=prompt_after.accuracy,
-    accuracy_after_cached=prompt_cached,
+    accuracy_before=prompt["start"][0],
+    accuracy_after=prompt["trained"][0],
+    accuracy_after_cached=prompt["cache on"][0],
     train_seconds=round(prompt_seconds, 2),
     comparison=comparison.drop(columns=["lr"]).to_dict(orient="index"),
 )
 pd.DataFrame(
     [
         ("prompt tuning: trainable parameters", f"{n_prompt:,} ({NUM_VIRTUAL_TOKENS} tokens x {hidden})"),
-        ("prompt tuning: terse accuracy, start -> trained", f"{prompt_before:.1%} -> {prompt_after.accuracy:.1%}"),
-        ("prompt tuning: with the cache forced on", f"{prompt_cached:.1%}"),
+        ("prompt tuning, cache forced on: accuracy / terse form", "{:.1%} / {:.1%}".format(*prompt["cache on"])),
     ]
-    + [(f"{m}: accuracy, start -> trained", f"{runs[m]['before']:.1%} -> {runs[m]['after']:.1%}") for m in ORDER],
+    + [
+        (
+            f"{m}: accuracy / terse form, start -> trained",
+            f"{runs[m]['before']:.1%} / {runs[m]['form before']:.1%} -> "
+            f"{runs[m]['after']:.1%} / {runs[m]['form after']:.1%}",
+        )
+        for m in ORDER
+    ],
     columns=["quantity", "measured"],
 ).set_index("quantity")
 
