@@ -19,16 +19,16 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-course/peft-course/blob/main/notebooks/04_trl.ipynb)
 #
 # **What you will learn**
-# - why the tutorial's `from_pretrained(..., load_in_8bit=True, peft_config=...)` fails today, and the way that works
-#   (`BitsAndBytesConfig` + `get_peft_model`, or the trainer's `peft_config`);
-# - supervised fine-tuning with TRL's `SFTTrainer` and a LoRA `peft_config`, with the loss on the answer only
-#   (completion-only vs assistant-only loss), and the config flags a CPU run needs;
-# - preference tuning with `DPOTrainer` and LoRA, where `ref_model=None` makes the reference model *free*: it is the
-#   same network with the adapter switched off. We measure the memory it saves, plot rewards and margins, and score
-#   held-out preference pairs before and after.
+# - supervised fine-tuning with TRL's `SFTTrainer`: hand it a LoRA `peft_config` and it wraps the model itself;
+#   the loss on the answer only; the config flags a CPU run needs;
+# - preference tuning with `DPOTrainer` and LoRA, where `ref_model=None` makes the reference model free: it is the
+#   same network with the adapter switched off;
+# - DPO's implicit rewards, measured on held-out pairs.
 #
-# **Time:** about 1-2 minutes on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU
+# **Time:** about 1 minute on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU
 # with `MODEL = "smollm2-135m"`.
+#
+# The old tutorial's claims about TRL are checked in [docs/claims.md](../docs/claims.md).
 
 # %% tags=["nbval-ignore-output"]
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
@@ -44,12 +44,16 @@ from course_utils.notebook import setup
 
 # %% tags=["parameters"]
 MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
-DTYPE = "auto"  # float32 on CPU, bfloat16 on a recent GPU
+# "auto": float32 on CPU; bfloat16 on recent GPUs; float16 on older GPUs (T4, V100) and on Apple's MPS
+DTYPE = "auto"
 DEVICE = "auto"  # cuda > mps > cpu
-MAX_STEPS = 100  # SFT steps
-DPO_STEPS = 30  # DPO steps (batch 8)
-SFT_LR = 2e-3
-DPO_LR = 1e-3
+# "auto" values follow the model's size (course_utils.hyperparameters); a number overrides
+LEARNING_RATE = "auto"  # SFT with LoRA
+MAX_STEPS = "auto"  # SFT steps
+BATCH_SIZE = "auto"  # SFT batch
+DPO_LEARNING_RATE = "auto"  # DPO with LoRA
+DPO_STEPS = "auto"
+DPO_BATCH_SIZE = "auto"  # preference pairs per step
 DPO_BETA = 0.1  # strength of the pull towards the reference model
 GRADIENT_CHECKPOINTING = False  # saves activation memory at ~30% more compute; not needed for a small model
 SEED = 0
@@ -58,67 +62,41 @@ SEED = 0
 info = setup(SEED, model=MODEL)
 
 # %% [markdown]
-# ## 1. The tutorial's snippet, today
-#
-# The tutorial we started from loads a model for TRL like this:
-#
-# ```python
-# model = AutoModelForCausalLM.from_pretrained("your-model-name", load_in_8bit=True, device_map="auto",
-#                                              peft_config=lora_config)
-# ```
-#
-# We run it on our model (a local folder, nothing is downloaded) and print what happens.
+# The `"auto"` values come from the model's size: the toy `course-tiny` keeps rates that would wreck a real
+# model; a real model gets the rates of TRL's own LoRA and DPO examples.
 
 # %%
-import torch
-from peft import LoraConfig
-from transformers import AutoModelForCausalLM
+import pandas as pd
 
-from course_utils.loading import resolve_model_path
+from course_utils.hyperparameters import resolve, suggest
 
-lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM")
-try:
-    AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(MODEL), load_in_8bit=True, device_map="auto", peft_config=lora_config
-    )
-    print("loaded (this library version still accepts the old arguments)")
-except TypeError as err:
-    print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
-
-# %% [markdown]
-# transformers 5 dropped `load_in_8bit=` (and `load_in_4bit=`): quantization goes through a `BitsAndBytesConfig`
-# passed as `quantization_config=`. `from_pretrained` never took a `peft_config`: the adapter is added afterwards with
-# `get_peft_model`, or by the TRL trainer when you give it `peft_config=` (next sections). And `torch_dtype=` is now
-# `dtype=`. bitsandbytes runs on CPU too, so this cell works here:
-
-# %%
-from peft import get_peft_model
-from transformers import BitsAndBytesConfig
-
-from course_utils.loading import load_model, load_tokenizer
-from course_utils.memory import model_memory_breakdown
-
-model_8bit = load_model(
-    MODEL, dtype=DTYPE, device=DEVICE, quantization_config=BitsAndBytesConfig(load_in_8bit=True)
-)  # -> from_pretrained(..., dtype=, quantization_config=)
-peft_8bit = get_peft_model(
-    model_8bit, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+sft_hp, dpo_hp = suggest(MODEL, "lora"), suggest(MODEL, "dpo")
+SFT_LR = resolve(LEARNING_RATE, sft_hp.learning_rate)
+SFT_STEPS = resolve(MAX_STEPS, sft_hp.max_steps)
+SFT_BATCH = resolve(BATCH_SIZE, sft_hp.batch_size)
+DPO_LR = resolve(DPO_LEARNING_RATE, dpo_hp.learning_rate)
+DPO_MAX_STEPS = resolve(DPO_STEPS, dpo_hp.max_steps)
+DPO_BATCH = resolve(DPO_BATCH_SIZE, dpo_hp.batch_size)
+pd.DataFrame(
+    {
+        "SFT": [SFT_LR, SFT_STEPS, SFT_BATCH, sft_hp.source["learning_rate"]],
+        "DPO": [DPO_LR, DPO_MAX_STEPS, DPO_BATCH, dpo_hp.source["learning_rate"]],
+    },
+    index=["learning rate", "steps", "batch", "where the rate comes from"],
 )
-breakdown = model_memory_breakdown(peft_8bit)
-print("weight storage:", {k: f"{v / 2**20:.2f} MiB" for k, v in sorted(breakdown.weights_by_dtype.items())})
-print(f"trainable: {breakdown.trainable_params:,} of {breakdown.total_params:,} parameters")
-del model_8bit, peft_8bit
 
 # %% [markdown]
-# ## 2. SFTTrainer with a LoRA `peft_config`
+# ## 1. SFT with a LoRA `peft_config`
 #
-# The task: answer tersely, subject and value only (`terse`: `"What color is the mole?"` -> `"The mole: gold."`).
-# The base model answers with a full sentence (`"The mole is gold."`), so it scores 0%.
+# The task: answer tersely, subject and value only. The fact is in the prompt
+# (`"The mole is gold. What color is the mole?"` -> `"The mole: gold."`); the base model answers with a full
+# sentence, so it scores near 0% by exact match. The adapter has to learn the *form*.
 
 # %% tags=["nbval-ignore-output"]
+# shown, not claimed: the start; the lift over it is claimed after training
 from course_utils.data import load_task, to_prompt_completion
 from course_utils.evaluation import evaluate_task
-from course_utils.notebook import expect
+from course_utils.loading import load_model, load_tokenizer
 
 tokenizer = load_tokenizer(MODEL)
 model = load_model(MODEL, dtype=DTYPE, device=DEVICE)
@@ -127,42 +105,30 @@ sft_before = evaluate_task(model, tokenizer, terse["eval"], progress=False, name
 sft_before
 
 # %% [markdown]
-# Generated text and the accuracies computed from it can differ in a token between CPU families, so they are shown
-# in cells the course's tests do not compare; each claim the lesson rests on is checked in the next cell, with a
-# margin:
-
-# %%
-expect("the base model scores below 10% on terse", sft_before.accuracy < 0.10)
-
-# %% [markdown]
 # ### Which tokens carry the loss?
 #
-# We want the loss on the answer only, not on the system prompt and question. TRL offers two ways:
-# - **completion-only loss**: give the dataset as `prompt` / `completion` pairs; `SFTTrainer` masks the prompt
-#   (`completion_only_loss` defaults to on for this format). Works with any model and chat template.
-# - **assistant-only loss**: keep `messages` and set `assistant_only_loss=True`; TRL then needs the chat template to
-#   mark assistant text with `{% generation %}` ... `{% endgeneration %}`. SmolLM2's template (which `course-tiny`
-#   uses) has no such markers, so it fails:
+# We want the loss on the answer only, not on the prompt. TRL offers two ways:
+# - **completion-only loss**: give the dataset as `prompt` / `completion` pairs; `SFTTrainer` masks the prompt.
+#   Works with any chat template.
+# - **assistant-only loss**: keep `messages` and set `assistant_only_loss=True`. TRL then needs the chat template to
+#   mark assistant text with `{% generation %}` markers, which SmolLM2's template (used by `course-tiny`) lacks:
 
 # %%
-import tempfile
-
+from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
+from course_utils.paths import outputs_dir
+
+# ./outputs beside the notebook (Google Drive on Colab); re-running the notebook replaces its own adapters
+SFT_DIR = outputs_dir("04-terse-sft")
+lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 try:
     SFTTrainer(
         model=model,
         processing_class=tokenizer,
         train_dataset=terse["train"],
         peft_config=lora_config,
-        args=SFTConfig(
-            output_dir=tempfile.mkdtemp(),
-            assistant_only_loss=True,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            report_to="none",
-            max_steps=1,
-        ),
+        args=SFTConfig(str(SFT_DIR), assistant_only_loss=True, use_cpu=True, bf16=False, report_to="none"),
     )
     print("accepted: this tokenizer's chat template has generation markers")
 except ValueError as err:
@@ -178,57 +144,67 @@ print(train_pc[0])
 # %% [markdown]
 # ### A config that works on a CPU
 #
-# TRL's configs set `bf16=True` when you leave it unset, and turn gradient checkpointing on. On a machine without a
-# GPU the default config fails straight away:
+# TRL's configs set `bf16=True` when you leave it unset. Where no GPU has bf16, the default config fails at once:
 
-# %%
+# %% tags=["nbval-ignore-output"]
+from transformers.utils import is_torch_bf16_gpu_available
+
 try:
-    SFTConfig(output_dir=tempfile.mkdtemp())
+    SFTConfig(output_dir=str(SFT_DIR))
+    default_config_failed = False
     print("no error: this machine has a GPU with bf16")
 except ValueError as err:
+    default_config_failed = True
     print(f"{type(err).__name__}: {str(err).splitlines()[0]}")
 
+# %%
+from course_utils.notebook import expect
+
+expect(
+    "the default SFTConfig fails exactly where no GPU has bf16",
+    default_config_failed == (not is_torch_bf16_gpu_available()),
+)
+
 # %% [markdown]
-# Every flag that matters, set explicitly (they are right on a GPU too): fp32 on CPU and bf16 on a GPU that has it;
-# `use_cpu` only without an accelerator; gradient checkpointing decided by us; no pinned memory (its warning on CPU);
-# no reporting and no checkpoints; `max_length` caps the tokenized rows. `peft_config=` makes the trainer wrap the
-# model with LoRA (`"all-linear"`: every linear layer, so this works for any architecture). `MemoryCallback` adds
-# the peak memory to each log.
+# So we set every flag that matters (right on a GPU too): fp32 on CPU, bf16 or fp16 on a GPU; `use_cpu` only
+# without an accelerator; gradient checkpointing decided by us; no pinned memory, reporting or checkpoints;
+# `max_length` caps the tokenized rows.
+#
+# `peft_config=` makes the trainer call `get_peft_model` itself (`"all-linear"`: every linear layer, any
+# architecture). `MemoryCallback` adds the peak memory to each log.
 
 # %%
+import torch
 from transformers import PrinterCallback
 
 from course_utils.memory import MemoryCallback
 from course_utils.training import mixed_precision_flags
 
-ON_GPU = torch.cuda.is_available()
+USE_CPU = not torch.cuda.is_available() and not torch.backends.mps.is_available()
 sft_args = SFTConfig(
-    output_dir=tempfile.mkdtemp(prefix="sft-"),
-    max_steps=MAX_STEPS,
-    per_device_train_batch_size=16,
+    output_dir=str(SFT_DIR),
+    max_steps=SFT_STEPS,
+    per_device_train_batch_size=SFT_BATCH,
     learning_rate=SFT_LR,
     lr_scheduler_type="constant",
-    **mixed_precision_flags(
-        DEVICE
-    ),  # bf16 on A100 and newer, fp16 on a T4/V100, neither on CPU (TRL's bf16=True default fails on CPU)
-    use_cpu=not ON_GPU and not torch.backends.mps.is_available(),
+    **mixed_precision_flags(DEVICE),  # bf16 on A100 and newer, fp16 on a T4/V100, neither on CPU
+    use_cpu=USE_CPU,
     gradient_checkpointing=GRADIENT_CHECKPOINTING,  # TRL's default is True: decide it yourself
     max_length=128,  # was `max_seq_length` in older TRL
     dataloader_pin_memory=False,
     report_to="none",
     save_strategy="no",
-    logging_steps=min(10, MAX_STEPS),  # a loss entry even in a run shorter than 10 steps
+    logging_steps=min(10, SFT_STEPS),  # a loss entry even in a run shorter than 10 steps
     disable_tqdm=True,
     seed=SEED,
 )
-sft_lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 sft_memory = MemoryCallback()
 sft_trainer = SFTTrainer(
     model=model,
     args=sft_args,
     train_dataset=train_pc,
     processing_class=tokenizer,
-    peft_config=sft_lora,
+    peft_config=lora_config,
     callbacks=[sft_memory],
 )
 sft_trainer.remove_callback(PrinterCallback)  # we plot the log instead of printing a dict per log step
@@ -236,7 +212,7 @@ print(type(sft_trainer.model).__name__)
 sft_trainer.model.print_trainable_parameters()
 
 # %% [markdown]
-# The first training row, as the trainer sees it: the labels are `-100` (ignored) on the whole prompt.
+# The first training row, as the trainer sees it: the prompt carries no loss.
 
 # %%
 row = sft_trainer.train_dataset[0]
@@ -249,6 +225,7 @@ else:  # other TRL versions store a completion mask and build the labels in the 
 print(f"{len(row['input_ids'])} tokens, {n_masked} in the prompt (no loss), loss on: {tokenizer.decode(answer_ids)!r}")
 
 # %% tags=["nbval-ignore-output"]
+# shown, not claimed: time and memory of this machine
 import time
 
 start = time.perf_counter()
@@ -256,83 +233,100 @@ sft_trainer.train()
 sft_seconds = time.perf_counter() - start
 sft_peak = max(p for _, p in sft_memory.steps)
 print(
-    f"{sft_trainer.state.global_step} steps in {sft_seconds:.1f} s; peak memory {sft_peak:.0f} MiB ({sft_memory.tracker.what})"
+    f"{sft_trainer.state.global_step} steps in {sft_seconds:.1f} s; peak {sft_peak:.0f} MiB ({sft_memory.tracker.what})"
 )
 
-# %% tags=["nbval-ignore-output"]
+# %%
 import matplotlib.pyplot as plt
 
 from course_utils.plotting import plot_loss
 
-sft_losses = [r["loss"] for r in sft_trainer.state.log_history if "loss" in r]
 fig, (ax_loss, ax_mem) = plt.subplots(1, 2, figsize=(11, 3.5))
 plot_loss(sft_trainer.state.log_history, title="SFT loss (answer tokens only), LoRA on terse", ax=ax_loss)
 sft_memory.plot(ax=ax_mem)
 plt.show()
-print(f"loss: first log {sft_losses[0]:.3f} -> last log {sft_losses[-1]:.3f}")
 
 # %% tags=["nbval-ignore-output"]
+sft_losses = [r["loss"] for r in sft_trainer.state.log_history if "loss" in r]
 sft_model = sft_trainer.model
-sft_after = evaluate_task(sft_model, tokenizer, terse["eval"], progress=False, name=f"after {MAX_STEPS} SFT steps")
-print(
-    f"terse eval accuracy: {sft_before.accuracy:.1%} -> {sft_after.accuracy:.1%} ({sft_after.correct}/{sft_after.total})"
-)
+sft_after = evaluate_task(sft_model, tokenizer, terse["eval"], progress=False, name=f"after {SFT_STEPS} SFT steps")
+print(f"loss: first log {sft_losses[0]:.3f} -> last log {sft_losses[-1]:.3f}")
+print(f"terse accuracy: {sft_before.accuracy:.1%} -> {sft_after.accuracy:.1%} ({sft_after.correct}/{sft_after.total})")
 sft_after
 
 # %%
-expect("the SFT loss fell to less than half of its first logged value", sft_losses[-1] < 0.5 * sft_losses[0])
-expect("terse accuracy after SFT >= 75% (held-out questions)", sft_after.accuracy >= 0.75)
+SFT_LIFT = 0.50  # points of terse accuracy the adapter must add over the base model
+expect(
+    "the SFT loss fell to less than half of its first logged value",
+    sft_losses[-1] < 0.5 * sft_losses[0],
+    hint="raise MAX_STEPS or LEARNING_RATE",
+)
+expect(
+    f"terse accuracy rises by >= {100 * SFT_LIFT:.0f} points over the base model after SFT (held-out questions)",
+    sft_after.accuracy - sft_before.accuracy >= SFT_LIFT,
+    hint="on a real model: MAX_STEPS = 400, or LEARNING_RATE = 5e-4",
+)
 
 # %% [markdown]
-# **Reading the result.** The loss is computed on the answer tokens only and falls as the adapter learns the
-# form; the held-out accuracy counts answers that are
-# right to the last character, on questions the adapter never saw. The adapter learned a *form*; the facts were
-# already in the base model (it was pretrained on all 192 of them: `data/datasets/README.md`), which is why a
-# few dozen steps suffice.
-
-# %% [markdown]
-# ## 3. DPO with LoRA: the reference model for free
-#
-# DPO trains on preference pairs: a prompt, a `chosen` and a `rejected` answer. Its loss compares how much more likely
-# the trained model (the *policy*) makes each answer than a frozen *reference* model does:
-# `reward(answer) = beta * (log p_policy(answer) - log p_ref(answer))`, and the loss pushes
-# `reward(chosen) - reward(rejected)` (the *margin*) up.
-#
-# Classic DPO keeps two full models: the policy and a frozen copy. With a LoRA adapter the reference is the
-# same network with the adapter switched off, so `DPOTrainer(ref_model=None, peft_config=...)` loads one model.
-#
-# Our pairs (`prefs`): the chosen answer is in capitals, the rejected one a normal sentence. On held-out pairs, how
-# often does the base model give the chosen answer the higher log-probability?
+# The adapter learned a *form*; the fact it needs is in each prompt. That is why a few dozen steps suffice.
+# `save_model` writes the adapter (and the tokenizer) where you can load it again with `PeftModel.from_pretrained`:
 
 # %%
-from course_utils.evaluation import preference_accuracy
+sft_trainer.save_model(SFT_DIR)
+print(f"{SFT_DIR.parent.name}/{SFT_DIR.name}:", sorted(p.name for p in SFT_DIR.glob("adapter_*")))
 
+# %% [markdown]
+# ## 2. DPO with LoRA: the reference model for free
+#
+# DPO trains on preference pairs: a prompt, a `chosen` and a `rejected` answer. The model being trained (the
+# *policy*) is compared with a frozen *reference*. Each answer gets an implicit reward,
+# `beta * (log p_policy(answer) - log p_ref(answer))`, and the loss pushes the *margin*
+# `reward(chosen) - reward(rejected)` up.
+#
+# Classic DPO keeps two full models. With LoRA, the reference is the same network with the adapter switched off:
+
+# %%
+from course_utils.figures.trl import draw_dpo_with_lora
+
+fig = draw_dpo_with_lora(beta=DPO_BETA)
+
+# %% [markdown]
+# Our pairs (`prefs`): the chosen answer is in capitals, the rejected one a normal sentence. How often does the base
+# model give the chosen answer the higher log-probability on held-out pairs?
+
+# %%
 prefs = load_task("prefs")
 print(prefs["train"][0])
 
 # %% tags=["nbval-ignore-output"]
+# shown, not claimed: the start; the lift over it is claimed after training
+from course_utils.evaluation import preference_accuracy
+
 dpo_base = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 pref_before = preference_accuracy(dpo_base, tokenizer, prefs["eval"])
 print(f"held-out preference accuracy of the base model: {pref_before:.1%}")
 
-# %%
-expect("the base model prefers the chosen (capitalised) answer in <= 10% of held-out pairs", pref_before <= 0.10)
+# %% [markdown]
+# `ref_model=None` with a `peft_config`: the trainer wraps the model with LoRA and, for the reference pass, runs it
+# inside `disable_adapter()`.
 
 # %%
 from trl import DPOConfig, DPOTrainer
 
+DPO_DIR = outputs_dir("04-prefs-dpo")
+
 
 def dpo_args(**overrides):
     args = dict(
-        output_dir=tempfile.mkdtemp(prefix="dpo-"),
-        max_steps=DPO_STEPS,
-        per_device_train_batch_size=8,
+        output_dir=str(DPO_DIR),
+        max_steps=DPO_MAX_STEPS,
+        per_device_train_batch_size=DPO_BATCH,
         learning_rate=DPO_LR,
         lr_scheduler_type="constant",
         beta=DPO_BETA,
         max_length=128,
         **mixed_precision_flags(DEVICE),
-        use_cpu=not ON_GPU and not torch.backends.mps.is_available(),
+        use_cpu=USE_CPU,
         gradient_checkpointing=GRADIENT_CHECKPOINTING,
         dataloader_pin_memory=False,
         report_to="none",
@@ -363,10 +357,10 @@ print("policy:", type(dpo_trainer.model).__name__, "| separate reference model:"
 # %% [markdown]
 # ### What a separate reference model would cost
 #
-# We build a second trainer the classic way, with `ref_model=` a second copy of the model (not trained), and count
-# the bytes of the distinct parameters each trainer holds.
+# A second trainer built the classic way, with `ref_model=` a second copy of the model, and the bytes of the
+# distinct parameters each trainer holds:
 
-# %%
+# %% tags=["nbval-ignore-output"]
 def held_bytes(*models):
     """Bytes of the distinct parameter tensors held by the given models (shared tensors counted once)."""
     seen = {}
@@ -387,20 +381,24 @@ classic = DPOTrainer(
 )
 shared_bytes = held_bytes(dpo_trainer.model, dpo_trainer.ref_model)
 classic_bytes = held_bytes(classic.model, classic.ref_model)
-ref_copy_bytes = model_memory_breakdown(classic.ref_model).weights_bytes
-print(f"ref_model=None:      {shared_bytes / 2**20:7.2f} MiB of parameters")
-print(
-    f"separate ref_model:  {classic_bytes / 2**20:7.2f} MiB of parameters (+{ref_copy_bytes / 2**20:.2f} MiB: a second copy of the weights)"
-)
+ref_copy_bytes = held_bytes(classic.ref_model)
 del classic
+pd.DataFrame(
+    {"parameters held (MiB)": [shared_bytes / 2**20, classic_bytes / 2**20]},
+    index=["ref_model=None", "separate ref_model"],
+).round(2)
+
+# %%
+expect(
+    "a separate ref_model adds exactly one more copy of the base weights; ref_model=None adds none",
+    classic_bytes - shared_bytes == ref_copy_bytes and dpo_trainer.ref_model is None,
+)
 
 # %% [markdown]
-# For our tiny model that is a few MiB. The tutorial says PEFT with TRL "reduces memory requirements" for RLHF;
-# this is one place where it does. The same arithmetic for SmolLM2-1.7B (its shipped config, nothing is
-# downloaded), with the course's memory planner for the training step itself: this notebook's `dpo_lora` on a
-# bf16 base, 8 pairs of 512 tokens per step, i.e. 16 sequences (DPO runs the chosen and the rejected answer).
-# The reference's own forward pass runs without gradients, so it keeps no activations: what a separate reference
-# adds is its weights.
+# For the toy that is a few MiB. The same arithmetic for SmolLM2-1.7B (its shipped config, nothing is
+# downloaded), with the course's memory planner for the training step: this notebook's `dpo_lora` on a bf16 base,
+# 8 pairs of 512 tokens per step (16 sequences: the chosen and the rejected answer). The reference pass runs without
+# gradients and keeps no activations, so a separate reference adds its weights.
 
 # %%
 from course_utils.planner import Recipe, estimate_training_memory
@@ -419,127 +417,147 @@ plan = estimate_training_memory(
     ),
 )
 ref_gib = plan.n_params * 2 / 2**30  # a bf16 copy of every weight
-print(f"SmolLM2-1.7B: {plan.n_params:,} parameters; planned peak of the LoRA DPO step {plan.peak_gib:.1f} GiB")
-print(
-    f"a separate bf16 reference model adds {ref_gib:.1f} GiB -> {plan.peak_gib + ref_gib:.1f} GiB "
-    f"(+{100 * ref_gib / plan.peak_gib:.0f}%); with ref_model=None it adds nothing"
-)
+pd.DataFrame(
+    {"planned peak (GiB)": [plan.peak_gib, plan.peak_gib + ref_gib]},
+    index=["SmolLM2-1.7B, ref_model=None", "SmolLM2-1.7B, separate bf16 ref_model"],
+).round(1)
 
 # %% [markdown]
 # ### Train
 #
-# Each log row of `DPOTrainer` holds `rewards/chosen`, `rewards/rejected`, `rewards/margins` and `rewards/accuracies`
-# (the fraction of pairs in the batch whose chosen reward is higher). At step 0 the adapter is zero, the policy *is*
-# the reference, every reward is 0 and the loss is `log 2 = 0.6931`.
+# At step 0 the adapter is zero, the policy *is* the reference, every reward is 0 and the loss is `log 2 = 0.693`.
+# Each log row holds the batch's `rewards/chosen`, `rewards/rejected` and `rewards/margins`.
 
 # %% tags=["nbval-ignore-output"]
+# shown, not claimed: time and memory of this machine
 start = time.perf_counter()
 dpo_trainer.train()
 dpo_seconds = time.perf_counter() - start
 dpo_peak = max(p for _, p in dpo_memory.steps)
-print(f"{dpo_trainer.state.global_step} DPO steps in {dpo_seconds:.1f} s; peak memory {dpo_peak:.0f} MiB")
+print(f"{dpo_trainer.state.global_step} DPO steps in {dpo_seconds:.1f} s; peak {dpo_peak:.0f} MiB")
 
-# %% tags=["nbval-ignore-output"]
+# %%
 logs = [r for r in dpo_trainer.state.log_history if "rewards/margins" in r]
 steps = [r["step"] for r in logs]
-fig, (ax_r, ax_a) = plt.subplots(1, 2, figsize=(11, 3.5))
+fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(11, 3.5))
 for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
     ax_r.plot(steps, [r[key] for r in logs], marker="o", ms=3, label=key.split("/")[1])
 ax_r.axhline(0, color="grey", lw=0.8)
 ax_r.set(title="DPO implicit rewards (batch means)", xlabel="training step", ylabel="reward (beta x log-prob ratio)")
 ax_r.legend()
-ax_a.plot(steps, [100 * r["rewards/accuracies"] for r in logs], marker="o", ms=3, label="reward accuracy")
-ax_a.plot(steps, [r["loss"] for r in logs], marker="s", ms=3, label="DPO loss (nats)")
-ax_a.set(title="Reward accuracy and loss", xlabel="training step", ylabel="accuracy (%) / loss (nats)")
-ax_a.legend()
+ax_l.plot(steps, [r["loss"] for r in logs], marker="s", ms=3)
+ax_l.axhline(0.6931, color="grey", lw=0.8, ls="--")
+ax_l.set(title="DPO loss (log 2 at step 0, dashed)", xlabel="training step", ylabel="loss (nats)")
 plt.show()
-first, last = logs[0], logs[-1]
-print(
-    f"step {first['step']}: loss {first['loss']:.3f}, margin {first['rewards/margins']:.3f}; "
-    f"step {last['step']}: loss {last['loss']:.3f}, margin {last['rewards/margins']:.3f}, "
-    f"chosen {last['rewards/chosen']:+.3f}, rejected {last['rewards/rejected']:+.3f}"
-)
+
+# %% [markdown]
+# The batch means are noisy. The same rewards on the held-out pairs, computed directly: each answer's
+# log-probability with the adapter on (policy) and off (reference).
+
+# %% tags=["nbval-ignore-output"]
+from course_utils.evaluation import sequence_logprob
+
+dpo_model = dpo_trainer.model
+
+
+def implicit_rewards(model, pairs, beta):
+    """beta * (log p_policy - log p_ref) of each pair's chosen and rejected answer, one row per pair."""
+    rows = []
+    for pair in pairs:
+        answers = {"chosen": pair["chosen"][-1]["content"], "rejected": pair["rejected"][-1]["content"]}
+        policy = {k: sequence_logprob(model, tokenizer, pair["prompt"], a) for k, a in answers.items()}
+        with model.disable_adapter():  # the reference: the same network, adapter off
+            ref = {k: sequence_logprob(model, tokenizer, pair["prompt"], a) for k, a in answers.items()}
+        rows.append({k: beta * (policy[k] - ref[k]) for k in answers})
+    return pd.DataFrame(rows)
+
+
+rewards = implicit_rewards(dpo_model, prefs["eval"], DPO_BETA)
+rewards["margin"] = rewards["chosen"] - rewards["rejected"]
+dpo_final_loss = logs[-1]["loss"]
+print(f"last logged DPO loss: {dpo_final_loss:.3f}")
+rewards.describe().loc[["mean", "min", "max"]].round(3)
 
 # %%
-expect("the DPO loss fell below 0.3 (it starts at log 2 = 0.693)", last["loss"] < 0.3)
-expect("the last logged margin is above 1", last["rewards/margins"] > 1.0)
 expect(
-    "the rejected answers' reward fell further than the chosen answers' rose",
-    -last["rewards/rejected"] > last["rewards/chosen"],
+    "the DPO loss fell from log 2 = 0.693 to below 0.3",
+    dpo_final_loss < 0.3,
+    hint="raise DPO_STEPS or DPO_LEARNING_RATE",
+)
+expect("held-out mean margin grew from 0 to above 2", rewards["margin"].mean() > 2)
+expect("held-out mean reward of the rejected answers fell below -2", rewards["rejected"].mean() < -2)
+expect(
+    "the rejected answers' reward moved more than twice as far as the chosen answers'",
+    abs(rewards["rejected"].mean()) > 2 * abs(rewards["chosen"].mean()),
 )
 
 # %% [markdown]
-# The measure that counts is on pairs the adapter never trained on:
+# **Reading it.** The margin grew, and most of it came from the rejected answers: their reward moved more than
+# twice as far as the chosen answers'. The loss only asks for a larger margin; pushing the rejected answer down is
+# one way to get it, so watch `rewards/chosen` as well as the margin.
+#
+# The measure that counts: on held-out pairs, does the policy now prefer the chosen answer?
 
 # %% tags=["nbval-ignore-output"]
-dpo_model = dpo_trainer.model
 pref_after = preference_accuracy(dpo_model, tokenizer, prefs["eval"])
-with dpo_model.disable_adapter():  # the reference: the same network, adapter off
+with dpo_model.disable_adapter():  # the reference again
     pref_ref = preference_accuracy(dpo_model, tokenizer, prefs["eval"])
-print(
-    f"held-out preference accuracy: {pref_before:.1%} before -> {pref_after:.1%} after {DPO_STEPS} DPO steps "
-    f"(adapter disabled again: {pref_ref:.1%})"
-)
+print(f"held-out preference accuracy: {pref_before:.1%} -> {pref_after:.1%} (adapter off again: {pref_ref:.1%})")
 
 # %%
-expect("held-out preference accuracy after DPO >= 80%", pref_after >= 0.80)
+DPO_LIFT = 0.50  # points of held-out preference accuracy DPO must add over the base model
+expect(
+    f"held-out preference accuracy rises by >= {100 * DPO_LIFT:.0f} points over the base model after DPO",
+    pref_after - pref_before >= DPO_LIFT,
+    hint="on a real model: DPO_STEPS = 300, or DPO_LEARNING_RATE = 5e-5",
+)
 expect("with the adapter disabled it is the base model's again", pref_ref == pref_before)
 
+# %%
+dpo_trainer.save_model(DPO_DIR)
+print(f"{DPO_DIR.parent.name}/{DPO_DIR.name}:", sorted(p.name for p in DPO_DIR.glob("adapter_*")))
+
 # %% [markdown]
-# And the generations? DPO only ever compares two given answers; it never asks the model to *write* one. Alone, at
-# this notebook's learning rate, it pushes the rejected answers far down (see the rewards: the rejected one falls
-# further than the chosen one rises), and the text our tiny model writes can get worse rather than better. Look,
-# but don't score DPO by this (in practice one runs SFT first, then DPO):
+# And the generations? DPO only compares two given answers; it never asks the model to *write* one. Look, but
+# don't score DPO by this (in practice one runs SFT first, then DPO):
 
 # %% tags=["nbval-ignore-output"]
+# shown, not claimed: generated text; DPO is measured on held-out pairs above
 shout_eval = load_task("shout", "eval")
-dpo_gen = evaluate_task(dpo_model, tokenizer, shout_eval, progress=False, name="after DPO, answers in capitals?")
-dpo_gen
+evaluate_task(dpo_model, tokenizer, shout_eval, progress=False, name="after DPO, answers in capitals?")
 
 # %% [markdown]
-# **Does DPO damage a real model's generations?** Not as a rule, and this notebook cannot tell. We use a
-# 1.8M-parameter model, no SFT first, and a learning rate of 1e-3 so that 30 steps show an effect; TRL's own
-# `DPOConfig` defaults to 1e-6, and DPO is usually run on a model that has had SFT. What does
-# carry over is the mechanism: the loss only asks for a larger margin, and lowering the rejected answer is one way
-# to get it, so watch `rewards/chosen` as well as the margin. To check on a real model, run this notebook with
-# `MODEL = "smollm2-135m"`, a smaller `DPO_LR` and more `DPO_STEPS` (on a GPU), and read the generations above.
+# **On a real model.** The toy uses a learning rate of 1e-3 so that 30 steps show an effect. With
+# `MODEL = "smollm2-135m"` the `"auto"` rate is 5e-6 (TRL's DPO example with LoRA; `DPOConfig`'s own default is
+# 1e-6), with more steps. What carries over is the mechanism above.
 
 # %% [markdown]
 # ## What we measured
 
 # %% tags=["nbval-ignore-output"]
-from IPython.display import Markdown, display
-
-rows = [
-    (
-        "tutorial's from_pretrained(load_in_8bit=, peft_config=)",
-        "TypeError (use quantization_config= + get_peft_model)",
-    ),
-    ("assistant_only_loss=True with SmolLM2's template", "ValueError (no generation markers): use prompt/completion"),
-    (f"SFT terse eval accuracy, {MAX_STEPS} steps", f"{sft_before.accuracy:.1%} -> {sft_after.accuracy:.1%}"),
-    ("SFT loss, first -> last log", f"{sft_losses[0]:.3f} -> {sft_losses[-1]:.3f}"),
-    (
-        "parameters held by the DPO trainer, ref_model=None vs separate",
-        f"{shared_bytes / 2**20:.2f} vs {classic_bytes / 2**20:.2f} MiB",
-    ),
-    (
-        "separate bf16 reference for SmolLM2-1.7B, 8 pairs x 512 tokens (planner)",
-        f"+{ref_gib:.1f} GiB on a {plan.peak_gib:.1f} GiB LoRA DPO step",
-    ),
-    (f"DPO held-out preference accuracy, {DPO_STEPS} steps", f"{pref_before:.1%} -> {pref_after:.1%}"),
-    ("DPO margin, first -> last log", f"{first['rewards/margins']:.3f} -> {last['rewards/margins']:.3f}"),
-]
-display(Markdown("| quantity | measured |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
-
-# %% tags=["nbval-ignore-output"]
-print(
-    f"SFT: {sft_seconds:.1f} s, peak {sft_peak:.0f} MiB; DPO: {dpo_seconds:.1f} s, peak {dpo_peak:.0f} MiB "
-    f"({sft_memory.tracker.what})"
-)
-
-# %%
+# shown, not claimed: the numbers the claims above check, with this machine's time and memory
 from course_utils.notebook import record_metrics
 
+summary = pd.DataFrame(
+    [
+        ("SFT terse accuracy", f"{sft_before.accuracy:.1%} -> {sft_after.accuracy:.1%}", f"{SFT_STEPS} steps"),
+        ("SFT loss, first -> last log", f"{sft_losses[0]:.3f} -> {sft_losses[-1]:.3f}", ""),
+        ("DPO held-out preference accuracy", f"{pref_before:.1%} -> {pref_after:.1%}", f"{DPO_MAX_STEPS} steps"),
+        (
+            "DPO held-out rewards: chosen / rejected",
+            f"{rewards['chosen'].mean():+.3f} / {rewards['rejected'].mean():+.3f}",
+            f"beta {DPO_BETA}",
+        ),
+        (
+            "parameters held, ref_model=None vs separate",
+            f"{shared_bytes / 2**20:.2f} vs {classic_bytes / 2**20:.2f} MiB",
+            "",
+        ),
+        ("time, peak memory: SFT", f"{sft_seconds:.1f} s, {sft_peak:.0f} MiB", sft_memory.tracker.what),
+        ("time, peak memory: DPO", f"{dpo_seconds:.1f} s, {dpo_peak:.0f} MiB", ""),
+    ],
+    columns=["quantity", "measured", "note"],
+).set_index("quantity")
 _ = record_metrics(
     model=MODEL,
     accuracy_before=sft_before.accuracy,
@@ -552,6 +570,7 @@ _ = record_metrics(
     dpo_peak_mem_MiB=round(dpo_peak, 1),
     reference_copy_MiB=round(ref_copy_bytes / 2**20, 2),
 )
+summary
 
 # %% [markdown]
 # ## Exercises
@@ -591,11 +610,11 @@ check_dpo_reward(answer, policy_logp=-10.0, ref_logp=-12.0, beta=0.1)
 
 # %% [markdown]
 # ### Exercise 3: what `ref_model=None` saves
-# How many bytes would a separate reference copy of this notebook's model take? Work it out from the number of
-# parameters and their dtype.
+# How many bytes would a separate float32 reference copy of this notebook's model take? Work it out from the number
+# of parameters and their dtype.
 
 # %%
-reference = load_model(MODEL, dtype=DTYPE, device=DEVICE)
+reference = load_model(MODEL, dtype="float32", device="cpu")
 answer = None  # bytes
 check_reference_bytes(answer, reference)
 
