@@ -7,6 +7,8 @@ Subcommands:
   ``--inplace`` to regenerate a notebook's committed outputs with the default model.
 - ``doctor``: will the course run here? Versions, accelerator, bitsandbytes, disk, hub.
 - ``plan``: the training-memory planner (`course_utils.planner`) from the command line.
+- ``set-repository URL``: point pyproject, the README, docs and the notebooks' Colab badges and
+  install lines at another GitHub repository (a fork); ``--dry-run`` shows what would change.
 
 Exit codes: 0 success, 1 a notebook (or a doctor check) failed, 2 bad input (the message says
 what to do).
@@ -197,6 +199,23 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- set-repository
+
+
+def _cmd_set_repository(args: argparse.Namespace) -> int:
+    from course_utils.repository import set_repository
+
+    try:
+        change = set_repository(args.url, args.root, dry_run=args.dry_run)
+    except (ValueError, FileNotFoundError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    print(change)
+    if change.files and not args.dry_run:
+        print("Check: pytest tests/test_notebook_sources.py; then commit and push to the new repository.")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -205,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="course-utils",
         description="Instructor tools for the PEFT course: run notebooks, check the environment, plan training memory.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,doctor,plan}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,doctor,plan,set-repository}")
 
     run = sub.add_parser(
         "run",
@@ -284,6 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=_cmd_plan)
+
+    repo = sub.add_parser(
+        "set-repository",
+        help="point the course at another GitHub repository (a fork)",
+        description=(
+            "Rewrite [project.urls] Repository in pyproject.toml and every copy of the old URL: the README's and "
+            "notebooks' Colab badges, the notebooks' `pip install git+<url>` set-up cells (.ipynb and their "
+            "jupytext .py twins) and docs/*.md. Prints what changed."
+        ),
+    )
+    repo.add_argument("url", help="https://github.com/<owner>/<name>")
+    repo.add_argument("--root", default=".", help="the clone's top folder (default: the current folder)")
+    repo.add_argument("--dry-run", action="store_true", help="show what would change, write nothing")
+    repo.set_defaults(func=_cmd_set_repository)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Task evaluation: batched greedy generation with exact-match scoring, for any model.
+"""Task evaluation: batched greedy generation, scored by exact match (or containment, or your rule), for any model.
 
 Works the same on a base model, a ``PeftModel`` (with or without active adapters) and a
 merged model.
@@ -33,6 +33,7 @@ from datasets import Dataset
 from course_utils.data import split_prompt
 
 __all__ = [
+    "SCORERS",
     "EvalResult",
     "PromptLearningCacheWarning",
     "evaluate_task",
@@ -126,15 +127,42 @@ def _announce_cache_off(model: Any) -> None:
     )
 
 
+def _exact(answer: str, expected: str) -> bool:
+    return answer == expected
+
+
+def _contains(answer: str, expected: str) -> bool:
+    return expected.casefold() in answer.casefold()
+
+
+#: The scorers :func:`evaluate_task` knows by name: each gets the normalized answer and reference.
+SCORERS: dict[str, Callable[[str, str], bool]] = {
+    "exact": _exact,  # the answer is the reference, character for character
+    "contains": _contains,  # the reference appears in the answer, ignoring case (a chatty real model)
+}
+
+
+def _scorer(scorer: str | Callable[[str, str], bool]) -> tuple[str, Callable[[str, str], bool]]:
+    if callable(scorer):
+        return getattr(scorer, "__name__", type(scorer).__name__), scorer
+    if isinstance(scorer, str) and scorer in SCORERS:
+        return scorer, SCORERS[scorer]
+    raise ValueError(
+        f"Unknown scorer {scorer!r}: use 'exact' (the answer equals the reference), 'contains' (the reference "
+        "appears in the answer, ignoring case) or a function (answer, expected) -> bool."
+    )
+
+
 @dataclass
 class EvalResult:
-    """Accuracy on a task's eval split, with a few rows to look at."""
+    """Accuracy on a task's eval split, with a few rows to look at, and the scorer that judged them."""
 
     accuracy: float
     correct: int
     total: int
     examples: list[dict[str, Any]] = field(default_factory=list)
     name: str = ""
+    scorer: str = "exact"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,11 +170,18 @@ class EvalResult:
             "accuracy": self.accuracy,
             "correct": self.correct,
             "total": self.total,
+            "scorer": self.scorer,
             "examples": self.examples,
         }
 
+    def _scored_by(self) -> str:
+        return "" if self.scorer == "exact" else f", scorer {self.scorer}"  # exact match: the course's default
+
     def __repr__(self) -> str:
-        head = f"{self.name + ': ' if self.name else ''}accuracy {self.accuracy:.1%} ({self.correct}/{self.total})"
+        head = (
+            f"{self.name + ': ' if self.name else ''}accuracy {self.accuracy:.1%} ({self.correct}/{self.total}"
+            f"{self._scored_by()})"
+        )
         rows = [
             f"  {'ok ' if e['correct'] else 'BAD'} {e['question']!r} -> {e['answer']!r} (expected {e['expected']!r})"
             for e in self.examples
@@ -161,7 +196,7 @@ class EvalResult:
         )
         title = html.escape(self.name + ": ") if self.name else ""
         return (
-            f"<p><b>{title}accuracy {self.accuracy:.1%}</b> ({self.correct}/{self.total})</p>"
+            f"<p><b>{title}accuracy {self.accuracy:.1%}</b> ({self.correct}/{self.total}{html.escape(self._scored_by())})</p>"
             "<table><tr><th></th><th>question</th><th>model's answer</th><th>expected</th></tr>"
             f"{rows}</table>"
         )
@@ -253,12 +288,16 @@ def evaluate_task(
     use_cache: bool | None = None,
     progress: bool = True,
     name: str = "",
+    scorer: str | Callable[[str, str], bool] = "exact",
 ) -> EvalResult:
-    """Exact-match accuracy of greedy answers on a ``messages`` dataset (e.g. a task's eval split).
+    """Accuracy of greedy answers on a ``messages`` dataset (e.g. a task's eval split).
 
     Args:
         max_new_tokens: default: enough for the longest reference answer plus a margin.
-        normalize: applied to both the answer and the reference before comparing.
+        normalize: applied to both the answer and the reference before scoring.
+        scorer: ``"exact"`` (default): the answer equals the reference; ``"contains"``: the reference
+            appears in the answer, ignoring case (a real instruct model often says more than the
+            reference); or a function ``(answer, expected) -> bool``. The result names it (``.scorer``).
         n_examples: how many rows to keep for display (the first ones, so re-runs match).
         use_cache: ``None`` (default): off for prompt-learning models, on for the rest
             (:func:`generation_use_cache`); ``True``/``False`` force it.
@@ -267,7 +306,11 @@ def evaluate_task(
     >>> from course_utils.data import load_task
     >>> evaluate_task(load_model(), load_tokenizer(), load_task("terse", "eval"), progress=False).accuracy
     0.0
+    >>> evaluate_task(load_model(), load_tokenizer(), load_task("terse", "eval").select(range(2)),
+    ...               progress=False, scorer="contains").scorer
+    'contains'
     """
+    scorer_name, score = _scorer(scorer)
     if "messages" not in dataset.column_names:
         raise ValueError(
             f"evaluate_task needs a `messages` column; this dataset has {dataset.column_names}. "
@@ -288,13 +331,15 @@ def evaluate_task(
         use_cache=use_cache,
         progress=progress,
     )
-    ok = [normalize(a) == normalize(r) for a, r in zip(answers, references)]
+    ok = [bool(score(normalize(a), normalize(r))) for a, r in zip(answers, references)]
     examples = [
         {"question": p[-1]["content"], "answer": a, "expected": r, "correct": c}
         for p, a, r, c in list(zip(prompts, answers, references, ok))[:n_examples]
     ]
     correct = sum(ok)
-    return EvalResult(accuracy=correct / len(ok), correct=correct, total=len(ok), examples=examples, name=name)
+    return EvalResult(
+        accuracy=correct / len(ok), correct=correct, total=len(ok), examples=examples, name=name, scorer=scorer_name
+    )
 
 
 @torch.no_grad()

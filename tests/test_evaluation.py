@@ -47,6 +47,41 @@ def test_exact_match_counts_a_right_answer(tiny_model, tiny_tokenizer):
     assert "50.0%" in repr(result) and "<table>" in result._repr_html_()
 
 
+def _fixed_answers(monkeypatch, answers):
+    monkeypatch.setattr(evaluation, "generate_answers", lambda model, tok, prompts, **kw: list(answers))
+
+
+def _carp_rows():
+    from datasets import Dataset
+
+    q = [{"role": "user", "content": "The carp eats nuts. What does the carp eat?"}]
+    return Dataset.from_list(
+        [{"messages": q + [{"role": "assistant", "content": a}]} for a in ("THE CARP EATS NUTS.", "nuts", "Nuts.")]
+    )
+
+
+@pytest.mark.parametrize(
+    "scorer, correct, name",
+    [
+        ("exact", [True, False, False], "exact"),
+        ("contains", [True, True, False], "contains"),
+        (lambda answer, expected: answer.endswith("."), [True, True, True], "<lambda>"),
+    ],
+)
+def test_scorers(monkeypatch, tiny_tokenizer, scorer, correct, name):
+    # the model's answers: the reference itself, a chatty sentence holding it, and a wrong one
+    _fixed_answers(monkeypatch, ["THE CARP EATS NUTS.", "The carp eats NUTS, of course.", "It eats berries."])
+    result = evaluate_task(None, tiny_tokenizer, _carp_rows(), n_examples=3, scorer=scorer)
+    assert [e["correct"] for e in result.examples] == correct
+    assert result.correct == sum(correct) and result.scorer == name and result.to_dict()["scorer"] == name
+    assert ("scorer" in repr(result)) == (name != "exact")  # the default keeps today's display
+
+
+def test_unknown_scorer_lists_the_choices(tiny_tokenizer):
+    with pytest.raises(ValueError, match="'exact'.*'contains'.*a function"):
+        evaluate_task(None, tiny_tokenizer, _carp_rows(), scorer="fuzzy")
+
+
 def test_batched_generation_matches_one_by_one(tiny_model, tiny_tokenizer):
     prompts = [
         [{"role": "user", "content": q}]

@@ -66,3 +66,39 @@ def test_cpu_friendly_args_never_ask_for_bf16_on_cpu():
     if not torch.cuda.is_available():
         assert args.bf16 is False and args.use_cpu is True
     assert args.dataloader_pin_memory is False and args.save_strategy == "no"
+
+
+def test_a_learners_own_jsonl_file_trains_and_evaluates_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
+    """The path a learner takes with their own data: a JSONL file -> load_task -> train_lora -> evaluate_task."""
+    import json
+
+    facts = [("carp", "nuts"), ("owl", "mice"), ("bee", "nectar"), ("fox", "eggs"), ("eel", "worms"), ("mole", "grubs")]
+    path = tmp_path / "my_task.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"The {a} eats {f}. What does the {a} eat?"},
+                        {"role": "assistant", "content": f"THE {a.upper()} EATS {f.upper()}."},
+                    ]
+                }
+            )
+            + "\n"
+            for a, f in facts
+        )
+    )
+    task = load_task(path, eval_fraction=0.34)
+    assert (len(task["train"]), len(task["eval"])) == (3, 3)
+    run = train_lora(
+        copy.deepcopy(tiny_model),
+        tiny_tokenizer,
+        task["train"],
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        max_steps=4,
+        batch_size=3,
+    )
+    assert run.trainer.state.global_step == 4 and run.losses
+    result = evaluate_task(run.model, tiny_tokenizer, task["eval"], progress=False, scorer="contains")
+    assert result.scorer == "contains" and result.total == 3 and 0.0 <= result.accuracy <= 1.0
+    assert {e["expected"] for e in result.examples} <= {f"THE {a.upper()} EATS {f.upper()}." for a, f in facts}
