@@ -74,12 +74,11 @@ fig = draw_adapters(["shout", "topic", "terse"], active="shout")
 # The notebook trains the two adapters it needs: `shout` (answer in CAPITALS) and `topic` (name the topic of a
 # sentence: `kind`, `color`, `home` or `food`). `train_lora` is notebook 01's training loop in one call, and
 # `"auto"` hyperparameters are chosen for the model's size (`course_utils.hyperparameters`). Each adapter is saved
-# under `outputs/`, beside the notebook.
+# under `outputs/` beside the notebook (in Google Drive on Colab, when it is mounted: `outputs_dir`).
 
 # %%
 import contextlib
 import io
-from pathlib import Path
 
 from peft import LoraConfig
 
@@ -87,11 +86,12 @@ from course_utils.architectures import attention_projection_names
 from course_utils.data import load_task
 from course_utils.hyperparameters import resolve, suggest
 from course_utils.loading import load_model, load_tokenizer
+from course_utils.paths import outputs_dir
 from course_utils.training import train_lora
 
 tokenizer = load_tokenizer(MODEL)
 TASKS = {name: load_task(name) for name in RANKS}
-ADAPTER_DIRS = {name: Path("outputs") / f"02-{name}-lora" for name in RANKS}  # re-running replaces these adapters
+ADAPTER_DIRS = {name: outputs_dir(f"02-{name}-lora") for name in RANKS}  # re-running replaces these adapters
 runs = {}
 for name, r in RANKS.items():
     base = load_model(MODEL, dtype=DTYPE, device=DEVICE)
@@ -111,14 +111,16 @@ for name, r in RANKS.items():
         )
     runs[name].model.save_pretrained(ADAPTER_DIRS[name])
     size = (ADAPTER_DIRS[name] / "adapter_model.safetensors").stat().st_size  # the weights (A and B) only
-    print(f"{name}: r={r} on {targets}, {size / 1024:.0f} KiB of weights saved to {ADAPTER_DIRS[name]}")
+    print(f"{name}: r={r} on {targets}, {size / 1024:.0f} KiB of weights saved to outputs/{ADAPTER_DIRS[name].name}")
 del base
 
 # %% tags=["nbval-ignore-output"]
-# shown, not claimed: losses and seconds vary between machines; section 4 checks what the training achieved
+# shown, not claimed: losses and seconds vary between machines; section 5 checks what the training achieved
 import pandas as pd
 
-pd.DataFrame(
+pd.options.display.float_format = "{:.3g}".format  # 3 significant digits in every table below
+
+pd.DataFrame.from_dict(
     {
         name: {
             "learning rate": run.trainer.args.learning_rate,
@@ -128,8 +130,9 @@ pd.DataFrame(
             "seconds": round(run.seconds, 1),
         }
         for name, run in runs.items()
-    }
-).T
+    },
+    orient="index",
+)
 
 # %% [markdown]
 # ## 3. Load the base model and the adapters from disk
@@ -415,9 +418,7 @@ linear_vs_formula = ((delta(model, "linear") - with_cross_terms).norm() / with_c
 
 print(f"rank-{low_rank} best possible error (dropped singular values): {svd_best:.3f}")
 print(f"linear vs (Σ c_i B_i)(Σ c_j A_j): {linear_vs_formula:.1e}")
-pd.DataFrame(
-    {"rank": {n: model.peft_config[n].r for n in COMBINATIONS}, "relative error vs the exact sum": error}
-).round(4)
+pd.DataFrame({"rank": {n: model.peft_config[n].r for n in COMBINATIONS}, "relative error vs the exact sum": error})
 
 # %%
 svd_full, svd_low = list(COMBINATIONS)[1:3]

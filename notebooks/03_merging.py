@@ -55,7 +55,7 @@ MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
 DTYPE = "auto"  # float32 on CPU, bfloat16 on recent GPUs, float16 on older GPUs (T4, V100) and on Apple's MPS
 DEVICE = "auto"  # cuda > mps > cpu
 LEARNING_RATE = "auto"  # "auto": chosen for the model's size by course_utils.hyperparameters
-MAX_STEPS = "auto"  # LoRA training steps (all-linear, r=8)
+MAX_STEPS = "auto"  # LoRA training steps
 BATCH_SIZE = "auto"
 SEED = 0
 N_VALIDATE = 16  # eval conversations the merge validation runs on
@@ -69,7 +69,7 @@ info = setup(SEED, model=MODEL)
 #
 # LoRA r=8 on every linear layer, for the `shout` task (answers in CAPITALS), trained with `train_lora` (notebook
 # 01's loop in one call) and saved with peft's `save_pretrained`. Everything this notebook writes goes under
-# `outputs/`, beside the notebook.
+# `outputs/` beside the notebook (in Google Drive on Colab, when it is mounted: `outputs_dir`).
 
 # %%
 import shutil
@@ -77,15 +77,16 @@ from pathlib import Path
 
 from course_utils.data import load_task
 from course_utils.loading import load_tokenizer, resolve_device, resolve_dtype
+from course_utils.paths import outputs_dir
 
 device = resolve_device(DEVICE)
 train_dtype = resolve_dtype(DTYPE, device)
 tokenizer = load_tokenizer(MODEL)
 train_ds, eval_ds = load_task("shout", "train"), load_task("shout", "eval")
 val_ds = eval_ds.select(range(N_VALIDATE))
-ADAPTER_DIR = Path("outputs") / "03-shout-lora"
-MERGED_DIR = Path("outputs") / "03-shout-merged"  # section 2, peft's own calls
-CHECKED_DIR = Path("outputs") / "03-shout-merged-checked"  # section 5, the course's helpers
+ADAPTER_DIR = outputs_dir("03-shout-lora")
+MERGED_DIR = outputs_dir("03-shout-merged")  # section 2, peft's own calls
+CHECKED_DIR = outputs_dir("03-shout-merged-checked")  # section 5, the course's helpers
 for folder in (ADAPTER_DIR, MERGED_DIR, CHECKED_DIR):
     shutil.rmtree(folder, ignore_errors=True)  # re-running the notebook replaces its own adapter and merged models
 print(f"{len(train_ds)} train / {len(eval_ds)} eval conversations; validating merges on {len(val_ds)}")
@@ -99,6 +100,7 @@ from course_utils.hyperparameters import resolve, suggest
 from course_utils.loading import load_model
 from course_utils.training import train_lora
 
+pd.options.display.float_format = "{:.3g}".format  # 3 significant digits in every table below
 base = load_model(MODEL, dtype=train_dtype, device=device)
 acc_base = evaluate_task(base, tokenizer, eval_ds, progress=False).accuracy
 hp = suggest(base, method="lora")
@@ -124,7 +126,7 @@ pd.Series(
         "last training loss": last_loss,
         "training seconds": train_seconds,
     }
-).round(3)
+)
 
 # %%
 from course_utils.notebook import expect
@@ -188,7 +190,7 @@ expect("mean KL(adapter || merged) is below 1e-8 nats", kl.mean().item() < 1e-8)
 expect("the top-1 token agrees on at least 99% of positions", top1 >= 0.99)
 print("merge_and_unload() returned the base model object itself (merged in place):", plain_merged is plain_base)
 print("LoRA modules left in the merged model:", sum("lora_" in n for n, _ in plain_merged.named_modules()))
-print(f"saved to {MERGED_DIR}:", sorted(p.name for p in MERGED_DIR.iterdir()))
+print(f"saved to outputs/{MERGED_DIR.name}:", sorted(p.name for p in MERGED_DIR.iterdir()))
 del plain_base, plain_peft, plain_merged, logits_adapter, logits_merged
 
 # %% [markdown]
@@ -284,7 +286,7 @@ for dt in (torch.float32, torch.float16, torch.bfloat16):
     }
     reports[name] = same
     merged_models[name] = merged
-pd.DataFrame(drift).T.drop(columns="warning")
+pd.DataFrame.from_dict(drift, orient="index").drop(columns="warning")
 
 # %% tags=["nbval-ignore-output"]
 reports["bfloat16"]  # the full report of one merge (values, limits, verdicts)
@@ -326,7 +328,7 @@ import json
 from course_utils.planner import REFERENCE_PATH
 
 ref_drift = json.loads(Path(REFERENCE_PATH).read_text())["merge_drift"]["by_base_dtype"]
-pd.DataFrame(
+pd.DataFrame.from_dict(
     {
         name: {
             "H200 max |Δlogit|": ref_drift[name]["max_abs_adapter_vs_merged"],
@@ -335,8 +337,9 @@ pd.DataFrame(
             "here top-1": drift[name]["top-1"],
         }
         for name in drift
-    }
-).T
+    },
+    orient="index",
+)
 
 # %%
 for name in ("float32", "float16", "bfloat16"):
@@ -373,7 +376,7 @@ expect("the reloaded float32 model passes validation", reloaded.passed)
 expect(
     "its logits are bit-identical to the original's (max |Δlogit| == 0)", reloaded["max_abs_logit_diff"].value == 0.0
 )
-print(f"files in {CHECKED_DIR}:", sorted(p.name for p in CHECKED_DIR.iterdir()))
+print(f"files in outputs/{CHECKED_DIR.name}:", sorted(p.name for p in CHECKED_DIR.iterdir()))
 
 
 # %%
@@ -396,7 +399,7 @@ from course_utils.merging import OutputExistsError, save_merged
 try:
     save_merged(merged32, CHECKED_DIR, tokenizer=tokenizer)
 except OutputExistsError as err:
-    print(type(err).__name__ + ":", str(err).replace(str(CHECKED_DIR.resolve()), str(CHECKED_DIR)).splitlines()[0])
+    print(type(err).__name__ + ":", str(err).replace(str(CHECKED_DIR), f"outputs/{CHECKED_DIR.name}").splitlines()[0])
 
 # %% [markdown]
 # ## 6. Out of memory during a merge
@@ -445,15 +448,14 @@ expect("the fallback's merged model passes the float32 check against the adapter
 # bitsandbytes, which has no macOS build: there the section is skipped.
 
 # %%
-import importlib.util
-
 from course_utils.architectures import bitsandbytes_support
 from course_utils.merging import QuantizedMergeError, effect_retained, merge_with_retention, quantization_of
+from course_utils.platform_support import bitsandbytes_available
 from course_utils.quantization import bnb_4bit_config
 
-HAS_BITSANDBYTES = importlib.util.find_spec("bitsandbytes") is not None
+HAS_BITSANDBYTES, why = bitsandbytes_available()
 if not HAS_BITSANDBYTES:
-    print("bitsandbytes is not installed (no macOS build): section 7a is skipped.")
+    print(why)
 else:
     q_model = load_adapter_checked(
         load_model(MODEL, device=device, quantization_config=bnb_4bit_config(device)), ADAPTER_DIR
@@ -496,7 +498,7 @@ if HAS_BITSANDBYTES:
         f"(relative error); {kept.changed_fraction:.0%} of all stored weights changed"
     )
     display(
-        pd.DataFrame(
+        pd.DataFrame.from_dict(
             {
                 "adapter on the 4-bit base": {"verdict": "(reference)", "effect kept": 1.0, "accuracy": acc_q_adapter},
                 "merged into 4-bit": {
@@ -511,8 +513,9 @@ if HAS_BITSANDBYTES:
                     "effect kept": kept_dequant,
                     "accuracy": acc_dequant,
                 },
-            }
-        ).T
+            },
+            orient="index",
+        )
     )
 
 # %%
@@ -544,11 +547,8 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     twice_model = load_adapter_checked(merged_again, ADAPTER_DIR)
 for w in [w for w in caught if "was trained on" in str(w.message)]:  # load_adapter_checked noticed
-    print(
-        "warning:",
-        str(w.message).replace(str(MERGED_DIR.resolve()), str(MERGED_DIR)).replace(str(base_path), MODEL).split(". ")[0]
-        + ".",
-    )
+    message = str(w.message).replace(str(MERGED_DIR), f"outputs/{MERGED_DIR.name}").replace(str(base_path), MODEL)
+    print("warning:", message.split(". ")[0] + ".")
 twice, _ = safe_merge(twice_model, verbose=False)
 
 # %% tags=["nbval-ignore-output"]
