@@ -29,6 +29,14 @@ from course_utils.tiny_models import TINY_ARCHITECTURES, save_tiny_model  # noqa
 NOTEBOOKS = ("01", "02", "03", "04", "05", "06")
 
 
+SHORT_RUN = "ran, claims not met (short run)"  # course_utils.runner.STATUS_SHORT: not a failure
+
+
+def _ran(row: dict) -> bool:
+    """The notebook ran to the end (its claims may not hold on a tiny random model)."""
+    return row["status"] == "ok" or row["status"].startswith("ran, ")
+
+
 def run_one(arch: str, model_dir: Path, notebooks: list[str], out: Path, max_steps: int) -> dict[str, dict]:
     """Run ``notebooks`` on one architecture; {notebook: {"status", "seconds", "error"}}."""
     env = {
@@ -69,7 +77,10 @@ def run_one(arch: str, model_dir: Path, notebooks: list[str], out: Path, max_ste
         err = r.get("error") or {}
         text = f"{err.get('ename', '')}: {err.get('evalue', '')}"[:200] if isinstance(err, dict) else str(err)[:200]
         where = f"cell {err.get('cell_index')} " if isinstance(err, dict) and err else ""
-        table[key] = {"status": r["status"], "seconds": r["seconds"], "error": where + text if err else ""}
+        status = r["status"]
+        if status == SHORT_RUN:  # ran; the lesson's claims need the default model and a full run
+            status = f"ran, {len(r.get('failed_claims', []))} claims NO"
+        table[key] = {"status": status, "seconds": r["seconds"], "error": where + text if err else ""}
     return table
 
 
@@ -94,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = save_tiny_model(arch, Path(tmp) / "models" / arch)
             start = time.perf_counter()
             matrix[arch] = run_one(arch, model_dir, args.notebooks, (base / arch).resolve(), args.max_steps)
-            ok = sum(r["status"] == "ok" for r in matrix[arch].values())
-            print(f"{arch}: {ok}/{len(args.notebooks)} ok in {time.perf_counter() - start:.0f} s", flush=True)
+            ok = sum(_ran(r) for r in matrix[arch].values())
+            print(f"{arch}: {ok}/{len(args.notebooks)} ran in {time.perf_counter() - start:.0f} s", flush=True)
 
     width = max(len(a) for a in args.arch)
     print()
@@ -107,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             r = matrix[arch].get(nb, {"status": "missing", "seconds": 0})
             cells.append(f"{r['status']} {r['seconds']:.0f}s")
         print(f"| {nb} | " + " | ".join(cells) + " |")
-    failures = [(a, nb, r["error"]) for a in args.arch for nb, r in matrix[a].items() if r["status"] != "ok"]
+    failures = [(a, nb, r["error"]) for a in args.arch for nb, r in matrix[a].items() if not _ran(r)]
     if failures:
         print("\nFailures:")
         for arch, nb, err in failures:

@@ -91,10 +91,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(summary.to_markdown())
         print(f"Executed notebooks and summary.md / summary.json in {out_dir}")
     if not summary.ok:
-        names = ", ".join(r.notebook for r in summary.failed)
+        names = ", ".join(f"{r.notebook} ({r.status})" for r in summary.failed)
         _err(
             f"{len(summary.failed)} notebook(s) failed: {names}. Open the executed copies in {out_dir} "
-            "to see the traceback under the failing cell."
+            "to see the traceback under the failing cell, or the claims that printed NO."
         )
         return EXIT_FAILED
     return EXIT_OK
@@ -111,7 +111,7 @@ def _run_inplace(notebooks: Sequence[Path], args: argparse.Namespace) -> int:
             print(f"  ok in {result.seconds:.1f} s: outputs written, widget state and timing metadata stripped")
         else:
             failed += 1
-            print(f"  FAILED at {result.error}; {nb} left unchanged")
+            print(f"  FAILED: {result.detail()}; {nb} left unchanged")
     if failed:
         _err(f"{failed} notebook(s) failed; fix the failing cell and run the command again.")
         return EXIT_FAILED
@@ -241,14 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="model for every notebook (MODEL parameter and $COURSE_MODEL), e.g. smollm2-135m")
     run.add_argument("--dtype", help="DTYPE parameter: auto, float32, bfloat16, float16")
     run.add_argument("--device", help="DEVICE parameter: auto, cpu, cuda, mps")
-    run.add_argument("--max-steps", type=int, help="MAX_STEPS parameter (training steps per notebook)")
+    run.add_argument(
+        "--max-steps",
+        type=int,
+        help="MAX_STEPS parameter (training steps per notebook). A short run: claims that print NO are "
+        "reported ('ran, N claims not met (short run)'), not failures; without it they fail the run",
+    )
     run.add_argument("--out", help="output folder (default: a new runs/<timestamp>/)")
     run.add_argument("--runs-dir", default="runs", help="where timestamped run folders go (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
     run.add_argument(
         "--inplace",
         action="store_true",
-        help="execute in place with the default model; strip widget state and timing metadata",
+        help="execute in place with the default model on the CPU (CUDA hidden, COURSE_DEVICE=cpu); strip widget "
+        "state and timing metadata; a notebook with a failed claim (NO) is not written",
     )
     run.add_argument("--timeout", type=float, default=1200, help="seconds per cell before giving up (default 1200)")
     run.add_argument("--notebooks-dir", help="folder of the notebooks (default: ./notebooks)")

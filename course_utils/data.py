@@ -35,6 +35,7 @@ __all__ = [
     "TASKS",
     "TaskFormatError",
     "load_task",
+    "require_messages",
     "split_prompt",
     "to_course_format",
     "to_prompt_completion",
@@ -317,6 +318,45 @@ def to_prompt_completion(dataset: Dataset) -> Dataset:
         return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]}
 
     return dataset.map(convert, remove_columns=dataset.column_names)
+
+
+def require_messages(dataset: Dataset, purpose: str, *, name: str = "") -> Dataset:
+    """``dataset`` as chat rows (a ``messages`` column) for ``purpose``, or one clear error.
+
+    Conversational ``prompt``/``completion`` rows (:func:`to_prompt_completion`'s format) are
+    joined back into ``messages``. An empty dataset, or one with neither format, raises
+    ValueError naming the dataset (``name`` or its hub name), its columns and row count, what
+    ``purpose`` needs and how to get it.
+
+    >>> require_messages(to_prompt_completion(load_task("shout", "eval")), "evaluate_task").column_names
+    ['messages']
+    >>> require_messages(load_task("prefs", "eval"), "train_lora", name="prefs")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: train_lora needs chat rows: ... The dataset 'prefs' has columns ['prompt', 'chosen', 'rejected'] ...
+    """
+    label = name or getattr(getattr(dataset, "info", None), "dataset_name", None) or ""
+    what = f"The dataset {label!r}" if label else "The dataset"
+    columns = list(dataset.column_names)
+    if len(dataset) == 0:
+        raise ValueError(
+            f"{purpose} got an empty dataset: {what} has 0 rows (columns {columns}). Pass a split with rows, "
+            "e.g. load_task('shout', 'eval'); check a .select(range(n)) or .filter(...) that kept nothing."
+        )
+    if "messages" in columns:
+        return dataset
+    conversational = {"prompt", "completion"} <= set(columns) and isinstance(dataset[0]["prompt"], list)
+    if conversational:
+        return dataset.map(
+            lambda row: {"messages": list(row["prompt"]) + list(row["completion"])}, remove_columns=columns
+        )
+    raise ValueError(
+        f"{purpose} needs chat rows: a `messages` column (a list of {{role, content}} turns ending with the "
+        "assistant's answer), or conversational `prompt`/`completion` columns. "
+        f"{what} has columns {columns} ({len(dataset)} rows). Load a chat task (load_task('shout'), 'terse' or "
+        "'topic'), or rename your columns; preference pairs (prompt/chosen/rejected) are for DPO and "
+        "preference_accuracy()."
+    )
 
 
 def tokenize_for_sft(dataset: Dataset, tokenizer: Any, max_length: int = 128) -> Dataset:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from course_utils.data import split_prompt
+from course_utils.data import require_messages, split_prompt
 
 __all__ = [
     "SCORERS",
@@ -311,11 +311,7 @@ def evaluate_task(
     'contains'
     """
     scorer_name, score = _scorer(scorer)
-    if "messages" not in dataset.column_names:
-        raise ValueError(
-            f"evaluate_task needs a `messages` column; this dataset has {dataset.column_names}. "
-            "For preference pairs use preference_accuracy()."
-        )
+    dataset = require_messages(dataset, "evaluate_task", name=name)
     pairs = [split_prompt(m) for m in dataset["messages"]]
     prompts = [p for p, _ in pairs]
     references = [r for _, r in pairs]

@@ -22,9 +22,11 @@ from course_utils.resources import data_root
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEVICE_ENV_VAR",
     "MODEL_ALIASES",
     "DeviceNotAvailableError",
     "ModelNotAvailableError",
+    "TOKENIZER_FILES",
     "model_from_env",
     "native_bf16",
     "resolve_device",
@@ -48,6 +50,21 @@ MODEL_ALIASES: dict[str, str] = {
 MODEL_ENV_VAR = "COURSE_MODEL"
 
 
+#: The environment variable that overrides ``resolve_device("auto")`` (``cpu``, ``cuda``, ``mps``).
+DEVICE_ENV_VAR = "COURSE_DEVICE"
+#: Files a saved tokenizer folder holds at least one of (fast tokenizers, sentencepiece, BPE vocabularies).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
+
+
 class ModelNotAvailableError(OSError):
     """The model cannot be loaded here (unknown name, offline without a cached copy, ...)."""
 
@@ -68,6 +85,9 @@ def model_from_env(default: str = DEFAULT_MODEL) -> str:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is passed to ``torch.device``.
 
+    ``$COURSE_DEVICE`` (e.g. ``cpu``), when set, is what ``"auto"`` means: ``course-utils run
+    --inplace`` sets it so that committed outputs come from the CPU on every machine.
+
     Asking for a device this machine does not have raises :class:`DeviceNotAvailableError`
     at once, saying what is there (instead of torch's error deep inside ``.to()``).
 
@@ -76,6 +96,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """
     mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if isinstance(device, str) and device.strip().lower() == "auto":
+        forced = os.environ.get(DEVICE_ENV_VAR, "").strip().lower()
+        if forced and forced != "auto":  # `course-utils run --inplace` writes the CPU outputs on any machine
+            return resolve_device(forced)
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps") if mps_ok else torch.device("cpu")
@@ -218,12 +241,23 @@ def load_tokenizer(name: str = DEFAULT_MODEL, **kwargs: Any):
     models; ``course-tiny`` has its own ``<|pad|>``), and padding on the left for batched
     generation.
 
+    A folder without any tokenizer file (:data:`TOKENIZER_FILES`) raises
+    :class:`ModelNotAvailableError` saying how to add one.
+
     >>> tok = load_tokenizer("course-tiny")
     >>> tok.pad_token != tok.eos_token
     True
     """
     from transformers import AutoTokenizer
 
+    path = resolve_model_path(name)
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        # transformers would build a tokenizer with a vocabulary of one token here, silently
+        raise ModelNotAvailableError(
+            f"The folder {path} (model {name!r}) holds no tokenizer: none of {', '.join(TOKENIZER_FILES)}. "
+            "Save the tokenizer next to the model (`tokenizer.save_pretrained(folder)`), copy the tokenizer files "
+            "of the model it came from, or load the tokenizer from that model's name instead."
+        )
     tokenizer = _from_pretrained(AutoTokenizer, name, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

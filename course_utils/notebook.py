@@ -122,16 +122,21 @@ def expect(statement: str, holds: bool, *, hint: str | None = None) -> None:
     numbers in a cell whose output nbval ignores, and checks the lesson in the next cell with
     ``expect``: the printed verdict is the same on every machine, and a broken course turns it
     into ``NO``, which fails the notebook's check. On another model (``MODEL = ...``) a ``NO``
-    says what to try when the claim has a ``hint`` (more steps, another learning rate).
+    is information, not an error: the claim was written for the default model.
 
-    >>> expect("accuracy after training >= 80%", 0.917 >= 0.8)
+    ``hint`` says what to try when the claim fails on another model (more steps, another
+    learning rate); it is printed on a second line, ``  try: <hint>``, only after a ``NO``.
+    ``course-utils run`` reads the ``<statement>: NO`` lines and reports each failed claim.
+
+    >>> expect("accuracy after training >= 80%", 0.917 >= 0.8, hint="MAX_STEPS = 300")
     accuracy after training >= 80%: yes
-    >>> expect("loss went down", 2.1 < 1.9, hint="train for more steps")
+    >>> expect("loss went down", 2.1 < 1.9, hint="more steps (MAX_STEPS = 300) or a larger learning rate")
     loss went down: NO
-      try: train for more steps
+      try: more steps (MAX_STEPS = 300) or a larger learning rate
     """
-    print(f"{statement}: {'yes' if bool(holds) else 'NO'}")
-    if hint and not holds:
+    held = bool(holds)
+    print(f"{statement}: {'yes' if held else 'NO'}")
+    if not held and hint:
         print(f"  try: {hint}")
 
 

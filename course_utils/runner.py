@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CPU_ENV",
     "KERNEL_ENV",
     "NOTEBOOKS_DIR",
     "CellError",
+    "FailedClaim",
     "NotebookResult",
     "RunSummary",
     "UnknownNotebookError",
@@ -42,6 +44,7 @@ __all__ = [
     "new_run_dir",
     "kernel_env",
     "clean_notebook",
+    "failed_claims",
     "execute_notebook",
     "execute_inplace",
     "run_notebooks",
@@ -56,6 +59,10 @@ NOTEBOOKS_DIR = PACKAGE_PARENT / "notebooks"
 KERNEL_ENV: dict[str, str] = {"PYTHONHASHSEED": "0", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
 #: Added for committed outputs (``--inplace``) and nbval: never reach for the hub.
 OFFLINE_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+#: Added for committed outputs (``--inplace``): the CPU on every machine, so a GPU or a Mac writes the
+#: same outputs as the CPU CI that compares them. CUDA is hidden from torch, and ``$COURSE_DEVICE``
+#: makes ``resolve_device("auto")`` (course_utils.loading) answer ``cpu`` where MPS exists.
+CPU_ENV: dict[str, str] = {"CUDA_VISIBLE_DEVICES": "", "COURSE_DEVICE": "cpu"}
 
 _NB_NAME = re.compile(r"^(\d+)_")
 #: Kernel command-line options: ipykernel's start-up warning about unencrypted local TCP is noise
@@ -219,8 +226,36 @@ class CellError:
 
 
 @dataclass
+class FailedClaim:
+    """A lesson's claim that did not hold: the line ``<statement>: NO`` printed by
+    :func:`course_utils.notebook.expect`, the cell it came from (0-based, original notebook) and
+    the ``  try: <hint>`` line that followed it, if any."""
+
+    cell_index: int
+    statement: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        return f"cell {self.cell_index} `{self.statement}`" + (f" (try: {self.hint})" if self.hint else "")
+
+
+#: A notebook's status in a run. A crash (a cell raised, the kernel died) is ``failed``. A notebook
+#: that ran but printed failed claims is ``claims not met`` (a failure) on a full run, and
+#: ``ran, claims not met (short run)`` with ``--max-steps``: a smoke run trains too little for the
+#: lesson's claims, so it is reported, not counted as a failure.
+STATUS_OK, STATUS_CRASHED, STATUS_CLAIMS, STATUS_SHORT = (
+    "ok",
+    "failed",
+    "claims not met",
+    "ran, claims not met (short run)",
+)
+_FAILING = (STATUS_CRASHED, STATUS_CLAIMS)
+
+
+@dataclass
 class NotebookResult:
-    """One notebook's run: status (``"ok"`` / ``"failed"``), seconds, peak memory, metrics."""
+    """One notebook's run: status (``"ok"``, ``"failed"`` for a crash, ``"claims not met"``,
+    ``"ran, claims not met (short run)"``), seconds, peak memory, metrics, the failed claims."""
 
     notebook: str
     status: str
@@ -229,13 +264,79 @@ class NotebookResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: CellError | None = None
     output_path: str | None = None
+    failed_claims: list[FailedClaim] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        """Not a failure: ran cleanly, or a short run whose claims were not met."""
+        return self.status not in _FAILING
+
+    @property
+    def crashed(self) -> bool:
+        return self.status == STATUS_CRASHED
+
+    def detail(self) -> str:
+        """The summary's last column: the crash, the failed claims, or the key metrics."""
+        claims = "; ".join(str(c) for c in self.failed_claims)
+        if self.crashed:
+            return f"failed at {self.error}" + (f"; claims not met before it: {claims}" if claims else "")
+        if self.status == STATUS_CLAIMS:
+            return f"{len(self.failed_claims)} claims not met: {claims}"
+        if self.status == STATUS_SHORT:
+            return f"ran, {len(self.failed_claims)} claims not met (short run): {claims}"
+        return _metrics_cell(self.metrics)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_CLAIM_NO = re.compile(r"^(?P<statement>\S.*): NO$")
+_CLAIM_HINT = re.compile(r"^  try: (?P<hint>.+)$")
+
+
+def failed_claims(nb: Any) -> list[FailedClaim]:
+    """The failed claims in an executed notebook's printed output (``<statement>: NO`` lines).
+
+    ``nb`` is a notebook as read by ``nbformat`` (or its JSON as a dict). Only stdout streams are
+    read, line by line, exactly as :func:`course_utils.notebook.expect` prints; cell indices count
+    the original notebook's cells (papermill's injected-parameters cell is not counted).
+
+    >>> import nbformat
+    >>> printed = "loss went down: yes\\naccuracy >= 80%: NO\\n  try: MAX_STEPS = 300\\n"
+    >>> out = nbformat.v4.new_output("stream", name="stdout", text=printed)
+    >>> cell = nbformat.v4.new_code_cell("expect(...)", outputs=[out])
+    >>> [str(c) for c in failed_claims(nbformat.v4.new_notebook(cells=[cell]))]
+    ['cell 0 `accuracy >= 80%` (try: MAX_STEPS = 300)']
+    """
+    found: list[FailedClaim] = []
+    index = -1
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags or "papermill-error-cell-tag" in tags:
+            continue
+        index += 1
+        if cell.get("cell_type") != "code":
+            continue
+        text = "".join(
+            "".join(o["text"]) if isinstance(o.get("text"), list) else str(o.get("text", ""))
+            for o in cell.get("outputs", [])
+            if o.get("output_type") == "stream" and o.get("name") == "stdout"
+        )
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            m = _CLAIM_NO.match(line)
+            if m:
+                hint = _CLAIM_HINT.match(lines[i + 1]) if i + 1 < len(lines) else None
+                found.append(FailedClaim(index, m["statement"], hint["hint"] if hint else None))
+    return found
+
+
+def _status(error: CellError | None, claims: list[FailedClaim], short_run: bool) -> str:
+    if error is not None:
+        return STATUS_CRASHED
+    if claims:
+        return STATUS_SHORT if short_run else STATUS_CLAIMS
+    return STATUS_OK
 
 
 _KEY_METRICS = ("accuracy_before", "accuracy_after")
@@ -291,11 +392,20 @@ class RunSummary:
         ]
         for r in self.results:
             mem = f"{r.peak_memory_MiB:.0f}" if r.peak_memory_MiB is not None else ""
-            detail = _metrics_cell(r.metrics) if r.ok else f"failed at {r.error}"
-            lines.append(f"| {r.notebook} | {r.status} | {r.seconds:.1f} | {mem} | {detail.replace('|', '/')} |")
-        n_failed = len(self.failed)
-        lines += ["", f"{len(self.results) - n_failed} ok, {n_failed} failed."]
+            lines.append(f"| {r.notebook} | {r.status} | {r.seconds:.1f} | {mem} | {r.detail().replace('|', '/')} |")
+        lines += ["", self.counts() + "."]
         return "\n".join(lines) + "\n"
+
+    def counts(self) -> str:
+        """``"2 ok, 1 failed (1 crashed, 0 with claims not met)"``, plus the short runs' unmet claims."""
+        n = {
+            s: sum(r.status == s for r in self.results)
+            for s in (STATUS_OK, STATUS_CRASHED, STATUS_CLAIMS, STATUS_SHORT)
+        }
+        text = f"{n[STATUS_OK]} ok, {len(self.failed)} failed ({n[STATUS_CRASHED]} crashed, {n[STATUS_CLAIMS]} with claims not met)"
+        if n[STATUS_SHORT]:
+            text += f", {n[STATUS_SHORT]} ran with claims not met (short run)"
+        return text
 
     def __repr__(self) -> str:
         return self.to_markdown()
@@ -304,14 +414,14 @@ class RunSummary:
         import html
 
         rows = "".join(
-            f"<tr><td>{html.escape(r.notebook)}</td><td>{r.status}</td><td>{r.seconds:.1f}</td>"
+            f"<tr><td>{html.escape(r.notebook)}</td><td>{html.escape(r.status)}</td><td>{r.seconds:.1f}</td>"
             f"<td>{'' if r.peak_memory_MiB is None else f'{r.peak_memory_MiB:.0f}'}</td>"
-            f"<td>{html.escape(_metrics_cell(r.metrics) if r.ok else f'failed at {r.error}')}</td></tr>"
+            f"<td>{html.escape(r.detail())}</td></tr>"
             for r in self.results
         )
         return (
             "<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>peak memory (MiB)</th>"
-            f"<th>key metrics</th></tr>{rows}</table>"
+            f"<th>key metrics</th></tr>{rows}</table><p>{html.escape(self.counts())}.</p>"
         )
 
     def write(self, folder: str | Path) -> tuple[Path, Path]:
@@ -424,11 +534,14 @@ def execute_notebook(
     env: dict[str, str | None] | None = None,
     cell_timeout: float = 1200,
     metrics_path: str | Path | None = None,
+    short_run: bool = False,
 ) -> NotebookResult:
     """Execute one notebook with papermill into ``output_path``; never raises for a cell error.
 
     The kernel runs in the notebook's folder with `KERNEL_ENV` plus ``env``; ``metrics_path``
     becomes ``$COURSE_METRICS_PATH`` so :func:`course_utils.notebook.record_metrics` lands there.
+    The executed copy's failed claims (:func:`failed_claims`) make the status ``claims not met``,
+    or ``ran, claims not met (short run)`` when ``short_run`` (a ``--max-steps`` smoke run).
     """
     import nbformat
     import papermill as pm
@@ -466,14 +579,19 @@ def execute_notebook(
         with contextlib.suppress(ValueError, OSError):
             metrics = json.loads(Path(metrics_path).read_text())
     peak = max([mem.peak] + [float(metrics[k]) for k in ("peak_rss_MiB",) if k in metrics]) or None
+    claims: list[FailedClaim] = []
+    if output_path.is_file():
+        with contextlib.suppress(ValueError, OSError, KeyError):
+            claims = failed_claims(json.loads(output_path.read_text()))
     return NotebookResult(
         notebook=path.stem,
-        status="ok" if error is None else "failed",
+        status=_status(error, claims, short_run),
         seconds=round(seconds, 2),
         peak_memory_MiB=None if peak is None else round(peak, 1),
         metrics=metrics,
         error=error,
         output_path=str(output_path),
+        failed_claims=claims,
     )
 
 
@@ -493,10 +611,13 @@ def clean_notebook(nb: Any) -> Any:
 
 
 def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> NotebookResult:
-    """Re-execute ``path`` with the default model, offline, and write it back with its outputs.
+    """Re-execute ``path`` with the default model, offline, on the CPU, and write it back with its outputs.
 
     The notebook keeps its own parameters (no injected cell); ``$COURSE_MODEL`` is unset so
-    ``MODEL`` is the default; the kernel environment is the nbval one. On a failing cell the
+    ``MODEL`` is the default; the kernel environment is the nbval one plus `CPU_ENV` (CUDA hidden,
+    ``$COURSE_DEVICE=cpu``), so the committed outputs are CPU outputs on any machine.
+    Outputs with a failed claim (``<statement>: NO``) are not written either: committed outputs
+    must hold every lesson's claims; the result's status is ``claims not met`` and names them. On a failing cell the
     file is left untouched and the result names the cell.
     """
     import nbformat
@@ -513,7 +634,7 @@ def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> Notebook
         extra_arguments=_KERNEL_ARGS,
         resources={"metadata": {"path": str(path.resolve().parent)}},
     )
-    env: dict[str, str | None] = {"COURSE_MODEL": None, "COURSE_METRICS_PATH": None, **OFFLINE_ENV}
+    env: dict[str, str | None] = {"COURSE_MODEL": None, "COURSE_METRICS_PATH": None, **OFFLINE_ENV, **CPU_ENV}
     error: CellError | None = None
     start = time.perf_counter()
     with kernel_env(env), _PeakMemory() as mem:
@@ -535,18 +656,20 @@ def execute_inplace(path: str | Path, *, cell_timeout: float = 1200) -> Notebook
         except (DeadKernelError, TimeoutError, RuntimeError) as err:
             error = CellError(-1, None, "(notebook could not be executed)", type(err).__name__, str(err)[:200])
     seconds = time.perf_counter() - start
-    if error is None:
+    claims = failed_claims(nb)
+    if error is None and not claims:
         clean_notebook(nb)
         tmp = path.with_name(f".{path.name}.tmp")
         nbformat.write(nb, str(tmp))
         os.replace(tmp, path)
     return NotebookResult(
         notebook=path.stem,
-        status="ok" if error is None else "failed",
+        status=_status(error, claims, short_run=False),
         seconds=round(seconds, 2),
         peak_memory_MiB=round(mem.peak, 1) or None,
         error=error,
         output_path=str(path),
+        failed_claims=claims,
     )
 
 
@@ -564,7 +687,8 @@ def run_notebooks(
     """Execute ``notebooks`` one after another into ``out_dir``; a failure does not stop the rest.
 
     Parameters that are ``None`` keep the notebook's own value. ``model`` is also exported as
-    ``$COURSE_MODEL`` (what ``model_from_env`` reads). Writes ``summary.md`` / ``summary.json``
+    ``$COURSE_MODEL`` (what ``model_from_env`` reads). A notebook whose claims are not met fails
+    the run, unless ``max_steps`` is given (a short run: reported, not a failure). Writes ``summary.md`` / ``summary.json``
     into ``out_dir`` and returns the :class:`RunSummary`.
     """
     from tqdm.auto import tqdm
@@ -598,10 +722,11 @@ def run_notebooks(
             env=env,
             cell_timeout=cell_timeout,
             metrics_path=out_dir / "metrics" / f"{nb.stem}.json",
+            short_run=max_steps is not None,
         )
         summary.results.append(result)
-        if not result.ok:
-            bar.write(f"FAILED {nb.stem}: {result.error}", file=sys.stderr)
+        if result.status != STATUS_OK:
+            bar.write(f"{'FAILED' if not result.ok else 'NOTE'} {nb.stem}: {result.detail()}", file=sys.stderr)
         summary.write(out_dir)  # after each notebook, so an interrupted run still has a summary
     bar.close()
     return summary

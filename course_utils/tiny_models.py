@@ -21,9 +21,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from course_utils.resources import data_dir
+
 __all__ = ["COURSE_TINY_DIR", "TINY_ARCHITECTURES", "save_tiny_model", "tiny_config", "tiny_model"]
 
-COURSE_TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "course-tiny"
+#: The default model's folder: the clone's data/course-tiny, or course_utils/_data/course-tiny in a wheel.
+COURSE_TINY_DIR = data_dir("course-tiny")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 # The course-tiny tokenizer's special tokens (data/course-tiny/tokenizer.json).
@@ -137,10 +140,15 @@ def save_tiny_model(arch: str, folder: str | Path, seed: int = 0) -> Path:
     model = tiny_model(arch, seed=seed)
     model.generation_config.bos_token_id, model.generation_config.eos_token_id = _BOS, _EOS
     model.generation_config.pad_token_id = _PAD
+    missing = [name for name in _TOKENIZER_FILES if not (COURSE_TINY_DIR / name).is_file()]
+    if missing:  # checked before writing anything: a model folder without its tokenizer is no use
+        raise FileNotFoundError(
+            f"The course-tiny tokenizer is incomplete in {COURSE_TINY_DIR}: {', '.join(missing)} missing. "
+            "Reinstall the course (`pip install .` from a clone) or restore data/course-tiny from git."
+        )
     model.save_pretrained(folder)
     for name in _TOKENIZER_FILES:
-        if (COURSE_TINY_DIR / name).is_file():
-            shutil.copyfile(COURSE_TINY_DIR / name, folder / name)
+        shutil.copyfile(COURSE_TINY_DIR / name, folder / name)
     return folder
 
 

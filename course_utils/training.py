@@ -22,7 +22,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from course_utils.data import tokenize_for_sft
+from course_utils.data import require_messages, tokenize_for_sft
 
 __all__ = ["TimeBudget", "TrainRun", "cpu_friendly_args", "mixed_precision_flags", "train_lora"]
 
@@ -164,6 +164,8 @@ def train_lora(
 
     from course_utils.quantization import prevent_cpu_repack
 
+    # before the model is wrapped: a wrong dataset must not leave a half-built PeftModel behind
+    train_dataset = require_messages(train_dataset, "train_lora")
     prevent_cpu_repack(model)
     if isinstance(model, PeftModel):
         model.add_adapter(adapter_name, lora_config)

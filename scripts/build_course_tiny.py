@@ -52,7 +52,7 @@ VOCAB_SIZE = 1024
 N_DOCS = 40_000
 BLOCK = 128
 BATCH = 16
-STEPS = 2000
+STEPS = 800
 LR = 1e-3
 
 
@@ -135,13 +135,16 @@ def write_datasets(all_facts: list[world.Fact]) -> dict[str, dict[str, int]]:
     return sizes
 
 
-def reads_the_prompt(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, rows: list[world.Fact]) -> float:
-    """Share of prompts the base answers with the plain sentence of the fact it was given.
+def answers_plainly(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, rows: list[world.Fact]) -> float:
+    """Share of task prompts the base answers with the plain sentence of the fact it was given.
 
-    What a real instruct model does before training: read the fact in the prompt, answer in its
-    own (normal-case) words. Every task's adapter then only changes the answer's form.
+    What a real instruct model does before training: answer in its own (normal-case) words.
+    Every task's adapter then only changes the answer's form.
     """
-    texts = [tok.apply_chat_template([{"role": "user", "content": f.prompt}], tokenize=False, add_generation_prompt=True) for f in rows]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": f.prompt}], tokenize=False, add_generation_prompt=True)
+        for f in rows
+    ]
     batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=24, do_sample=False)
@@ -152,6 +155,7 @@ def reads_the_prompt(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, rows
 def main() -> None:
     t0 = time.time()
     model_dir = MODEL_DIR
+    lr = float(sys.argv[sys.argv.index("--lr") + 1]) if "--lr" in sys.argv else LR
     if "--out" in sys.argv:
         model_dir = Path(sys.argv[sys.argv.index("--out") + 1])
     if "--datasets-only" in sys.argv:  # the datasets alone, from the same world (seconds)
@@ -160,7 +164,7 @@ def main() -> None:
     torch.manual_seed(world.SEED)
     torch.use_deterministic_algorithms(True)
     all_facts = world.facts()
-    items = world.corpus_lines(N_DOCS)
+    items = world.corpus_lines(all_facts, N_DOCS)
 
     plain = [it for it in items if isinstance(it, str)]
     chats = [world.chat(q, a) for (_, q, a) in (it for it in items if not isinstance(it, str))]
@@ -200,14 +204,14 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params:,} parameters")
 
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = 50
 
     def lr_at(step: int) -> float:
         if step < warmup:
-            return LR * (step + 1) / warmup
+            return lr * (step + 1) / warmup
         progress = (step - warmup) / max(1, STEPS - warmup)
-        return LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     _, held_out = world.split_facts(all_facts, 48, salt=1)
     gen = torch.Generator().manual_seed(world.SEED)
@@ -227,10 +231,6 @@ def main() -> None:
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 100 == 0 or step == STEPS - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  (ema {ema:.4f})  {time.time() - t_train:.0f}s", flush=True)
-        if step % 400 == 399:  # reading facts from the prompt appears suddenly, late in training
-            model.eval()
-            print(f"  reads the prompt: {reads_the_prompt(model, tok, held_out):.0%} of 48 held-out prompts", flush=True)
-            model.train()
 
     model.eval()
     model.generation_config = GenerationConfig(
@@ -240,7 +240,9 @@ def main() -> None:
         do_sample=False,
         max_new_tokens=32,
     )
-    print(f"the base answers {reads_the_prompt(model, tok, held_out):.0%} of 48 held-out prompts with the fact's plain sentence")
+    print(
+        f"the base answers {answers_plainly(model, tok, held_out):.0%} of 48 held-out prompts with the fact's plain sentence"
+    )
     if model_dir.exists():
         shutil.rmtree(model_dir)  # the build script owns this folder; learners never write here
     model.save_pretrained(model_dir)

@@ -9,12 +9,15 @@ carries its fact in the prompt ("The carp eats nuts. What does the carp eat?"), 
 instruct model can answer it in its own words before training, and an adapter only has to
 change the FORM of the answer (capitals, a terse note, a topic name, a preference).
 
-The base model is pretrained the same way: in its corpus each document draws fresh values
-for its creature (the fox is red in one document and blue in the next), so the model cannot
-memorise a fact and must read it from the text before it. It reads plain sentences, the same
-sentences in CAPITALS (so it knows the capital spelling of every word), terse ``fox color:
-red`` notes, and chat dialogues in which the user states facts and asks, and the assistant
-answers in a normal sentence. An adapter can only restyle what the base has seen, so the
+The base model `course-tiny` knows the world's facts from pretraining (a 1.8M-parameter
+model trained for minutes on a CPU did not learn to copy a fact from its context: a
+2,000-step build with fresh values in every document stayed at chance, 4 of 35 held-out
+color, home and food questions, where one in eight is a guess) and
+is pretrained on dialogues that state the fact first, as the tasks do, so it answers the
+task prompts in a normal sentence before training, as a real instruct model does. It reads
+plain sentences, the same sentences in CAPITALS (so it knows the capital spelling of every
+word), terse ``fox color: red`` notes, and chat dialogues in which the assistant answers in
+a normal sentence. An adapter can only restyle what the base has seen, so the
 skills the tasks ask for are built from forms the base knows but never produces in a chat
 answer.
 """
@@ -197,48 +200,42 @@ def chat(question: str, answer: str) -> list[dict]:
 TOPIC_PROMPT = "Is this sentence about kind, color, home or food? {s}"
 
 
-def random_values(rng: random.Random, creature: str) -> dict[str, str]:
-    """Fresh values for one document: the corpus never fixes a creature's color, home or food."""
-    return {
-        "kind": KIND_OF[creature],
-        "color": rng.choice(COLORS),
-        "home": rng.choice(HOMES),
-        "food": rng.choice(FOODS),
-    }
-
-
 # --------------------------------------------------------------------------- corpus
-def corpus_lines(n_lines: int) -> list:
+def corpus_lines(all_facts: list[Fact], n_lines: int) -> list:
     """Pretraining documents: plain text and ChatML dialogues (rendered by the caller).
 
-    Each document draws its own values for its creature (``random_values``), so no fact can be
-    memorised: the model learns to read facts from the text before it, as the tasks need.
+    Half of the dialogues ask a bare question, half state facts first and then ask, as the
+    course's tasks do; the assistant always answers in a normal sentence.
     Returns a list of items: plain strings, or ("chat", user_turn, answer) tuples that the
     build script renders with the tokenizer's chat template.
     """
     rng = random.Random(SEED + 7)
+    by_creature: dict[str, list[Fact]] = {}
+    for f in all_facts:
+        by_creature.setdefault(f.creature, []).append(f)
     items: list = []
     for _ in range(n_lines):
         r = rng.random()
         c = rng.choice(CREATURES)
-        values = random_values(rng, c)
-        fs = [Fact(c, a, values[a]) for a in ATTRIBUTES]
-        if r < 0.16:  # a short story: several plain sentences about one creature
+        fs = by_creature[c]
+        if r < 0.30:  # a short story: several plain sentences about one creature
             chosen = rng.sample(fs, k=rng.randint(2, 4))
             items.append(" ".join(f.sentence for f in chosen))
-        elif r < 0.26:  # the same sentences in capitals: the base learns the capital spelling
+        elif r < 0.45:  # the same sentences in capitals: the base learns the capital spelling
             chosen = rng.sample(fs, k=rng.randint(1, 3))
             items.append(" ".join(f.sentence.upper() for f in chosen))
-        elif r < 0.32:  # terse notes, which name the topic of each fact
+        elif r < 0.55:  # terse notes, which name the topic of each fact
             chosen = rng.sample(fs, k=rng.randint(1, 4))
             items.append(" ".join(f"{f.creature} {f.attribute}: {f.value}." for f in chosen))
-        elif r < 0.40:  # mixed: a plain sentence followed by its capital form
+        elif r < 0.62:  # mixed: a plain sentence followed by its capital form
             f = rng.choice(fs)
             items.append(f"{f.sentence} {f.sentence.upper()}")
-        else:  # chat: the user states one to three facts and asks; the assistant answers plainly
+        elif r < 0.81:  # chat, a bare question: the assistant answers in a normal sentence
+            f = rng.choice(fs)
+            items.append(("chat", f.question, f.sentence))
+        else:  # chat, facts first (one to three, the asked one among them), then the question
             asked = rng.choice(fs)
             context = [asked, *rng.sample([f for f in fs if f is not asked], k=rng.randint(0, 2))]
             rng.shuffle(context)
-            user = " ".join(f.sentence for f in context) + " " + asked.question
-            items.append(("chat", user, asked.sentence))
+            items.append(("chat", " ".join(f.sentence for f in context) + " " + asked.question, asked.sentence))
     return items

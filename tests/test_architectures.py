@@ -343,3 +343,19 @@ def test_dequantize_for_merge_on_a_base_bitsandbytes_left_unquantized(saved):
     merged, info = dequantize_for_merge(pm, dtype=torch.float32, verbose=False)
     assert "no layer was quantized" in info.strategy
     assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_save_tiny_model_refuses_to_write_a_folder_without_the_tokenizer(tmp_path, monkeypatch):
+    from course_utils import tiny_models
+
+    monkeypatch.setattr(tiny_models, "COURSE_TINY_DIR", tmp_path / "no-such-tokenizer")
+    with pytest.raises(FileNotFoundError, match=r"course-tiny tokenizer is incomplete .*tokenizer.json"):
+        tiny_models.save_tiny_model("gpt2", tmp_path / "out")
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_tiny_model_tokenizer_comes_from_the_shipped_data():
+    from course_utils.resources import data_dir
+    from course_utils.tiny_models import COURSE_TINY_DIR
+
+    assert data_dir("course-tiny") == COURSE_TINY_DIR and (COURSE_TINY_DIR / "tokenizer.json").is_file()

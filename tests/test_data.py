@@ -224,3 +224,15 @@ def test_bad_sources_and_fractions_are_clear_errors(tmp_path):
         load_task(_write(tmp_path / "one.jsonl", CARP[:1], "jsonl"))
     with pytest.raises(TypeError, match="task name"):
         load_task(42)
+
+
+def test_require_messages_joins_conversational_pairs_and_names_what_is_wrong():
+    from datasets import Dataset
+
+    from course_utils.data import require_messages, to_prompt_completion
+
+    shout = load_task("shout", "eval")
+    assert require_messages(shout, "x") is shout
+    assert require_messages(to_prompt_completion(shout), "x")["messages"] == shout["messages"]
+    with pytest.raises(ValueError, match=r"The dataset 'mine' has columns \['question', 'answer'\] \(1 rows\)"):
+        require_messages(Dataset.from_list([{"question": "q", "answer": "a"}]), "evaluate_task", name="mine")

@@ -218,3 +218,18 @@ def test_other_models_keep_the_cache(tiny_model, tiny_tokenizer, questions, fres
             capture_reference(model, ["What color is the fox?"], tiny_tokenizer, max_new_tokens=2)
             assert seen == [True, True]
     assert not caplog.records  # nothing to say for them
+
+
+def test_empty_dataset_is_one_clear_error(tiny_model, tiny_tokenizer):
+    empty = load_task("shout", "eval").select([])
+    with pytest.raises(ValueError, match=r"evaluate_task got an empty dataset: The dataset 'shout-eval' has 0 rows"):
+        evaluate_task(tiny_model, tiny_tokenizer, empty, progress=False, name="shout-eval")
+
+
+def test_conversational_prompt_completion_rows_are_evaluated_like_messages(tiny_model, tiny_tokenizer):
+    from course_utils.data import to_prompt_completion
+
+    rows = load_task("shout", "eval").select(range(4))
+    as_messages = evaluate_task(tiny_model, tiny_tokenizer, rows, progress=False)
+    as_pairs = evaluate_task(tiny_model, tiny_tokenizer, to_prompt_completion(rows), progress=False)
+    assert as_pairs.total == 4 and as_pairs.examples == as_messages.examples

@@ -207,3 +207,26 @@ def test_shipped_files_are_found_from_any_working_directory(tmp_path, monkeypatc
     assert (Path(resolve_model_path("course-tiny")) / "model.safetensors").is_file()
     assert len(load_task("shout", "eval")) > 0
     assert load_config("smollm2-1.7b").hidden_size == 2048
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tmp_path, tiny_model_path):
+    import shutil
+
+    shutil.copyfile(Path(tiny_model_path) / "config.json", tmp_path / "config.json")
+    with pytest.raises(ModelNotAvailableError, match=r"holds no tokenizer: none of tokenizer.json, .*save_pretrained"):
+        load_tokenizer(str(tmp_path))
+    shutil.copyfile(Path(tiny_model_path) / "tokenizer.json", tmp_path / "tokenizer.json")
+    shutil.copyfile(Path(tiny_model_path) / "tokenizer_config.json", tmp_path / "tokenizer_config.json")
+    assert len(load_tokenizer(str(tmp_path))) == 770
+
+
+def test_course_device_env_var_decides_what_auto_means(monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # even where a GPU is there
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("COURSE_DEVICE", "auto")
+    assert resolve_device("auto").type == "cuda"
+    monkeypatch.setenv("COURSE_DEVICE", "tpu9")
+    with pytest.raises(ValueError, match="Unknown device 'tpu9'"):
+        resolve_device("auto")

@@ -6,8 +6,12 @@ This is what a learner gets from ``pip install .`` or from Colab's set-up cell
 model configs and the reference tables (pyproject.toml maps ``data/`` into the wheel), and find
 them with ``importlib.resources`` (course_utils/resources.py) from any working directory.
 
-The virtual environment reuses this environment's libraries (``--system-site-packages``) and
-installs only the course's wheel (``--no-deps``), so nothing is downloaded. The last test runs
+The virtual environment reuses the libraries of the interpreter running the tests and installs only
+the course's wheel (``--no-deps``), so nothing is downloaded. ``--system-site-packages`` is not
+enough: from inside a virtual environment (``.ci/run``, a learner's ``.venv``) it exposes the BASE
+interpreter's packages, where torch may be missing. The new environment gets a ``.pth`` file that
+lists this interpreter's site-packages folders instead (appended after its own, so the wheel wins;
+``.pth`` files inside them, such as an editable install of the clone, are not processed). The last test runs
 one notebook headless with ``--max-steps 2`` from a temporary folder: the wheel works for a
 notebook, and the runner's shortest runs work (``course-utils run --max-steps N`` for N >= 1).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -50,10 +55,53 @@ def _run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     return done
 
 
+def running_site_dirs() -> list[str]:
+    """The site-packages folders of the interpreter running the tests (a venv's own, then its base's if it
+    was made with ``--system-site-packages``, then the user's)."""
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
+def make_venv(folder: Path) -> Path:
+    """A new virtual environment that sees this interpreter's libraries; returns its python."""
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(folder)
+    python = folder / ("Scripts" if os.name == "nt" else "bin") / "python"
+    own = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_clean_env(),
+    ).stdout.strip()
+    (Path(own) / "_running_interpreter.pth").write_text("\n".join(running_site_dirs()) + "\n")
+    return python
+
+
+def test_the_venv_sees_the_running_interpreters_libraries(tmp_path: Path):
+    python = make_venv(tmp_path / "venv")
+    code = "import sys, torch, transformers; print(sys.prefix); print(torch.__file__)"
+    prefix, torch_file = _run([str(python), "-c", code], cwd=tmp_path).stdout.split()
+    assert Path(prefix) == tmp_path / "venv", "the new environment is not the one running"
+    import torch
+
+    assert Path(torch_file) == Path(torch.__file__), "the venv found another torch than this interpreter's"
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """Build the wheel from a copy of the sources and install it into a new venv; returns its python."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # built without isolation (nothing downloaded), so with this interpreter's setuptools: a Python 3.11 venv
+    # comes with setuptools 65.5, which cannot read pyproject.toml's `license = "Apache-2.0"` (PEP 639)
+    from importlib.metadata import version
+
+    found = version("setuptools")
+    if int(found.split(".")[0]) < 77:
+        pytest.fail(
+            f"setuptools {found} in {sys.prefix} is too old to build the course's wheel (needs >= 77, as "
+            'pyproject.toml\'s [build-system] says). Run `pip install -e ".[dev]"` (it brings setuptools>=77), '
+            "or `pip install -U 'setuptools>=77'`."
+        )
     src = tmp / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -78,8 +126,7 @@ def installed(tmp_path_factory) -> Path:
     )
     wheels = list((tmp / "dist").glob("peft_course-*.whl"))
     assert len(wheels) == 1, wheels
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(tmp / "venv")
-    python = tmp / "venv" / ("Scripts" if os.name == "nt" else "bin") / "python"
+    python = make_venv(tmp / "venv")
     # --ignore-installed: this environment may hold an editable install of the course; the venv gets its own.
     _run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheels[0])],
@@ -137,4 +184,15 @@ def test_installed_wheel_runs_a_notebook_headless_with_two_steps(installed: Path
     summary = json.loads((work / "run" / "summary.json").read_text())
     rows = summary["results"]
     assert done.returncode == 0, f"{rows}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-    assert [r["status"] for r in rows] == ["ok"], rows
+    # two steps teach nothing: the lesson's claims may print NO, which a short run reports, never as a crash
+    assert [r["status"] for r in rows] in (["ok"], ["ran, claims not met (short run)"]), rows
+
+
+def test_installed_wheel_writes_a_tiny_model_with_its_tokenizer(installed: Path, tmp_path: Path):
+    """``python -m course_utils.tiny_models`` from the wheel: the course-tiny tokenizer comes from the package."""
+    work, folder = tmp_path / "elsewhere", tmp_path / "tiny-gpt2"
+    work.mkdir()
+    _run([str(installed), "-m", "course_utils.tiny_models", "gpt2", str(folder)], cwd=work)
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}
+    code = f"from transformers import AutoTokenizer; print(len(AutoTokenizer.from_pretrained({str(folder)!r})))"
+    assert int(_run([str(installed), "-c", code], cwd=work).stdout.split()[-1]) > 100

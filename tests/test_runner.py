@@ -46,12 +46,22 @@ def two_notebooks(tmp_path_factory) -> Path:
     _write_nb(
         folder / "02_fails.ipynb",
         PARAMETERS,
-        "x = MAX_STEPS * 2",
+        "x = MAX_STEPS * 2\nprint('claimed before the crash: NO')",
         "# train for a while\nraise ValueError(f'broken on purpose after {x} steps')",
         "print('never')",
         tags={0: ["parameters"]},
     )
+    _write_nb(folder / "03_claims.ipynb", PARAMETERS, CLAIMS, tags={0: ["parameters"]})
     return folder
+
+
+# A lesson's claims as `expect` prints them: one never holds, one holds only with enough steps.
+CLAIMS = (
+    "from course_utils.notebook import expect\n"
+    'print("x: NO")\n'
+    'expect("loss went down", True)\n'
+    'expect("accuracy >= 80%", MAX_STEPS >= 100, hint="MAX_STEPS = 300")'
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +91,7 @@ def test_run_isolates_failures_and_summarizes(run_result) -> None:
     code, out_dir, model_dir = run_result
     assert code == 1, "a failed notebook must make the exit code non-zero"
     summary = json.loads((out_dir / "summary.json").read_text())
-    ok, failed = summary["results"]
+    ok, failed, _ = summary["results"]
     assert (ok["notebook"], ok["status"]) == ("01_ok", "ok")
     assert (failed["notebook"], failed["status"]) == ("02_fails", "failed")
     # the failing cell: its index in the ORIGINAL notebook (markdown cell counted, injected cell not),
@@ -101,6 +111,65 @@ def test_run_isolates_failures_and_summarizes(run_result) -> None:
     assert "| 01_ok | ok |" in md and "accuracy_before=0.5, accuracy_after=0.75" in md
     assert "failed at cell 3 `# train for a while`: ValueError: broken on purpose" in md
     assert summary["parameters"]["MAX_STEPS"] == 3 and summary["ok"] is False
+    # a crash stays a crash, even with a failed claim printed before it
+    assert failed["failed_claims"] == [{"cell_index": 2, "statement": "claimed before the crash", "hint": None}]
+
+
+def test_short_run_reports_unmet_claims_without_failing(run_result) -> None:
+    _, out_dir, _ = run_result
+    claims = json.loads((out_dir / "summary.json").read_text())["results"][2]
+    assert claims["status"] == "ran, claims not met (short run)"
+    assert [(c["statement"], c["hint"]) for c in claims["failed_claims"]] == [
+        ("x", None),
+        ("accuracy >= 80%", "MAX_STEPS = 300"),
+    ]
+    md = (out_dir / "summary.md").read_text()
+    assert "| 03_claims | ran, claims not met (short run) |" in md
+    assert "ran, 2 claims not met (short run): cell 2 `x`; cell 2 `accuracy >= 80%` (try: MAX_STEPS = 300)" in md
+    assert "1 ok, 1 failed (1 crashed, 0 with claims not met), 1 ran with claims not met (short run)." in md
+
+
+def test_full_run_with_unmet_claims_fails(two_notebooks: Path, tmp_path: Path, capsys) -> None:
+    code = main(["run", "03", "--notebooks-dir", str(two_notebooks), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 1, "a claim that printed NO on a full run must fail the exit code"
+    (row,) = json.loads((tmp_path / "run" / "summary.json").read_text())["results"]
+    assert row["status"] == "claims not met" and row["error"] is None
+    assert [c["statement"] for c in row["failed_claims"]] == ["x"]  # MAX_STEPS=100: the other one holds
+    assert "1 claims not met: cell 2 `x`" in (tmp_path / "run" / "summary.md").read_text()
+    assert "03_claims (claims not met)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "status, ok, shown",
+    [
+        ("ok", True, "accuracy_after=0.9"),
+        ("claims not met", False, "1 claims not met: cell 4 `loss went down` (try: more steps)"),
+        ("ran, claims not met (short run)", True, "ran, 1 claims not met (short run): cell 4 `loss went down`"),
+    ],
+)
+def test_summary_shows_claims_in_markdown_json_and_html(status: str, ok: bool, shown: str) -> None:
+    claims = [] if status == "ok" else [runner.FailedClaim(4, "loss went down", "more steps")]
+    result = runner.NotebookResult("01_x", status, 1.0, metrics={"accuracy_after": 0.9}, failed_claims=claims)
+    summary = runner.RunSummary([result], out_dir=None, parameters={})
+    assert summary.ok is ok and result.ok is ok and not result.crashed
+    assert shown in summary.to_markdown() and shown in summary._repr_html_()
+    assert (
+        summary.to_dict()["results"][0]["failed_claims"]
+        == [{"cell_index": 4, "statement": "loss went down", "hint": "more steps"}][: len(claims)]
+    )
+
+
+def test_failed_claims_reads_expect_lines_only() -> None:
+    out = "a: yes\nb: NO\n  try: lr=1e-3\nnot a claim: NOT\n: NO\nc: NO\n"
+    cells = [
+        nbformat.v4.new_code_cell("", outputs=[nbformat.v4.new_output("stream", name="stdout", text=out)]),
+        nbformat.v4.new_code_cell("", outputs=[nbformat.v4.new_output("stream", name="stderr", text="d: NO\n")]),
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("x: NO"), *cells])
+    assert [(c.cell_index, c.statement, c.hint) for c in runner.failed_claims(nb)] == [
+        (1, "b", "lr=1e-3"),
+        (1, "c", None),
+    ]
 
 
 def test_run_never_overwrites_a_previous_run(run_result, two_notebooks: Path, capsys) -> None:
@@ -118,11 +187,15 @@ def test_run_never_overwrites_a_previous_run(run_result, two_notebooks: Path, ca
 
 def test_inplace_regenerates_outputs_and_strips_metadata(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("COURSE_MODEL", "something-else")  # --inplace must use the default model
+    monkeypatch.setenv("COURSE_DEVICE", "cuda")  # and the CPU, whatever this shell asks for
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     path = _write_nb(
         tmp_path / "07_new.ipynb",
         PARAMETERS,
         'import sys\nprint("model:", os.environ.get("COURSE_MODEL", MODEL), sorted({"b", "a"}))\n'
         'print("noise", file=sys.stderr)',
+        "import torch\nfrom course_utils.loading import resolve_device\n"
+        'print(repr(os.environ.get("CUDA_VISIBLE_DEVICES")), torch.cuda.is_available(), resolve_device("auto"))',
         tags={0: ["parameters"]},
         widgets={"application/vnd.jupyter.widget-state+json": {"state": {"x": 1}}},
     )
@@ -134,10 +207,20 @@ def test_inplace_regenerates_outputs_and_strips_metadata(tmp_path: Path, monkeyp
     nb = nbformat.read(str(path), as_version=4)
     assert "widgets" not in nb.metadata and "papermill" not in nb.metadata
     assert all("execution" not in c.metadata for c in nb.cells)
-    assert [c.metadata.get("tags") for c in nb.cells if c.cell_type == "code"] == [["parameters"], []]
+    assert [c.metadata.get("tags") for c in nb.cells if c.cell_type == "code"] == [["parameters"], [], []]
     out = nb.cells[2].outputs
     assert out[0]["text"] == "model: course-tiny ['a', 'b']\n"
     assert nb.cells[2].execution_count == 2
+    # committed outputs are CPU outputs on any machine: CUDA hidden, "auto" means the CPU (MPS too)
+    assert nb.cells[3].outputs[0]["text"] == "'' False cpu\n"
+
+
+def test_inplace_does_not_commit_a_failed_claim(tmp_path: Path, capsys) -> None:
+    path = _write_nb(tmp_path / "08_claims.ipynb", PARAMETERS, CLAIMS, tags={0: ["parameters"]})
+    before = path.read_text()
+    assert main(["run", "--inplace", str(path)]) == 1
+    assert path.read_text() == before, "outputs with a claim that printed NO must not be written"
+    assert "1 claims not met: cell 2 `x`" in capsys.readouterr().out
 
 
 def test_inplace_refuses_parameter_overrides(tmp_path: Path, capsys) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 
-from peft import LoraConfig
+import pytest
+from peft import LoraConfig, PeftModel
 
 from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
@@ -102,3 +103,23 @@ def test_a_learners_own_jsonl_file_trains_and_evaluates_end_to_end(tmp_path, tin
     result = evaluate_task(run.model, tiny_tokenizer, task["eval"], progress=False, scorer="contains")
     assert result.scorer == "contains" and result.total == 3 and 0.0 <= result.accuracy <= 1.0
     assert {e["expected"] for e in result.examples} <= {f"THE {a.upper()} EATS {f.upper()}." for a, f in facts}
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (
+            [{"text": "hello"}],
+            r"train_lora needs chat rows: a `messages` column .* or conversational `prompt`/`completion`",
+        ),
+        ([{"prompt": "Q?", "completion": "A."}], r"has columns \['prompt', 'completion'\] \(1 rows\)"),
+        ([], r"train_lora got an empty dataset"),
+    ],
+)
+def test_a_dataset_without_chat_rows_is_refused_before_the_model_is_wrapped(tiny_model, tiny_tokenizer, rows, message):
+    from datasets import Dataset
+
+    model = copy.deepcopy(tiny_model)
+    with pytest.raises(ValueError, match=message):
+        train_lora(model, tiny_tokenizer, Dataset.from_list(rows), LoraConfig(r=4, target_modules=["q_proj"]))
+    assert not isinstance(model, PeftModel) and not hasattr(model, "peft_config")
