@@ -31,7 +31,7 @@
 #
 # **Time:** about 1 minute on a laptop CPU with the default model (`course-tiny`); a few minutes on a Colab GPU.
 
-# %% tags=["nbval-ignore-output"]
+# %%
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
 import subprocess
 import sys
@@ -119,6 +119,7 @@ del base
 import pandas as pd
 
 pd.options.display.float_format = "{:.3g}".format  # 3 significant digits in every table below
+pd.options.display.max_colwidth = 100  # long row labels in full
 
 pd.DataFrame.from_dict(
     {

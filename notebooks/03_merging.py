@@ -38,7 +38,7 @@
 # **Time:** about 1 minute on a CPU with the default `course-tiny` model; a few minutes on a Colab GPU with a
 # SmolLM2 model.
 
-# %% tags=["nbval-ignore-output"]
+# %%
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
 import subprocess
 import sys
@@ -101,6 +101,7 @@ from course_utils.loading import load_model
 from course_utils.training import train_lora
 
 pd.options.display.float_format = "{:.3g}".format  # 3 significant digits in every table below
+pd.options.display.max_colwidth = 100  # long row labels in full
 base = load_model(MODEL, dtype=train_dtype, device=device)
 acc_base = evaluate_task(base, tokenizer, eval_ds, progress=False).accuracy
 hp = suggest(base, method="lora")
@@ -500,7 +501,12 @@ if HAS_BITSANDBYTES:
     display(
         pd.DataFrame.from_dict(
             {
-                "adapter on the 4-bit base": {"verdict": "(reference)", "effect kept": 1.0, "accuracy": acc_q_adapter},
+                "adapter on the 4-bit base": {
+                    "verdict": "(reference)",
+                    "mean KL": 0.0,
+                    "effect kept": 1.0,
+                    "accuracy": acc_q_adapter,
+                },
                 "merged into 4-bit": {
                     "verdict": "PASS" if into_4bit.passed else "FAIL",
                     "mean KL": into_4bit["mean_kl"].value,
@@ -547,7 +553,9 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     twice_model = load_adapter_checked(merged_again, ADAPTER_DIR)
 for w in [w for w in caught if "was trained on" in str(w.message)]:  # load_adapter_checked noticed
-    message = str(w.message).replace(str(MERGED_DIR), f"outputs/{MERGED_DIR.name}").replace(str(base_path), MODEL)
+    message = str(w.message).replace(str(base_path), MODEL)
+    for folder in (ADAPTER_DIR, MERGED_DIR):  # paths relative to the notebook, as everywhere else
+        message = message.replace(str(folder), f"outputs/{folder.name}")
     print("warning:", message.split(". ")[0] + ".")
 twice, _ = safe_merge(twice_model, verbose=False)
 
