@@ -48,7 +48,7 @@ MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
 DTYPE = "auto"  # float32 on CPU, bfloat16 on recent GPUs, float16 on older GPUs (T4, V100) and on Apple's MPS
 DEVICE = "auto"  # cuda > mps > cpu
 LEARNING_RATE = "auto"  # "auto": chosen for the model's size by course_utils.hyperparameters
-MAX_STEPS = "auto"  # training steps per adapter
+MAX_STEPS = 150  # steps per adapter; "auto" suggests 100 on course-tiny, too few for its topic adapter
 BATCH_SIZE = "auto"
 SEED = 0
 RANKS = {"shout": 8, "topic": 8}  # one rank for both, so section 7 can combine them in every way peft offers
@@ -264,7 +264,7 @@ lift = accuracy - accuracy.loc["base"]  # points over the base model, task by ta
 pd.concat({"accuracy (%)": accuracy, "lift over the base (points)": lift}, axis=1).round(1)
 
 # %%
-LIFT = 25  # points
+LIFT = 50  # points
 expect(
     f"each adapter lifts its own task by >= {LIFT} points over the base model",
     all(lift.loc[name, name] >= LIFT for name in RANKS),

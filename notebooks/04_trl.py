@@ -30,7 +30,7 @@
 #
 # The old tutorial's claims about TRL are checked in [docs/claims.md](../docs/claims.md).
 
-# %% tags=["nbval-ignore-output"]
+# %%
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
 import subprocess
 import sys
@@ -60,6 +60,7 @@ SEED = 0
 
 # %% tags=["nbval-ignore-output"]
 info = setup(SEED, model=MODEL)
+# shown, not claimed: the device and library versions of this machine
 
 # %% [markdown]
 # The `"auto"` values come from the model's size: the toy `course-tiny` keeps rates that would wreck a real

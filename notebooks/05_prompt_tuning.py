@@ -29,7 +29,7 @@
 #
 # The old tutorial's claims about prompt tuning are checked in [docs/claims.md](../docs/claims.md).
 
-# %% tags=["nbval-ignore-output"]
+# %%
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
 import subprocess
 import sys
@@ -57,6 +57,7 @@ SEED = 0
 
 # %% tags=["nbval-ignore-output"]
 info = setup(SEED, model=MODEL)
+# shown, not claimed: the device and library versions of this machine
 
 # %% [markdown]
 # ## 1. The idea: a few trainable vectors in front of the prompt
