@@ -47,18 +47,21 @@ def test_suggestions_follow_the_size(model, method, lr, steps, batch):
     assert set(hp.source) == {"learning_rate", "max_steps", "batch_size"} and all(hp.source.values())
 
 
-def test_toy_values_are_the_notebooks_values():
-    """The toy's values must be what the notebooks' parameter cells say today."""
-    nb01 = (ROOT / "notebooks" / "01_lora_training.py").read_text()
-    nb04 = (ROOT / "notebooks" / "04_trl.py").read_text()
-    nb05 = (ROOT / "notebooks" / "05_prompt_tuning.py").read_text()
-    assert f"MAX_STEPS = {suggest('course-tiny', 'lora').max_steps} " in nb01
-    assert f"DPO_LR = {suggest('course-tiny', 'dpo').learning_rate:.0e}".replace("e-0", "e-") in nb04
-    assert f"DPO_STEPS = {suggest('course-tiny', 'dpo').max_steps} " in nb04
-    assert f'"prompt tuning": {suggest("course-tiny", "prompt_tuning").learning_rate:.0e}'.replace("e-0", "e-") in nb05
-    from course_utils.training import train_lora
+@pytest.mark.parametrize(
+    "name", ["01_lora_training", "02_adapters", "03_merging", "04_trl", "05_prompt_tuning", "06_qlora"]
+)
+def test_training_notebooks_take_their_learning_rate_from_the_suggestion(name):
+    """Every notebook that trains says ``LEARNING_RATE = "auto"`` in its parameters cell and resolves it here."""
+    source = (ROOT / "notebooks" / f"{name}.py").read_text()
+    assert 'LEARNING_RATE = "auto"' in source
+    assert "suggest(" in source and "resolve(" in source
 
-    assert inspect.signature(train_lora).parameters["learning_rate"].default == suggest(1_800_000).learning_rate
+
+def test_the_toy_learning_rate_is_train_adapters_default():
+    from course_utils.training import train_adapter
+
+    params = inspect.signature(train_adapter).parameters
+    assert params["learning_rate"].default == suggest(1_800_000).learning_rate
 
 
 def test_cited_trl_defaults_match_the_installed_library():
