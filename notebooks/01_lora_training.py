@@ -581,7 +581,7 @@ args = TrainingArguments(
     learning_rate=learning_rate,  # AdamW's step size; LoRA takes larger ones than full fine-tuning
     lr_scheduler_type="constant",  # keep the rate for the whole (short) run
     warmup_steps=0,  # no warm-up: B starts at zero, so the first steps cannot wreck the model
-    logging_steps=10,  # record the loss every 10 steps in trainer.state.log_history
+    logging_steps=min(10, max_steps),  # record the loss every 10 steps (a shorter run: at its end) in log_history
     save_strategy="no",  # no checkpoints: we save the adapter ourselves (section 7)
     report_to="none",  # no Weights & Biases, TensorBoard, ...
     seed=SEED,  # the same initialisation of A ...
@@ -654,7 +654,10 @@ from course_utils.training import cpu_friendly_args
 helper_tokenizer = load_tokenizer(MODEL)
 helper_model = load_model(MODEL, dtype=DTYPE, device=DEVICE)
 helper_args = cpu_friendly_args(
-    max_steps=max_steps, learning_rate=learning_rate, per_device_train_batch_size=batch_size, logging_steps=10
+    max_steps=max_steps,
+    learning_rate=learning_rate,
+    per_device_train_batch_size=batch_size,
+    logging_steps=min(10, max_steps),
 )
 same_args = [
     name
