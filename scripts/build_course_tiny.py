@@ -155,7 +155,6 @@ def answers_plainly(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, rows:
 def main() -> None:
     t0 = time.time()
     model_dir = MODEL_DIR
-    lr = float(sys.argv[sys.argv.index("--lr") + 1]) if "--lr" in sys.argv else LR
     if "--out" in sys.argv:
         model_dir = Path(sys.argv[sys.argv.index("--out") + 1])
     if "--datasets-only" in sys.argv:  # the datasets alone, from the same world (seconds)
@@ -204,14 +203,14 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params:,} parameters")
 
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = 50
 
     def lr_at(step: int) -> float:
         if step < warmup:
-            return lr * (step + 1) / warmup
+            return LR * (step + 1) / warmup
         progress = (step - warmup) / max(1, STEPS - warmup)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        return LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     _, held_out = world.split_facts(all_facts, 48, salt=1)
     gen = torch.Generator().manual_seed(world.SEED)
