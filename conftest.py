@@ -40,6 +40,12 @@ from course_utils.runner import OFFLINE_ENV  # noqa: E402
 KERNEL_ENV = {**_RUNNER_KERNEL_ENV, **OFFLINE_ENV}
 for _key, _value in KERNEL_ENV.items():
     os.environ.setdefault(_key, _value)
+# Under pytest-xdist (pyproject's addopts run `-n auto`), each worker and every kernel it starts uses
+# ONE OpenMP thread: N workers x N threads on N cores thrash (measured: 2 workers with 2 threads each
+# ran slower than no xdist at all). The user's own setting wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.pop("COURSE_MODEL", None)  # the committed outputs come from the default model
 os.environ.pop("COURSE_METRICS_PATH", None)
 # Kernels must use Jupyter's inline backend, which emits the figures the committed notebooks hold.
