@@ -173,7 +173,15 @@ def pages(html_dir: Path, base_url: str, browser) -> dict[str, Page]:
 
     page.on("console", lambda msg: note(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
     page.on("pageerror", lambda error: note(f"uncaught: {error}"))
-    page.on("requestfailed", lambda request: note(f"request failed: {request.url} ({request.failure})"))
+    # A request aborted because the crawl moved on (the favicon, say) is not a failure; a missing file is a 404.
+    page.on(
+        "requestfailed",
+        lambda request: (
+            None
+            if "ERR_ABORTED" in (request.failure or "")
+            else note(f"request failed: {request.url} ({request.failure})")
+        ),
+    )
     page.on(
         "response", lambda response: note(f"HTTP {response.status}: {response.url}") if response.status >= 400 else None
     )
@@ -315,6 +323,15 @@ def test_landing_page_and_screenshots(tab, base_url: str) -> None:
     measured = tab.locator("section", has=tab.locator("h2", has_text="What we measured")).last
     measured.screenshot(path=str(SCREENSHOTS / f"{notebook.stem}-measured.png"))
     assert (SCREENSHOTS / "landing.png").stat().st_size > 10_000
+
+
+def test_readme_gives_the_site_address_and_how_to_build_it() -> None:
+    from course_utils.repository import pages_url
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in readme.splitlines() if "python website/build.py" in line]
+    assert len(lines) == 1, f"README.md: {len(lines)} lines say how to build the site (want one)"
+    assert f"]({pages_url(current_repository(ROOT))})" in lines[0], f"README.md: not the Pages address: {lines[0]}"
 
 
 def test_site_helpers_doctests() -> None:

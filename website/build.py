@@ -117,7 +117,10 @@ def build(out: Path = DEFAULT_OUT, fresh: bool = False, quiet: bool = True) -> P
     args += ["-q"] if quiet else []
     status = build_main([*args, str(out / "src"), str(html)])
     if status:
-        raise RuntimeError(f"sphinx-build failed (exit status {status}); its warnings are printed above.")
+        raise RuntimeError(
+            f"sphinx-build failed (exit status {status}); its warnings are printed above. Paths under "
+            f"{out / 'src'} are the repository's files (linked there): fix them in the repository."
+        )
     return html
 
 

@@ -9,18 +9,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]  # course_utils for autodoc, course_site for the extension
 
-from course_site import github_pages_url  # noqa: E402
-
-from course_utils.repository import current_repository  # noqa: E402
+from course_utils.repository import current_repository, pages_url  # noqa: E402
 
 REPOSITORY = current_repository(ROOT)  # the one URL, from pyproject.toml
-_OWNER, _NAME = REPOSITORY.removeprefix("https://github.com/").split("/")
 
 project = "Parameter-efficient fine-tuning, hands on"
 author = "the PEFT course authors"
 copyright = "the PEFT course authors, Apache-2.0"
 html_title = "PEFT, hands on"
-html_baseurl = github_pages_url(REPOSITORY)
+html_baseurl = pages_url(REPOSITORY)  # where .github/workflows/pages.yml publishes it
 
 extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "course_site"]
 exclude_patterns = ["README.md", "LICENSE"]  # the landing page includes parts of the README

@@ -24,16 +24,6 @@ COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 LOCAL_BADGE = "/_static/colab-badge.svg"  # relative to the source folder: Sphinx copies it to _images/
 
 
-def github_pages_url(repository: str) -> str:
-    """The GitHub Pages address of a repository: ``https://<owner>.github.io/<name>/``.
-
-    >>> github_pages_url("https://github.com/peft-course/peft-course")
-    'https://peft-course.github.io/peft-course/'
-    """
-    owner, name = repository.removeprefix("https://github.com/").strip("/").split("/")[:2]
-    return f"https://{owner.lower()}.github.io/{name}/"
-
-
 def colab_url(repository: str, path: str) -> str:
     """Colab's address for a notebook of the repository's ``main`` branch.
 
