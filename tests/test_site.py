@@ -249,8 +249,16 @@ def test_search_finds_merge_and_unload_on_the_merging_page(browser, base_url: st
     assert merging, f"no merging notebook among {[path.name for path in NOTEBOOKS]}"
     page = browser.new_page()
     page.goto(base_url + "search.html?q=merge_and_unload")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     result = page.locator(f'ul.search li a[href*="{_page_name(merging[0])}"]')
-    result.first.wait_for(timeout=30_000)
+    try:
+        result.first.wait_for(timeout=20_000)
+    except PlaywrightTimeout:
+        found = page.locator("#search-results").inner_text() if page.locator("#search-results").count() else "nothing"
+        pytest.fail(
+            f"search for merge_and_unload did not list {_page_name(merging[0])} within 20 s; the page shows: {found[:800]}"
+        )
     assert "merge_and_unload" in page.locator("ul.search").inner_text()
     page.close()
 
