@@ -281,9 +281,26 @@ MEASURED_TABLE = """() => {
 }"""
 
 
+def _course_stderr(notebook: Path) -> list[str]:
+    """The first line of each stderr output that is not only third-party libraries' warnings."""
+    sys.path.insert(0, str(ROOT / "website"))
+    try:
+        from course_site import only_library_warnings
+    finally:
+        sys.path.remove(str(ROOT / "website"))
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    texts = ["".join(o["text"]) for c in cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    return [text.strip().splitlines()[0] for text in texts if text.strip() and not only_library_warnings(text)]
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
-def test_notebook_page_shows_what_we_measured_and_its_links(tab, base_url: str, html_dir: Path, notebook: Path) -> None:
+def test_notebook_page(tab, base_url: str, html_dir: Path, notebook: Path) -> None:
+    """Its "What we measured" table, its links, and stderr: the course's messages, not libraries' warnings."""
     tab.goto(base_url + _page_name(notebook))
+    text = tab.locator("main").inner_text()
+    assert "site-packages/" not in text, f"{_page_name(notebook)} shows a library's warning with a machine's path"
+    for line in _course_stderr(notebook):
+        assert line in text, f"{_page_name(notebook)} lacks the course's message on stderr: {line!r}"
     table = tab.evaluate(MEASURED_TABLE)
     assert table is not None, f"{_page_name(notebook)}: no 'What we measured' heading"
     assert table["visible"] and table["rows"] >= 2, (

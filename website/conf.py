@@ -24,7 +24,7 @@ exclude_patterns = ["README.md", "LICENSE"]  # the landing page includes parts o
 
 # The notebooks as committed: never executed, outputs shown as they are.
 nb_execution_mode = "off"
-nb_output_stderr = "remove"  # library warnings printed while the notebook ran; the cell outputs stay
+nb_output_stderr = "show"  # course_site drops the blocks that only hold third-party libraries' warnings
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 

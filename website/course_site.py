@@ -6,12 +6,16 @@
 - ``{course-path}`` lists the notebooks in course order (``notebooks/*.ipynb`` by name) on the landing page.
 - The Colab badge is drawn from ``_static/colab-badge.svg``: a page of the site loads nothing from
   another host.
+- A stderr output that only holds warnings raised inside installed libraries (deprecation notices,
+  with the path of the machine that ran the notebook) is left off the page; the course's own
+  messages on stderr (the prompt-learning cache warning of notebook 05) stay.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,19 @@ from sphinx.util.docutils import SphinxDirective
 
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 LOCAL_BADGE = "/_static/colab-badge.svg"  # relative to the source folder: Sphinx copies it to _images/
+_LIBRARY_WARNING = re.compile(r"^\S*site-packages/\S+:\d+: \w*Warning: ")
+
+
+def only_library_warnings(text: str) -> bool:
+    """Whether a stderr output holds nothing but warnings raised inside installed libraries.
+
+    >>> only_library_warnings("/x/site-packages/transformers/a.py:3: FutureWarning: old\\n  warnings.warn(\\n")
+    True
+    >>> only_library_warnings("/x/course_utils/evaluation.py:232: PromptLearningCacheWarning: wrong\\n")
+    False
+    """
+    heads = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
+    return bool(heads) and all(_LIBRARY_WARNING.match(line) for line in heads)
 
 
 def colab_url(repository: str, path: str) -> str:
@@ -71,6 +88,12 @@ class NotebookLinks(Transform):
         for image in self.document.findall(nodes.image):
             if image["uri"] == COLAB_BADGE:
                 image["uri"] = LOCAL_BADGE
+        for block in list(self.document.findall(nodes.literal_block)):
+            if "stderr" in block["classes"] and only_library_warnings(block.astext()):
+                parent = block.parent
+                parent.remove(block)
+                if isinstance(parent, nodes.container) and not parent.children:  # the output's empty box
+                    parent.parent.remove(parent)
         env = self.document.settings.env
         docname = env.docname
         if not (docname.startswith("notebooks/") and env.doc2path(docname).suffix == ".ipynb"):
