@@ -73,7 +73,7 @@ def reference_page(module: str) -> str:
 
 
 def stage(src: Path) -> list[str]:
-    """Lay out the site's sources in ``src``; returns their paths relative to it.
+    """Lay out the site's sources in ``src``; returns the paths it removed, relative to ``src``.
 
     Files that no longer exist in the repository (a renamed notebook) are removed from ``src``.
     """
@@ -86,9 +86,11 @@ def stage(src: Path) -> list[str]:
             wanted[src / path.relative_to(WEBSITE)] = path
     for module in course_modules():
         wanted[src / "reference" / f"{module}.md"] = reference_page(module)
+    removed = []
     if src.exists():
         for path in list(src.rglob("*")):
             if (path.is_file() or path.is_symlink()) and path not in wanted:
+                removed.append(path.relative_to(src).as_posix())
                 path.unlink()
     for target, source in wanted.items():
         if isinstance(source, Path):
@@ -96,7 +98,7 @@ def stage(src: Path) -> list[str]:
         elif not target.is_file() or target.read_text(encoding="utf-8") != source:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(source, encoding="utf-8")
-    return sorted(str(path.relative_to(src)) for path in wanted)
+    return sorted(removed)
 
 
 def build(out: Path = DEFAULT_OUT, fresh: bool = False, quiet: bool = True) -> Path:
@@ -111,8 +113,10 @@ def build(out: Path = DEFAULT_OUT, fresh: bool = False, quiet: bool = True) -> P
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
-    stage(out / "src")
     html = out / "html"
+    for gone in stage(out / "src"):  # Sphinx keeps the pages of deleted sources: a renamed notebook's old page
+        for page in (html / gone).with_suffix(".html"), html / "_sources" / gone:
+            page.unlink(missing_ok=True)
     args = ["-b", "html", "-c", str(WEBSITE), "-d", str(out / "doctrees"), "-W", "--keep-going"]
     args += ["-q"] if quiet else []
     status = build_main([*args, str(out / "src"), str(html)])
