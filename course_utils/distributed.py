@@ -1,6 +1,6 @@
 """Train a LoRA / QLoRA adapter on 1 process, N CPU processes or N GPUs with ``accelerate launch``.
 
-The same module runs unchanged everywhere; ``accelerate launch`` decides how (notebook 07):
+The same module runs unchanged everywhere; ``accelerate launch`` decides how (notebook 07)::
 
     python -m course_utils.distributed --max-steps 20                     # 1 process
     accelerate launch --config_file $(python -m course_utils.distributed --config ddp) \\

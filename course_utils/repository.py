@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RepositoryChange", "current_repository", "normalize_repository_url", "set_repository"]
+__all__ = ["RepositoryChange", "current_repository", "normalize_repository_url", "pages_url", "set_repository"]
 
 _URL = re.compile(r"^https://github\.com/([A-Za-z0-9](?:[A-Za-z0-9-]{0,38}))/([A-Za-z0-9._-]{1,100}?)(?:\.git)?/?$")
 _PYPROJECT_REPOSITORY = re.compile(r'^(Repository\s*=\s*")([^"]+)(")', re.MULTILINE)
@@ -40,6 +40,16 @@ def normalize_repository_url(url: str) -> str:
             "e.g. https://github.com/your-name/peft-course."
         )
     return f"https://github.com/{match.group(1)}/{match.group(2)}"
+
+
+def pages_url(repository: str) -> str:
+    """The address GitHub Pages gives the repository's website (``.github/workflows/pages.yml`` publishes it).
+
+    >>> pages_url("https://github.com/peft-course/peft-course")
+    'https://peft-course.github.io/peft-course/'
+    """
+    owner, name = normalize_repository_url(repository).removeprefix("https://github.com/").split("/")
+    return f"https://{owner.lower()}.github.io/{name}/"
 
 
 def current_repository(root: str | Path = ".") -> str:
@@ -89,6 +99,7 @@ def _patterns(old: str, new: str) -> list[tuple[re.Pattern[str], str]]:
     return [
         (re.compile(re.escape(old) + end), new),  # the URL itself, also in `pip install git+<url>`
         (re.compile(r"(colab\.research\.google\.com/github/)" + re.escape(old_repo) + r"(?=/)"), r"\g<1>" + new_repo),
+        (re.compile(re.escape(pages_url(old))), pages_url(new)),  # the website's address (README)
     ]
 
 
@@ -103,7 +114,8 @@ def set_repository(url: str, root: str | Path = ".", *, dry_run: bool = False) -
     """Replace the course's repository URL everywhere it is written, by ``url``.
 
     The old URL is pyproject's ``[project.urls] Repository``. Replaced: the URL itself (also inside
-    ``git+<url>`` install lines) and the ``<owner>/<name>`` of Colab badge links, in pyproject.toml,
+    ``git+<url>`` install lines), the ``<owner>/<name>`` of Colab badge links and the website's
+    GitHub Pages address (:func:`pages_url`), in pyproject.toml,
     ``*.md``, ``docs/**/*.md``, ``notebooks/*.ipynb`` and ``notebooks/*.py``. Files are edited as
     text, so nothing else in them changes. Running it again with the same URL changes nothing.
 

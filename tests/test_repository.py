@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from course_utils.cli import main
-from course_utils.repository import current_repository, normalize_repository_url, set_repository
+from course_utils.repository import current_repository, normalize_repository_url, pages_url, set_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW = "https://github.com/new-owner/new-course"
@@ -38,7 +38,9 @@ def test_every_copy_of_the_url_moves_and_a_second_run_changes_nothing(clone: Pat
     before = _texts(clone)
     urls = {k: t.count(old) for k, t in before.items()}
     badges = {k: t.count(f"colab.research.google.com/github/{old_repo}/") for k, t in before.items()}
+    sites = {k: t.count(pages_url(old)) for k, t in before.items()}
     assert urls["pyproject.toml"] == 1 and sum(badges.values()) >= 2 * 7 + 7  # .ipynb + .py per notebook, README
+    assert sites["README.md"] == 1  # the website's address
 
     change = set_repository(NEW, clone)
     after = _texts(clone)
@@ -47,7 +49,8 @@ def test_every_copy_of_the_url_moves_and_a_second_run_changes_nothing(clone: Pat
         assert old not in text and f"github/{old_repo}/" not in text, name
         assert text.count(NEW) == urls[name], name
         assert text.count(f"colab.research.google.com/github/{new_repo}/blob/main/") == badges[name], name
-    assert change.files == {k: urls[k] + badges[k] for k in urls if urls[k] + badges[k]}
+        assert pages_url(old) not in text and text.count(pages_url(NEW)) == sites[name], name
+    assert change.files == {k: urls[k] + badges[k] + sites[k] for k in urls if urls[k] + badges[k] + sites[k]}
     for nb in (clone / "notebooks").glob("*.ipynb"):  # the set-up cell and the badge, in both twins
         for path in (nb, nb.with_suffix(".py")):
             text = after[path.relative_to(clone).as_posix()]
@@ -56,6 +59,7 @@ def test_every_copy_of_the_url_moves_and_a_second_run_changes_nothing(clone: Pat
     # nothing else changed: undoing the two replacements gives the original files back
     for name, text in after.items():
         undone = text.replace(NEW, old).replace(f"github/{new_repo}/", f"github/{old_repo}/")
+        undone = undone.replace(pages_url(NEW), pages_url(old))
         assert undone == before[name], name
 
     again = set_repository(NEW + ".git/", clone)
