@@ -1,0 +1,565 @@
+"""How long will it take? Step time, tokens per second and GPU-hours of a recipe, from first principles.
+
+`predict_step_time(config, recipe, "T4")` turns the work of one step (`course_utils.step_work`:
+FLOPs, bytes, kernel launches per phase) into seconds with a roofline:
+
+- on the device, each phase takes ``max(FLOPs / (peak x matmul efficiency), bytes / (bandwidth x
+  memory efficiency))`` (a matmul is limited by arithmetic, an elementwise kernel by memory);
+- on the host, every kernel costs ``launch_s`` of Python and dispatch. A GPU runs them asynchronously,
+  so a step takes the longer of the two, except under gradient checkpointing, where the recomputation
+  runs inside backward and the measurements show the two adding up (see below). A CPU runs both in
+  turn: they always add up;
+- several GPUs (``Recipe.n_gpus``, data parallel, ``batch_size`` per GPU): each GPU does one GPU's
+  step on its own batch, then the gradients are all-reduced (ring: 2 (N-1)/N of the trainable
+  gradient bytes over the interconnect of `course_utils.gpus`); FSDP / ZeRO-3 also all-gather the
+  16-bit weights in forward and backward. Communication is added, not overlapped: an upper bound.
+
+**Calibration, once.** The three efficiencies are fitted (least squares on log step time) to three
+rows of the H200 reference (`data/reference/h200_smollm2-1.7b.json`): ``fft_bfloat16`` (the most
+compute-heavy step), ``lora_r16_all`` (the most memory- and launch-heavy step without checkpointing)
+and ``lora_r16_all_gc`` (checkpointing). One row per mechanism the parameters stand for, chosen
+before looking at the other rows. The other five rows (float32 full fine-tuning, LoRA on q/v only, LoRA
+without dropout, QLoRA, QLoRA with checkpointing) are held out: `reference_time_errors` reports
+them, and every printed time carries the largest held-out error (`TimeEstimate.label`). The same
+fractions of peak are assumed on other GPUs, and the host's launch cost is assumed to be that of the
+H200's host.
+
+**On a CPU**, `measure_cpu` measures this machine in a few seconds (matmul FLOP/s, memory
+bandwidth, the cost of one small autograd op, a Trainer step with no work): nothing is fitted to
+the notebooks it then predicts (`benchmarks/planner_time.py` checks them).
+
+>>> est = predict_step_time("smollm2-1.7b", Recipe(method="lora"), "H200")
+>>> 0.1 < est.step_s < 0.3, est.tokens_per_s > 10_000
+(True, True)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from course_utils.gpus import GPU, get_gpu
+from course_utils.recipe import Recipe
+from course_utils.resources import data_dir
+from course_utils.step_work import StepWork, step_work
+
+__all__ = [
+    "CALIBRATION_ROWS",
+    "CPU",
+    "Efficiency",
+    "TimeEstimate",
+    "calibrate",
+    "h200_efficiency",
+    "measure_cpu",
+    "predict_step_time",
+    "reference_time_errors",
+]
+
+REFERENCE_PATH = data_dir("reference") / "h200_smollm2-1.7b.json"
+#: The reference rows the GPU efficiencies are fitted to (see the module docstring for why these).
+CALIBRATION_ROWS = ("fft_bfloat16", "lora_r16_qv", "lora_r16_all", "lora_r16_all_gc")
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """What fraction of a device's peaks a step reaches, and what the host adds per kernel and per step.
+
+    ``matmul``: of peak FLOP/s; ``memory``: of peak bandwidth; ``launch_s``: host seconds per kernel;
+    ``overlap``: the host's launches overlap the device's work (a GPU); ``step_overhead_s``: host work
+    per step outside the model (Trainer, data collation); ``start_s``: once per ``trainer.train()``.
+
+    >>> Efficiency(0.5, 0.5, 1e-5).overlap
+    True
+    """
+
+    matmul: float
+    memory: float
+    launch_s: float
+    overlap: bool = True
+    step_overhead_s: float = 0.0
+    start_s: float = 0.0
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "matmul": round(self.matmul, 4),
+            "memory": round(self.memory, 4),
+            "launch_us": round(self.launch_s * 1e6, 2),
+            "overlap": self.overlap,
+            "step_overhead_ms": round(self.step_overhead_s * 1e3, 3),
+            "start_s": round(self.start_s, 3),
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class CPU:
+    """This machine's CPU as `measure_cpu` measured it: the rates a small model's training sees.
+
+    ``peak_flops`` and ``bandwidth`` are measured (so efficiencies are 1), ``launch_s`` is one small
+    autograd op forward and backward, ``step_overhead_s`` and ``start_s`` a Trainer run with no work.
+
+    >>> cpu = CPU("demo", 20e9, 5e9, 2e-5, 3e-3, 0.5, threads=2)
+    >>> cpu.efficiency().overlap
+    False
+    """
+
+    name: str
+    peak_flops: float
+    bandwidth: float
+    launch_s: float
+    step_overhead_s: float
+    start_s: float
+    threads: int = 1
+    seconds: float = 0.0
+
+    def efficiency(self) -> Efficiency:
+        return Efficiency(
+            1.0,
+            1.0,
+            self.launch_s,
+            overlap=False,
+            step_overhead_s=self.step_overhead_s,
+            start_s=self.start_s,
+            source=f"measured on this CPU in {self.seconds:.1f} s ({self.threads} threads)",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "GFLOPs": round(self.peak_flops / 1e9, 2),
+            "bandwidth_GBps": round(self.bandwidth / 1e9, 2),
+            "launch_us": round(self.launch_s * 1e6, 2),
+            "step_overhead_ms": round(self.step_overhead_s * 1e3, 2),
+            "start_s": round(self.start_s, 3),
+            "threads": self.threads,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class TimeEstimate:
+    """A predicted training step: seconds, tokens per second, and what limits it.
+
+    ``device_s`` / ``host_s``: the device's roofline time and the host's launch time of one step;
+    ``comm_s``: data-parallel communication; ``phases_s``: each phase's roofline seconds;
+    ``error``: the largest relative error of the model where it was checked (None: not checked),
+    ``error_source`` says where.
+
+    >>> est = predict_step_time("smollm2-135m", Recipe(batch_size=4, seq_len=256), "L4")
+    >>> est.time_for(1000, epochs=2) == math.ceil(2000 / 4) * est.step_s
+    True
+    """
+
+    model: str
+    recipe: Recipe
+    device: str
+    step_s: float
+    tokens_per_step: int
+    device_s: float
+    host_s: float
+    comm_s: float
+    phases_s: dict[str, float]
+    bound: str
+    error: float | None
+    error_source: str
+    start_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens trained per second, all GPUs together."""
+        return self.tokens_per_step / self.step_s
+
+    def steps_for(self, examples: int, epochs: float = 1.0) -> int:
+        """Optimizer steps to see ``examples`` rows ``epochs`` times (``batch_size`` rows per GPU per step)."""
+        return math.ceil(examples * epochs / (self.recipe.batch_size * self.recipe.n_gpus))
+
+    def time_for(self, examples: int, epochs: float = 1.0) -> float:
+        """Seconds to train ``epochs`` epochs over ``examples`` rows (plus the one-off start, if known)."""
+        return self.steps_for(examples, epochs) * self.step_s + self.start_s
+
+    def gpu_hours(self, examples: int, epochs: float = 1.0) -> float:
+        """GPU-hours of that training: wall hours x number of GPUs."""
+        return self.time_for(examples, epochs) * self.recipe.n_gpus / 3600
+
+    @property
+    def label(self) -> str:
+        """How far to trust it: "predicted; ±N% on ..." (the largest error where the model was checked)."""
+        if self.error is None:
+            return f"predicted; {self.error_source}"
+        return f"predicted; ±{100 * self.error:.0f}% on {self.error_source}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "recipe": self.recipe.name,
+            "device": self.device,
+            "step_s": round(self.step_s, 5),
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "device_s": round(self.device_s, 5),
+            "host_s": round(self.host_s, 5),
+            "comm_s": round(self.comm_s, 5),
+            "bound": self.bound,
+            "phases_s": {k: round(v, 6) for k, v in self.phases_s.items()},
+            "label": self.label,
+            "notes": list(self.notes),
+        }
+
+    def __repr__(self) -> str:
+        lines = [
+            f"TimeEstimate({self.model}, {self.recipe.name} on {self.device}): {self.step_s * 1e3:.1f} ms/step, "
+            f"{self.tokens_per_s:,.0f} tokens/s ({self.label})",
+            f"  limited by {self.bound}; device {self.device_s * 1e3:.1f} ms, host {self.host_s * 1e3:.1f} ms"
+            + (f", communication {self.comm_s * 1e3:.1f} ms" if self.comm_s else ""),
+        ]
+        lines += [f"  {k:<52} {v * 1e3:9.2f} ms" for k, v in self.phases_s.items()]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+
+# --------------------------------------------------------------------------- the roofline
+
+
+def _seconds(work: StepWork, peak_flops: float, bandwidth: float, eff: Efficiency) -> tuple[float, float, dict]:
+    phases = {p.name: max(p.flops / (peak_flops * eff.matmul), p.bytes / (bandwidth * eff.memory)) for p in work.phases}
+    host = work.kernels * eff.launch_s + eff.step_overhead_s
+    return sum(phases.values()), host, phases
+
+
+def _combine(device_s: float, host_s: float, eff: Efficiency, checkpointing: bool) -> tuple[float, str]:
+    if eff.overlap and not checkpointing:
+        return max(device_s, host_s), ("host (kernel launches)" if host_s > device_s else "device")
+    return device_s + host_s, "device + host in turn"
+
+
+def _dominant(phases: dict[str, float]) -> str:
+    return max(phases, key=phases.get) if phases else ""
+
+
+def predict_step_time(
+    config: Any,
+    recipe: Recipe,
+    device: str | GPU | CPU = "H200",
+    efficiency: Efficiency | None = None,
+    *,
+    trainer: bool = False,
+) -> TimeEstimate:
+    """Predict one training step of ``recipe`` on ``config`` on a named GPU (or a measured :class:`CPU`).
+
+    ``efficiency`` defaults to the H200 calibration (:func:`h200_efficiency`) on a GPU and to the CPU's
+    own measurement on a CPU. ``trainer=True`` adds what ``transformers.Trainer`` adds: gradient
+    clipping, and on a CPU the optimizer's per-tensor loop.
+
+    >>> t4 = predict_step_time("smollm2-1.7b", Recipe(method="qlora", batch_size=4), "T4")
+    >>> h200 = predict_step_time("smollm2-1.7b", Recipe(method="qlora", batch_size=4), "H200")
+    >>> t4.step_s > 3 * h200.step_s
+    True
+    """
+    est = _predict(config, recipe, device, efficiency, trainer)
+    if not isinstance(device, CPU):
+        est.error, est.error_source = _reference_error()
+    return est
+
+
+def _predict(
+    config: Any, recipe: Recipe, device: str | GPU | CPU, efficiency: Efficiency | None, trainer: bool
+) -> TimeEstimate:
+    is_cpu = isinstance(device, CPU)
+    gpu = None if is_cpu else get_gpu(device)  # type: ignore[arg-type]
+    work = step_work(config, recipe, clip_grad_norm=trainer, foreach=not is_cpu)
+    if is_cpu:
+        assert isinstance(device, CPU)
+        eff = efficiency or device.efficiency()
+        peak, bw, name = device.peak_flops, device.bandwidth, device.name
+        error, source = None, "from a calibration of this CPU (benchmarks/planner_time.py measures its error)"
+    else:
+        assert gpu is not None
+        eff = efficiency or h200_efficiency()
+        peak, bw, name = gpu.peak_flops, gpu.bandwidth, gpu.name
+        error, source = None, "the H200 reference"
+    dev_s, host_s, phases = _seconds(work, peak, bw, eff)
+    step, bound = _combine(dev_s, host_s, eff, recipe.gradient_checkpointing)
+    if bound == "device":
+        bound = f"device: {_dominant(phases)}"
+    comm = 0.0
+    notes = list(work.notes)
+    if recipe.n_gpus > 1 and gpu is not None:
+        comm = (work.allreduce_bytes + work.gather_bytes) / (gpu.interconnect_GBps * 1e9)
+        notes.append(
+            f"{recipe.n_gpus} GPUs: {work.allreduce_bytes / 1e9:.2f} GB of gradients"
+            + (f" and {work.gather_bytes / 1e9:.2f} GB of gathered weights" if work.gather_bytes else "")
+            + f" per GPU per step at {gpu.interconnect_GBps:g} GB/s, not overlapped with compute (an upper bound)"
+        )
+    if gpu is not None and gpu.dtype16 == "float16" and recipe.dtype == "bfloat16":
+        notes.append(f"{gpu.name} has no bfloat16: it trains in float16 at the same rate.")
+    return TimeEstimate(
+        model=work.model,
+        recipe=recipe,
+        device=name,
+        step_s=step + comm,
+        tokens_per_step=work.tokens * recipe.n_gpus,
+        device_s=dev_s,
+        host_s=host_s,
+        comm_s=comm,
+        phases_s=phases,
+        bound=bound,
+        error=error,
+        error_source=source,
+        start_s=eff.start_s,
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- calibration on the reference
+
+
+def _reference(path: str | Path = REFERENCE_PATH) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def calibrate(
+    rows: Sequence[str] = CALIBRATION_ROWS, path: str | Path = REFERENCE_PATH, gpu: str | GPU = "H200"
+) -> Efficiency:
+    """Fit the matmul and memory efficiencies and the host's launch cost to measured reference rows.
+
+    Least squares on log(predicted / measured step time) over ``rows``, efficiencies kept in (0, 1].
+    A pure-Python coordinate search on a log grid (no scipy): deterministic, well under a second.
+
+    >>> eff = calibrate()
+    >>> 0 < eff.matmul <= 1 and 0 < eff.memory <= 1 and 1e-6 < eff.launch_s < 1e-4
+    True
+    """
+    from course_utils.planner import reference_recipes
+
+    ref = _reference(path)
+    shape = ref["shape"]
+    recipes = reference_recipes(shape["batch"], shape["seq_len"])
+    unknown = [r for r in rows if r not in ref["train"]]
+    if unknown:
+        raise ValueError(f"Calibration rows {unknown} are not in {path}: it has {sorted(ref['train'])}.")
+    g = get_gpu(gpu)
+    works = [(step_work("smollm2-1.7b", recipes[r]), ref["train"][r]["step_s"]) for r in rows]
+
+    def loss(x: list[float]) -> float:
+        eff = Efficiency(x[0], x[1], x[2], step_overhead_s=x[3])
+        total = 0.0
+        for w, measured in works:
+            dev, host, _ = _seconds(w, g.peak_flops, g.bandwidth, eff)
+            step, _ = _combine(dev, host, eff, w.recipe.gradient_checkpointing)
+            total += math.log(step / measured) ** 2
+        return total
+
+    # Coordinate descent in log space with a shrinking step. Bounds: efficiencies in (0, 1], launch
+    # 0.1-1000 us, per-step host overhead 0-1 s.
+    x = [0.8, 0.5, 1e-5, 0.05]
+    lo, hi = [1e-3, 1e-3, 1e-7, 1e-4], [1.0, 1.0, 1e-3, 1.0]
+    best = loss(x)
+    step = 1.0
+    while step > 1e-6:
+        improved = False
+        for i in range(len(x)):
+            for sign in (1, -1):
+                trial = list(x)
+                trial[i] = min(hi[i], max(lo[i], x[i] * math.exp(sign * step)))
+                value = loss(trial)
+                if value < best - 1e-15:
+                    x, best, improved = trial, value, True
+        if not improved:
+            step /= 2
+    return Efficiency(
+        x[0],
+        x[1],
+        x[2],
+        step_overhead_s=x[3],
+        source=f"fitted to {', '.join(rows)} of {Path(path).name} ({g.name}, batch {shape['batch']} x {shape['seq_len']})",
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def h200_efficiency() -> Efficiency:
+    """The efficiencies calibrated once on :data:`CALIBRATION_ROWS` of the shipped H200 reference (cached).
+
+    >>> h200_efficiency().source.startswith("fitted to fft_bfloat16")
+    True
+    """
+    return calibrate()
+
+
+def reference_time_errors(
+    path: str | Path = REFERENCE_PATH,
+    efficiency: Efficiency | None = None,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+) -> list[dict[str, Any]]:
+    """Predicted vs measured step time of every reference row; ``calibration`` marks the rows fitted to.
+
+    With ``batch_size`` / ``seq_len`` other than the measured shape, rows are predictions only
+    (``measured_s`` None): the reference measures one shape.
+
+    >>> rows = reference_time_errors()
+    >>> sorted(r["name"] for r in rows if r["calibration"])
+    ['fft_bfloat16', 'lora_r16_all', 'lora_r16_all_gc', 'lora_r16_qv']
+    """
+    from course_utils.planner import reference_recipes
+
+    ref = _reference(path)
+    shape = ref["shape"]
+    b, s = batch_size or shape["batch"], seq_len or shape["seq_len"]
+    measured_shape = (b, s) == (shape["batch"], shape["seq_len"])
+    recipes = reference_recipes(b, s)
+    eff = efficiency or h200_efficiency()
+    out = []
+    for name, row in ref["train"].items():
+        est = _predict("smollm2-1.7b", recipes[name], ref.get("device", "H200").replace("NVIDIA ", ""), eff, False)
+        measured = row["step_s"] if measured_shape else None
+        out.append(
+            {
+                "name": name,
+                "calibration": name in CALIBRATION_ROWS,
+                "batch x seq": f"{b} x {s}",
+                "predicted_s": round(est.step_s, 4),
+                "measured_s": measured,
+                "rel_error": None if measured is None else round(est.step_s / measured - 1.0, 4),
+                "predicted_tok_per_s": round(est.tokens_per_s),
+                "bound": est.bound,
+            }
+        )
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_error() -> tuple[float, str]:
+    held_out = [abs(r["rel_error"]) for r in reference_time_errors() if not r["calibration"]]
+    return max(held_out), f"the H200 reference's {len(held_out)} held-out recipes"
+
+
+# --------------------------------------------------------------------------- the learner's CPU
+
+
+def _best_of(fn: Any, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def measure_cpu(seconds: float = 3.0, trainer_probe: bool = True) -> CPU:
+    """Measure this CPU in about ``seconds``: float32 matmul FLOP/s, memory bandwidth, op and Trainer overheads.
+
+    - matmuls of a small model's shapes (1024 x 256 @ 256 x 256, float32), best of several;
+    - bandwidth: copying a 64 MiB tensor (read + write);
+    - ``launch_s``: a chain of tiny autograd ops, forward and backward, per op;
+    - ``step_overhead_s`` / ``start_s``: a ``Trainer`` on a one-parameter model, 2 and 6 steps
+      (the difference per step, and what the first step costs beyond it). Skipped with
+      ``trainer_probe=False`` (then 0).
+
+    Uses torch's current thread count (``OMP_NUM_THREADS``). Best-of timings: on a busy machine the
+    result is closer to the idle machine than a mean would be.
+
+    >>> cpu = measure_cpu(seconds=0.3, trainer_probe=False)
+    >>> cpu.peak_flops > 1e8 and cpu.bandwidth > 1e8
+    True
+    """
+    import torch
+
+    start = time.perf_counter()
+    budget = max(0.1, seconds) / 4
+    a, b = torch.randn(1024, 256), torch.randn(256, 256)
+    torch.mm(a, b)
+    one = _best_of(lambda: torch.mm(a, b), 3)
+    reps = max(3, int(budget / 2 / max(one, 1e-6)))
+    t_mm = _best_of(lambda: [torch.mm(a, b) for _ in range(10)], max(1, reps // 10)) / 10
+    flops = 2 * 1024 * 256 * 256 / t_mm
+    x = torch.empty(16 * 2**20)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    t_copy = _best_of(lambda: y.copy_(x), max(3, int(budget / 2 / 0.01)))
+    bandwidth = 2 * x.numel() * 4 / t_copy
+    # One tiny op forward and backward: what Python, the dispatcher and autograd add per kernel.
+    w = torch.randn(4, 4, requires_grad=True)
+
+    def chain() -> None:
+        h = w
+        for _ in range(50):
+            h = h * 1.0001
+        h.sum().backward()
+
+    chain()
+    n_kernels = 50 * 2 + 2
+    t_chain = _best_of(chain, max(3, int(budget / 0.005)))
+    launch = t_chain / n_kernels
+    step_overhead, start_s = (0.0, 0.0)
+    if trainer_probe:
+        step_overhead, start_s = _trainer_overhead()
+    return CPU(
+        name=f"this CPU ({torch.get_num_threads()} threads)",
+        peak_flops=flops,
+        bandwidth=bandwidth,
+        launch_s=launch,
+        step_overhead_s=step_overhead,
+        start_s=start_s,
+        threads=torch.get_num_threads(),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _trainer_overhead() -> tuple[float, float]:
+    """(seconds per step, seconds before the first step) of ``Trainer`` on a model with one weight."""
+    import tempfile
+
+    import torch
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    class One(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids: Any = None, labels: Any = None) -> dict[str, Any]:
+            return {"loss": (self.w * input_ids.float().mean() - 1).pow(2).sum()}
+
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]} for _ in range(64)]
+
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        return {k: torch.tensor([r[k] for r in batch]) for k in ("input_ids", "labels")}
+
+    def run(steps: int) -> float:
+        with tempfile.TemporaryDirectory() as out:
+            args = TrainingArguments(
+                output_dir=out,
+                max_steps=steps,
+                per_device_train_batch_size=4,
+                use_cpu=True,
+                report_to="none",
+                save_strategy="no",
+                disable_tqdm=True,
+                logging_steps=10,
+                dataloader_pin_memory=False,
+            )
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                trainer = Trainer(model=One(), args=args, train_dataset=rows, data_collator=collate)
+                trainer.remove_callback(PrinterCallback)
+                t = time.perf_counter()
+                trainer.train()
+                return time.perf_counter() - t
+            finally:
+                hf_logging.set_verbosity(verbosity)
+
+    run(1)  # imports and first-call costs
+    short, long = run(2), run(8)
+    per_step = max(0.0, (long - short) / 6)
+    return per_step, max(0.0, short - 2 * per_step)
