@@ -260,3 +260,44 @@ def notebook_minutes(cpu: CPU) -> dict[str, tuple[float, list[str]]]:
             seconds += row["predicted_s"] / 60
         out[run.notebook] = (seconds, missing)
     return out
+
+
+def diagnose_training_time(facts: dict[str, Any], seconds: float = 1.5) -> list[Any]:
+    """`course-utils doctor`'s lines: predicted training minutes per notebook on this CPU (a short calibration).
+
+    On a GPU or Apple MPS the notebooks train there, not on the CPU: one line points to ``course-utils plan``.
+    ``facts["training_minutes"]`` gets the numbers.
+
+    >>> lines = diagnose_training_time({"device": "cuda"})
+    >>> lines[0].name, lines[0].status
+    ('training time', 'info')
+    """
+    from course_utils.doctor import INFO, Check
+    from course_utils.step_time import measure_cpu
+
+    if facts.get("device") not in (None, "cpu"):
+        return [
+            Check(
+                "training time",
+                INFO,
+                f"the notebooks train on {facts.get('gpu') or facts.get('device')}",
+                "predict a recipe's time there: course-utils plan <model> --on <GPU>",
+            )
+        ]
+    cpu = measure_cpu(seconds=seconds)
+    minutes = notebook_minutes(cpu)
+    facts["training_minutes"] = {k: round(v, 2) for k, (v, _) in minutes.items()}
+    facts["cpu_calibration"] = cpu.to_dict()
+    lines = []
+    kinds = {run.cell: run.kind for run in NOTEBOOK_RUNS}
+    for notebook, (value, missing) in minutes.items():
+        if value:
+            found = f"{notebook}: ~{value:.1f} min of training (predicted)"
+            advice = "from a CPU calibration; benchmarks/planner_time.py measures its error"
+            if missing:
+                advice += f"; not counted: {', '.join(missing)}"
+        else:
+            found = f"{notebook}: not predicted"
+            advice = "; ".join(f"{m} ({kinds[m].removeprefix('not modelled: ')})" for m in missing)
+        lines.append(Check("training time", INFO, found, advice))
+    return lines
