@@ -59,9 +59,12 @@ __all__ = [
     "measure_cpu",
     "predict_step_time",
     "reference_time_errors",
+    "write_calibration",
 ]
 
 REFERENCE_PATH = data_dir("reference") / "h200_smollm2-1.7b.json"
+#: Where the calibration is kept once fitted (see :func:`write_calibration`).
+CALIBRATION_PATH = data_dir("reference") / "h200_time_calibration.json"
 #: The reference rows the GPU efficiencies are fitted to (see the module docstring for why these).
 CALIBRATION_ROWS = ("fft_bfloat16", "lora_r16_qv", "lora_r16_all", "lora_r16_all_gc")
 
@@ -332,7 +335,7 @@ def calibrate(
     """Fit the matmul and memory efficiencies and the host's launch cost to measured reference rows.
 
     Least squares on log(predicted / measured step time) over ``rows``, efficiencies kept in (0, 1].
-    A pure-Python coordinate search on a log grid (no scipy): deterministic, well under a second.
+    Levenberg-Marquardt in pure Python from three starts (no scipy): deterministic, well under a second.
 
     >>> eff = calibrate()
     >>> 0 < eff.matmul <= 1 and 0 < eff.memory <= 1 and 1e-6 < eff.launch_s < 1e-4
@@ -349,32 +352,66 @@ def calibrate(
     g = get_gpu(gpu)
     works = [(step_work("smollm2-1.7b", recipes[r]), ref["train"][r]["step_s"]) for r in rows]
 
-    def loss(x: list[float]) -> float:
-        eff = Efficiency(x[0], x[1], x[2], step_overhead_s=x[3])
-        total = 0.0
-        for w, measured in works:
-            dev, host, _ = _seconds(w, g.peak_flops, g.bandwidth, eff)
-            step, _ = _combine(dev, host, eff, w.recipe.gradient_checkpointing)
-            total += math.log(step / measured) ** 2
-        return total
+    # Per row: (flops, bytes) of each phase, kernels, checkpointing, measured seconds.
+    rows_work = [
+        ([(p.flops, p.bytes) for p in w.phases], w.kernels, w.recipe.gradient_checkpointing, measured)
+        for w, measured in works
+    ]
 
-    # Coordinate descent in log space with a shrinking step. Bounds: efficiencies in (0, 1], launch
-    # 0.1-1000 us, per-step host overhead 0-1 s.
-    x = [0.8, 0.5, 1e-5, 0.05]
+    def residuals(x: list[float]) -> list[float]:
+        peak, bw = g.peak_flops * x[0], g.bandwidth * x[1]
+        out = []
+        for phases, kernels, gc, measured in rows_work:
+            dev = sum(max(f / peak, b / bw) for f, b in phases)
+            host = kernels * x[2] + x[3]
+            step = dev + host if gc else max(dev, host)  # as _combine on a GPU
+            out.append(math.log(step / measured))
+        return out
+
+    def loss(x: list[float]) -> float:
+        return sum(r * r for r in residuals(x))
+
+    # Levenberg-Marquardt on the log residuals, in log parameters (finite-difference Jacobian), from a few
+    # starts, keeping the best; parameters clipped to: efficiencies in (0, 1], launch 0.1-1000 us, per-step
+    # host overhead 0.1 ms-1 s. Pure Python (4 x 4 normal equations), deterministic.
     lo, hi = [1e-3, 1e-3, 1e-7, 1e-4], [1.0, 1.0, 1e-3, 1.0]
-    best = loss(x)
-    step = 1.0
-    while step > 1e-6:
-        improved = False
-        for i in range(len(x)):
-            for sign in (1, -1):
-                trial = list(x)
-                trial[i] = min(hi[i], max(lo[i], x[i] * math.exp(sign * step)))
-                value = loss(trial)
-                if value < best - 1e-15:
-                    x, best, improved = trial, value, True
-        if not improved:
-            step /= 2
+
+    def clip(z: list[float]) -> list[float]:
+        return [min(math.log(h), max(math.log(low), v)) for v, low, h in zip(z, lo, hi)]
+
+    best_x, best = [0.5, 0.5, 1e-5, 0.01], float("inf")
+    for start in ([0.5, 0.5, 1e-5, 0.01], [0.8, 0.3, 3e-6, 0.1], [0.3, 0.8, 3e-5, 0.001]):
+        z = [math.log(v) for v in start]
+        r = residuals(start)
+        value = sum(v * v for v in r)
+        damping = 1e-3
+        for _ in range(200):
+            jac = []
+            for i in range(4):
+                dz = list(z)
+                dz[i] += 1e-6
+                ri = residuals([math.exp(v) for v in dz])
+                jac.append([(a - b) / 1e-6 for a, b in zip(ri, r)])  # jac[i][k] = d r_k / d z_i
+            jtj = [[sum(jac[i][k] * jac[j][k] for k in range(len(r))) for j in range(4)] for i in range(4)]
+            jtr = [sum(jac[i][k] * r[k] for k in range(len(r))) for i in range(4)]
+            moved = False
+            while damping < 1e12:
+                m = [
+                    [jtj[i][j] + (damping * (jtj[i][i] + 1e-12) if i == j else 0.0) for j in range(4)] for i in range(4)
+                ]
+                trial_z = clip([v - d for v, d in zip(z, _solve(m, jtr))])
+                trial_r = residuals([math.exp(v) for v in trial_z])
+                trial = sum(v * v for v in trial_r)
+                if trial < value:
+                    z, r, value, moved = trial_z, trial_r, trial, True
+                    damping = max(damping / 10, 1e-12)
+                    break
+                damping *= 10
+            if not moved or value < 1e-20:
+                break
+        if value < best:
+            best_x, best = [math.exp(v) for v in z], value
+    x = best_x
     return Efficiency(
         x[0],
         x[1],
@@ -386,12 +423,61 @@ def calibrate(
 
 @functools.lru_cache(maxsize=1)
 def h200_efficiency() -> Efficiency:
-    """The efficiencies calibrated once on :data:`CALIBRATION_ROWS` of the shipped H200 reference (cached).
+    """The efficiencies calibrated once on :data:`CALIBRATION_ROWS` of the H200 reference.
+
+    Read from ``data/reference/h200_time_calibration.json``, which :func:`write_calibration` writes
+    (tests/test_step_time.py checks that it equals a fresh :func:`calibrate`); calibrated here if missing.
 
     >>> h200_efficiency().source.startswith("fitted to fft_bfloat16")
     True
     """
-    return calibrate()
+    if not CALIBRATION_PATH.is_file():
+        return calibrate()
+    data = json.loads(CALIBRATION_PATH.read_text())
+    return Efficiency(
+        data["matmul"], data["memory"], data["launch_s"], step_overhead_s=data["step_overhead_s"], source=data["source"]
+    )
+
+
+def write_calibration(path: str | Path = CALIBRATION_PATH) -> Efficiency:
+    """Calibrate on the shipped reference and write the result where :func:`h200_efficiency` reads it.
+
+    >>> import tempfile, os
+    >>> eff = write_calibration(os.path.join(tempfile.mkdtemp(), "calibration.json"))  # doctest: +SKIP
+    """
+    eff = calibrate()
+    data = {
+        "what": "step_time efficiencies fitted to the H200 reference (course_utils.step_time.calibrate)",
+        "rows": list(CALIBRATION_ROWS),
+        "matmul": eff.matmul,
+        "memory": eff.memory,
+        "launch_s": eff.launch_s,
+        "step_overhead_s": eff.step_overhead_s,
+        "source": eff.source,
+    }
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    h200_efficiency.cache_clear()
+    _reference_error.cache_clear()
+    return eff
+
+
+def _solve(m: list[list[float]], v: list[float]) -> list[float]:
+    """Solve the small linear system ``m x = v`` (Gaussian elimination with partial pivoting)."""
+    n = len(v)
+    a = [row[:] + [v[i]] for i, row in enumerate(m)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda i: abs(a[i][col]))
+        a[col], a[pivot] = a[pivot], a[col]
+        if abs(a[col][col]) < 1e-300:
+            return [0.0] * n
+        for i in range(col + 1, n):
+            f = a[i][col] / a[col][col]
+            for j in range(col, n + 1):
+                a[i][j] -= f * a[col][j]
+    x = [0.0] * n
+    for i in reversed(range(n)):
+        x[i] = (a[i][n] - sum(a[i][j] * x[j] for j in range(i + 1, n))) / a[i][i]
+    return x
 
 
 def reference_time_errors(
