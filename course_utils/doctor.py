@@ -607,9 +607,9 @@ def _span(names: list[str]) -> str:
 
 
 def _training_time(facts: dict[str, Any]) -> list[Check]:
-    from course_utils.notebook_time import diagnose_training_time
+    from course_utils.notebook_time import training_time_lines
 
-    return diagnose_training_time(facts)
+    return [Check("training time", INFO, found, advice) for found, advice in training_time_lines(facts)]
 
 
 def diagnose(

@@ -28,7 +28,14 @@ from course_utils.recipe import Recipe
 from course_utils.resources import data_dir
 from course_utils.step_time import CPU, TimeEstimate, predict_step_time
 
-__all__ = ["NOTEBOOK_RUNS", "NotebookRun", "padded_length", "predict_notebook_runs", "notebook_minutes"]
+__all__ = [
+    "NOTEBOOK_RUNS",
+    "NotebookRun",
+    "padded_length",
+    "predict_notebook_runs",
+    "notebook_minutes",
+    "training_time_lines",
+]
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 QV = ("q_proj", "v_proj")
@@ -262,27 +269,22 @@ def notebook_minutes(cpu: CPU) -> dict[str, tuple[float, list[str]]]:
     return out
 
 
-def diagnose_training_time(facts: dict[str, Any], seconds: float = 1.5) -> list[Any]:
-    """`course-utils doctor`'s lines: predicted training minutes per notebook on this CPU (a short calibration).
+def training_time_lines(facts: dict[str, Any], seconds: float = 1.5) -> list[tuple[str, str]]:
+    """`course-utils doctor`'s lines, as (found, advice): predicted training minutes per notebook on this CPU.
 
-    On a GPU or Apple MPS the notebooks train there, not on the CPU: one line points to ``course-utils plan``.
+    A short calibration (:func:`~course_utils.step_time.measure_cpu`) first. On a GPU or Apple MPS the
+    notebooks train there, not on the CPU: one line points to ``course-utils plan``.
     ``facts["training_minutes"]`` gets the numbers.
 
-    >>> lines = diagnose_training_time({"device": "cuda"})
-    >>> lines[0].name, lines[0].status
-    ('training time', 'info')
+    >>> training_time_lines({"device": "cuda", "gpu": "NVIDIA L4"})[0][0]
+    'the notebooks train on NVIDIA L4'
     """
-    from course_utils.doctor import INFO, Check
     from course_utils.step_time import measure_cpu
 
     if facts.get("device") not in (None, "cpu"):
+        where = facts.get("gpu") or facts.get("device")
         return [
-            Check(
-                "training time",
-                INFO,
-                f"the notebooks train on {facts.get('gpu') or facts.get('device')}",
-                "predict a recipe's time there: course-utils plan <model> --on <GPU>",
-            )
+            (f"the notebooks train on {where}", "predict a recipe's time there: course-utils plan <model> --on <GPU>")
         ]
     cpu = measure_cpu(seconds=seconds)
     minutes = notebook_minutes(cpu)
@@ -299,5 +301,5 @@ def diagnose_training_time(facts: dict[str, Any], seconds: float = 1.5) -> list[
         else:
             found = f"{notebook}: not predicted"
             advice = "; ".join(f"{m} ({kinds[m].removeprefix('not modelled: ')})" for m in missing)
-        lines.append(Check("training time", INFO, found, advice))
+        lines.append((found, advice))
     return lines

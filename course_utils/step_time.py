@@ -5,24 +5,30 @@ FLOPs, bytes, kernel launches per phase) into seconds with a roofline:
 
 - on the device, each phase takes ``max(FLOPs / (peak x matmul efficiency), bytes / (bandwidth x
   memory efficiency))`` (a matmul is limited by arithmetic, an elementwise kernel by memory);
-- on the host, every kernel costs ``launch_s`` of Python and dispatch. A GPU runs them asynchronously,
-  so a step takes the longer of the two, except under gradient checkpointing, where the recomputation
-  runs inside backward and the measurements show the two adding up (see below). A CPU runs both in
-  turn: they always add up;
+- on the host, every kernel costs ``launch_s`` of Python and dispatch, and every step
+  ``step_overhead_s`` (the training loop's own Python, the loss, the optimizer's bookkeeping). A GPU
+  runs the kernels asynchronously, so a step takes the longer of host and device, except under
+  gradient checkpointing, where the two add up: the H200 measurements show checkpointing costing
+  ~230 ms a step where a recomputed forward explains ~70 ms, in LoRA and QLoRA alike (we read it as
+  the recomputation, launched from inside backward, no longer overlapping the device; a hypothesis
+  that fits both rows, not checked with a profiler). A CPU runs host and device work in turn: they
+  always add up;
 - several GPUs (``Recipe.n_gpus``, data parallel, ``batch_size`` per GPU): each GPU does one GPU's
   step on its own batch, then the gradients are all-reduced (ring: 2 (N-1)/N of the trainable
   gradient bytes over the interconnect of `course_utils.gpus`); FSDP / ZeRO-3 also all-gather the
   16-bit weights in forward and backward. Communication is added, not overlapped: an upper bound.
 
-**Calibration, once.** The three efficiencies are fitted (least squares on log step time) to three
-rows of the H200 reference (`data/reference/h200_smollm2-1.7b.json`): ``fft_bfloat16`` (the most
-compute-heavy step), ``lora_r16_all`` (the most memory- and launch-heavy step without checkpointing)
-and ``lora_r16_all_gc`` (checkpointing). One row per mechanism the parameters stand for, chosen
-before looking at the other rows. The other five rows (float32 full fine-tuning, LoRA on q/v only, LoRA
-without dropout, QLoRA, QLoRA with checkpointing) are held out: `reference_time_errors` reports
-them, and every printed time carries the largest held-out error (`TimeEstimate.label`). The same
-fractions of peak are assumed on other GPUs, and the host's launch cost is assumed to be that of the
-H200's host.
+**Calibration, once.** Four numbers (matmul efficiency, memory efficiency, ``launch_s``,
+``step_overhead_s``) are fitted, least squares on log step time, to four rows of the H200 reference
+(`data/reference/h200_smollm2-1.7b.json`), one per mechanism they stand for: ``fft_bfloat16`` (the
+most compute-heavy step), ``lora_r16_qv`` and ``lora_r16_all`` (the same step with 2 and 7 adapted
+layers: their difference is the adapters' memory traffic and launches) and ``lora_r16_all_gc``
+(checkpointing). The fit is kept in ``data/reference/h200_time_calibration.json``
+(:func:`write_calibration`). The other four rows (float32 full fine-tuning, LoRA without dropout,
+QLoRA, QLoRA with checkpointing) are held out: `reference_time_errors` reports them, and every
+printed time carries the largest held-out error (`TimeEstimate.label`). `benchmarks/planner_time.py`
+also prints how that error changes with other calibration rows. The same fractions of peak are
+assumed on other GPUs, and the host costs are assumed to be those of the H200's host.
 
 **On a CPU**, `measure_cpu` measures this machine in a few seconds (matmul FLOP/s, memory
 bandwidth, the cost of one small autograd op, a Trainer step with no work): nothing is fitted to
@@ -531,27 +537,36 @@ def _reference_error() -> tuple[float, str]:
 # --------------------------------------------------------------------------- the learner's CPU
 
 
-def _best_of(fn: Any, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
+def _median_of(fn: Any, budget_s: float) -> float:
+    """Median seconds of ``fn`` over as many calls as fit in ``budget_s`` (at least 5, after one warm-up).
+
+    The median, not the best: on a busy machine the prediction is for the machine as it is now.
+    """
+    fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 10_000):
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
 
 
 def measure_cpu(seconds: float = 3.0, trainer_probe: bool = True) -> CPU:
     """Measure this CPU in about ``seconds``: float32 matmul FLOP/s, memory bandwidth, op and Trainer overheads.
 
-    - matmuls of a small model's shapes (1024 x 256 @ 256 x 256, float32), best of several;
-    - bandwidth: copying a 64 MiB tensor (read + write);
+    - matmuls of a small model's shapes (1024 x 256 by 256 x 256, float32), as forward, input-gradient
+      and weight-gradient matmuls lay them out;
+    - bandwidth: the bytes a mix of elementwise kernels (product, SiLU, sum, casts, square) moves over
+      a 4 MiB tensor, per second: what norms and activations reach, not what a copy does;
     - ``launch_s``: a chain of tiny autograd ops, forward and backward, per op;
-    - ``step_overhead_s`` / ``start_s``: a ``Trainer`` on a one-parameter model, 2 and 6 steps
-      (the difference per step, and what the first step costs beyond it). Skipped with
-      ``trainer_probe=False`` (then 0).
+    - ``step_overhead_s`` / ``start_s``: a ``Trainer`` on a one-parameter model, 2 and 42 steps
+      (the difference per step, and what the first steps cost beyond it).
+      Skipped with ``trainer_probe=False`` (then 0).
 
-    Uses torch's current thread count (``OMP_NUM_THREADS``). Best-of timings: on a busy machine the
-    result is closer to the idle machine than a mean would be.
+    Uses torch's current thread count (``OMP_NUM_THREADS``). Medians: on a busy machine the prediction
+    is for the machine as it is now (on an idle one, median and best agree).
 
     >>> cpu = measure_cpu(seconds=0.3, trainer_probe=False)
     >>> cpu.peak_flops > 1e8 and cpu.bandwidth > 1e8
@@ -560,31 +575,39 @@ def measure_cpu(seconds: float = 3.0, trainer_probe: bool = True) -> CPU:
     import torch
 
     start = time.perf_counter()
-    budget = max(0.1, seconds) / 4
-    a, b = torch.randn(1024, 256), torch.randn(256, 256)
-    torch.mm(a, b)
-    one = _best_of(lambda: torch.mm(a, b), 3)
-    reps = max(3, int(budget / 2 / max(one, 1e-6)))
-    t_mm = _best_of(lambda: [torch.mm(a, b) for _ in range(10)], max(1, reps // 10)) / 10
-    flops = 2 * 1024 * 256 * 256 / t_mm
-    x = torch.empty(16 * 2**20)
-    y = torch.empty_like(x)
-    y.copy_(x)
-    t_copy = _best_of(lambda: y.copy_(x), max(3, int(budget / 2 / 0.01)))
-    bandwidth = 2 * x.numel() * 4 / t_copy
+    budget = max(0.1, seconds) / 3
+    # Matmuls of a small model's shapes, as forward (x W^T), input grad (g W) and weight grad (g^T x) use them.
+    x, w, g = torch.randn(1024, 256), torch.randn(256, 256), torch.randn(1024, 256)
+
+    def matmuls() -> None:
+        torch.mm(x, w.t())
+        torch.mm(g, w)
+        torch.mm(g.t(), x)
+
+    flops = 3 * 2 * 1024 * 256 * 256 / _median_of(matmuls, budget)
+    # Elementwise work as a step does it: a cast, a product, SiLU, a sum and a square over a 4 MiB tensor.
+    a, b = torch.randn(2**20), torch.randn(2**20)
+
+    def elementwise() -> None:
+        c = a * 1.0001
+        d = torch.nn.functional.silu(c)
+        e = d + b
+        e.to(torch.float64).to(torch.float32)
+        e.pow(2)
+
+    # bytes read + written per element: mul 4+4, silu 4+4, add 8+4, to(f64) 4+8, to(f32) 8+4, pow 4+4
+    moved = 60 * 2**20
+    bandwidth = moved / _median_of(elementwise, budget)
     # One tiny op forward and backward: what Python, the dispatcher and autograd add per kernel.
-    w = torch.randn(4, 4, requires_grad=True)
+    leaf = torch.randn(4, 4, requires_grad=True)
 
     def chain() -> None:
-        h = w
+        h = leaf
         for _ in range(50):
             h = h * 1.0001
         h.sum().backward()
 
-    chain()
-    n_kernels = 50 * 2 + 2
-    t_chain = _best_of(chain, max(3, int(budget / 0.005)))
-    launch = t_chain / n_kernels
+    launch = _median_of(chain, budget) / (50 * 2 + 2)
     step_overhead, start_s = (0.0, 0.0)
     if trainer_probe:
         step_overhead, start_s = _trainer_overhead()
@@ -616,7 +639,7 @@ def _trainer_overhead() -> tuple[float, float]:
         def forward(self, input_ids: Any = None, labels: Any = None) -> dict[str, Any]:
             return {"loss": (self.w * input_ids.float().mean() - 1).pow(2).sum()}
 
-    rows = [{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]} for _ in range(64)]
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]} for _ in range(256)]
 
     def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         return {k: torch.tensor([r[k] for r in batch]) for k in ("input_ids", "labels")}
@@ -646,6 +669,6 @@ def _trainer_overhead() -> tuple[float, float]:
                 hf_logging.set_verbosity(verbosity)
 
     run(1)  # imports and first-call costs
-    short, long = run(2), run(8)
-    per_step = max(0.0, (long - short) / 6)
+    short, long = run(2), run(42)
+    per_step = max(0.0, (long - short) / 40)
     return per_step, max(0.0, short - 2 * per_step)

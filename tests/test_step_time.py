@@ -11,7 +11,7 @@ import pytest
 
 from course_utils.gpus import get_gpu
 from course_utils.model_shape import load_config
-from course_utils.notebook_time import NOTEBOOK_RUNS, diagnose_training_time, notebook_minutes, predict_notebook_runs
+from course_utils.notebook_time import NOTEBOOK_RUNS, notebook_minutes, predict_notebook_runs, training_time_lines
 from course_utils.recipe import Recipe
 from course_utils.resources import data_dir
 from course_utils.step_time import (
@@ -247,16 +247,16 @@ def test_notebook_predictions_and_doctor_lines() -> None:
         0.0,
         ["accelerate launch, 2 processes"],
     )
-    gpu = diagnose_training_time({"device": "cuda", "gpu": "NVIDIA L4"})
-    assert len(gpu) == 1 and "NVIDIA L4" in gpu[0].found
+    gpu = training_time_lines({"device": "cuda", "gpu": "NVIDIA L4"})
+    assert len(gpu) == 1 and "NVIDIA L4" in gpu[0][0]
 
 
 def test_doctor_lines_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("course_utils.step_time.measure_cpu", lambda seconds=1.5: DEMO_CPU)
     facts: dict = {"device": "cpu"}
-    lines = diagnose_training_time(facts)
-    assert {line.found.split(":")[0] for line in lines} == {r.notebook for r in NOTEBOOK_RUNS}
-    assert "min of training (predicted)" in lines[0].found and facts["training_minutes"]["01_lora_training"] > 0
+    lines = training_time_lines(facts)
+    assert {found.split(":")[0] for found, _ in lines} == {r.notebook for r in NOTEBOOK_RUNS}
+    assert "min of training (predicted)" in lines[0][0] and facts["training_minutes"]["01_lora_training"] > 0
 
 
 # --------------------------------------------------------------------------- where learners see it
