@@ -558,8 +558,8 @@ def measure_cpu(seconds: float = 3.0, trainer_probe: bool = True) -> CPU:
 
     - matmuls of a small model's shapes (1024 x 256 by 256 x 256, float32), as forward, input-gradient
       and weight-gradient matmuls lay them out;
-    - bandwidth: the bytes a mix of elementwise kernels (product, SiLU, sum, casts, square) moves over
-      a 4 MiB tensor, per second: what norms and activations reach, not what a copy does;
+    - bandwidth: the bytes a mix of out-of-place elementwise kernels (product, SiLU, sum, square, mean)
+      moves over a 1 MiB activation-sized tensor, per second: what norms and activations reach;
     - ``launch_s``: a chain of tiny autograd ops, forward and backward, per op;
     - ``step_overhead_s`` / ``start_s``: a ``Trainer`` on a one-parameter model, 2 and 42 steps
       (the difference per step, and what the first steps cost beyond it).
@@ -585,18 +585,18 @@ def measure_cpu(seconds: float = 3.0, trainer_probe: bool = True) -> CPU:
         torch.mm(g.t(), x)
 
     flops = 3 * 2 * 1024 * 256 * 256 / _median_of(matmuls, budget)
-    # Elementwise work as a step does it: a cast, a product, SiLU, a sum and a square over a 4 MiB tensor.
-    a, b = torch.randn(2**20), torch.randn(2**20)
+    # Elementwise work as a step does it: out-of-place product, SiLU, sum, square and row mean over a
+    # 1 MiB activation-sized tensor (new outputs each time, as in training).
+    a, b = torch.randn(1024, 256), torch.randn(1024, 256)
 
     def elementwise() -> None:
         c = a * 1.0001
         d = torch.nn.functional.silu(c)
         e = d + b
-        e.to(torch.float64).to(torch.float32)
-        e.pow(2)
+        e.pow(2).mean(-1, keepdim=True)
 
-    # bytes read + written per element: mul 4+4, silu 4+4, add 8+4, to(f64) 4+8, to(f32) 8+4, pow 4+4
-    moved = 60 * 2**20
+    # bytes read + written per element: mul 4+4, silu 4+4, add 8+4, pow 4+4, mean 4
+    moved = 40 * 1024 * 256
     bandwidth = moved / _median_of(elementwise, budget)
     # One tiny op forward and backward: what Python, the dispatcher and autograd add per kernel.
     leaf = torch.randn(4, 4, requires_grad=True)
