@@ -11,8 +11,10 @@
 2. This CPU: `measure_cpu` (a few seconds), then every notebook training run the model covers
    (`course_utils.notebook_time.NOTEBOOK_RUNS`) is predicted, then trained with
    `course_utils.training.train_adapter` for its steps and batch size on its task, and ``run.seconds``
-   (``trainer.train()``) is compared. DPO is predicted only (``--dpo`` trains it with TRL).
-   On a busy machine timings inflate: say so when you report them.
+   (``trainer.train()``, wall time) is compared. DPO is predicted only (``--dpo`` trains it with TRL).
+   On a busy machine wall times inflate: say so when you report them. With ``OMP_NUM_THREADS=1`` the
+   last two columns compare the steps with this process's CPU time, which other processes inflate
+   much less (the calibration's medians are taken under the same load).
 """
 
 from __future__ import annotations

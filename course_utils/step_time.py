@@ -111,8 +111,9 @@ class Efficiency:
 class CPU:
     """This machine's CPU as `measure_cpu` measured it: the rates a small model's training sees.
 
-    ``peak_flops`` and ``bandwidth`` are measured (so efficiencies are 1), ``launch_s`` is one small
-    autograd op forward and backward, ``step_overhead_s`` and ``start_s`` a Trainer run with no work.
+    ``peak_flops`` and ``bandwidth`` are measured (so efficiencies are 1), ``launch_s`` is the host's
+    time per counted kernel (a 2-layer, 8-wide Llama with LoRA), ``random_s`` one random number of a
+    dropout mask, ``step_overhead_s`` and ``start_s`` a Trainer run with no work.
 
     >>> cpu = CPU("demo", 20e9, 5e9, 2e-5, 3e-3, 0.5, threads=2)
     >>> cpu.efficiency().overlap
@@ -127,6 +128,7 @@ class CPU:
     start_s: float
     threads: int = 1
     seconds: float = 0.0
+    random_s: float = 0.0  # seconds per random number (dropout masks): arithmetic on a CPU
 
     def efficiency(self) -> Efficiency:
         return Efficiency(
@@ -149,6 +151,7 @@ class CPU:
             "start_s": round(self.start_s, 3),
             "threads": self.threads,
             "seconds": round(self.seconds, 2),
+            "random_ns": round(self.random_s * 1e9, 3),
         }
 
 
@@ -296,6 +299,10 @@ def _predict(
         peak, bw, name = gpu.peak_flops, gpu.bandwidth, gpu.name
         error, source = None, "the H200 reference"
     dev_s, host_s, phases = _seconds(work, peak, bw, eff)
+    if is_cpu and work.random_elements:  # dropout masks: random numbers cost arithmetic on a CPU
+        assert isinstance(device, CPU)
+        phases["random numbers (dropout masks)"] = work.random_elements * device.random_s
+        dev_s += phases["random numbers (dropout masks)"]
     step, bound = _combine(dev_s, host_s, eff, recipe.gradient_checkpointing)
     if bound == "device":
         bound = f"device: {_dominant(phases)}"
@@ -598,16 +605,13 @@ def measure_cpu(seconds: float = 3.0, trainer_probe: bool = True) -> CPU:
     # bytes read + written per element: mul 4+4, silu 4+4, add 8+4, pow 4+4, mean 4
     moved = 40 * 1024 * 256
     bandwidth = moved / _median_of(elementwise, budget)
-    # One tiny op forward and backward: what Python, the dispatcher and autograd add per kernel.
-    leaf = torch.randn(4, 4, requires_grad=True)
-
-    def chain() -> None:
-        h = leaf
-        for _ in range(50):
-            h = h * 1.0001
-        h.sum().backward()
-
-    launch = _median_of(chain, budget) / (50 * 2 + 2)
+    # The host's cost per counted kernel, measured on the real code path: forward and backward of a
+    # 2-layer, 8-wide copy of the architecture with LoRA (arithmetic negligible), divided by the
+    # kernels step_work counts for it. Falls back to a chain of tiny autograd ops if that cannot run.
+    launch = _host_probe(budget)
+    # Random numbers (dropout masks): seconds per element, which a CPU pays in arithmetic.
+    mask_in = torch.empty(1024, 256)
+    rng_s = _median_of(lambda: torch.nn.functional.dropout(mask_in, 0.05, training=True), budget) / mask_in.numel()
     step_overhead, start_s = (0.0, 0.0)
     if trainer_probe:
         step_overhead, start_s = _trainer_overhead()
@@ -616,11 +620,67 @@ def measure_cpu(seconds: float = 3.0, trainer_probe: bool = True) -> CPU:
         peak_flops=flops,
         bandwidth=bandwidth,
         launch_s=launch,
+        random_s=rng_s,
         step_overhead_s=step_overhead,
         start_s=start_s,
         threads=torch.get_num_threads(),
         seconds=time.perf_counter() - start,
     )
+
+
+def _host_probe(budget: float) -> float:
+    """Host seconds per kernel counted by `step_work`, from a 2-layer, 8-wide Llama with LoRA on q and v."""
+    import warnings
+
+    import torch
+
+    try:
+        from peft import LoraConfig, get_peft_model
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=4,
+            vocab_size=32,
+            max_position_embeddings=64,
+        )
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(
+                LlamaForCausalLM(config), LoraConfig(r=2, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
+            )
+        model.train()
+        ids = torch.randint(0, 32, (2, 8))
+
+        def step() -> None:
+            model(input_ids=ids, labels=ids).loss.backward()
+
+        rc = Recipe(
+            method="lora",
+            dtype="float32",
+            autocast=False,
+            r=2,
+            target_modules=["q_proj", "v_proj"],
+            batch_size=2,
+            seq_len=8,
+        )
+        kernels = step_work(config, rc).kernels - 14  # without the optimizer's kernels (no step here)
+        return _median_of(step, budget) / max(kernels, 1.0)
+    except Exception:  # noqa: BLE001 - an architecture transformers cannot build here: the generic probe
+        leaf = torch.randn(4, 4, requires_grad=True)
+
+        def chain() -> None:
+            h = leaf
+            for _ in range(50):
+                h = h * 1.0001
+            h.sum().backward()
+
+        return _median_of(chain, budget) / (50 * 2 + 2)
 
 
 def _trainer_overhead() -> tuple[float, float]:

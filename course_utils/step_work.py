@@ -68,6 +68,7 @@ class Phase:
 class StepWork:
     """The work of one training step on one device (see :func:`step_work`).
 
+    ``random_elements``: the random numbers dropout draws (LoRA's masks), which a CPU pays in arithmetic;
     ``attention_flops``: the part of the FLOPs in attention's scores and weighted sums (no weights);
     ``allreduce_bytes``: the gradient bytes data parallelism all-reduces each step (0 on one GPU);
     ``gather_bytes``: the 16-bit weights FSDP / ZeRO-3 all-gather per step (forward and backward).
@@ -83,6 +84,7 @@ class StepWork:
     trainable_params: int
     phases: tuple[Phase, ...]
     attention_flops: float = 0.0
+    random_elements: float = 0.0
     allreduce_bytes: float = 0.0
     gather_bytes: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -263,6 +265,7 @@ def step_work(config: Any, recipe: Recipe, *, clip_grad_norm: bool = False, fore
         lk = 0.0
         lflops = 0.0
         drop = rc.lora_dropout > 0
+        randoms = T * L * sum(s.linears[t][0] for t in targets) * (2 if gc else 1) if drop else 0
         for t in targets:
             i, o, _ = s.linears[t]
             xb = norm_out if s.roles[t] in ("attn_in", "mlp_in") else (lo if s.roles[t] == "mlp_out" else cb)
@@ -318,6 +321,7 @@ def step_work(config: Any, recipe: Recipe, *, clip_grad_norm: bool = False, fore
         trainable_params=trainable,
         phases=tuple(phases),
         attention_flops=attn_fwd * (1 + 2.5 + (1 if gc else 0)),
+        random_elements=0 if full else randoms,
         allreduce_bytes=allreduce,
         gather_bytes=gather,
         notes=notes,
