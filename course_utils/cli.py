@@ -184,19 +184,41 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         else:
             recipe = planner.Recipe(method=args.method, **common)
             est = planner.estimate_training_memory(config, recipe, gpu_gib=args.gpu)
+            times = _time_table(config, recipe, args)  # issue 23: time and GPU-hours beside memory
             if args.json:
                 out = est.to_dict()
                 if args.gpu is not None:
                     out["fits"] = {f"{args.gpu:g}": est.fits(args.gpu)}
+                out["time"] = times.to_dict()
                 print(json.dumps(out, indent=1))
             else:
                 print(est)
                 if args.gpu is not None:
                     print(f"  fits a {args.gpu:g} GiB GPU: {'yes' if est.fits(args.gpu) else 'no'}")
+                print()
+                print(times)
+                if args.within is not None:
+                    best = times.cheapest(hours=args.within)
+                    print(
+                        f"fewest GPU-hours that fit and finish within {args.within:g} h: "
+                        + (
+                            f"{best.n_gpus} x {best.gpu} ({best.hours:.2f} h, {best.gpu_hours:.2f} GPU-hours)"
+                            if best
+                            else "none"
+                        )
+                    )
     except (ValueError, TypeError) as err:  # Recipe validation says what was wrong
         _err(str(err))
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _time_table(config: object, recipe: object, args: argparse.Namespace) -> object:
+    """Predicted step time, tokens/s, hours and GPU-hours on the GPUs of ``--on`` (course_utils.time_plan)."""
+    from course_utils.time_plan import time_table
+
+    counts = (recipe.n_gpus,) if recipe.n_gpus > 1 else (1, 2, 4, 8) if args.within is not None else (1,)  # type: ignore[attr-defined]
+    return time_table(config, recipe, gpus=tuple(args.on), n_gpus=counts, examples=args.examples, epochs=args.epochs)
 
 
 # --------------------------------------------------------------------------- set-repository
@@ -310,6 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--sharding",
         choices=("none", "ddp", "fsdp", "zero3"),
         help="how the GPUs share the model (default: fsdp with --n-gpus > 1, else none)",
+    )
+    plan.add_argument(
+        "--on",
+        nargs="+",
+        default=["T4", "L4", "A100-80GB", "H100"],
+        help="GPUs to predict the time on (course_utils.gpus)",
+    )
+    plan.add_argument("--examples", type=int, default=10_000, help="training rows, for the total time and GPU-hours")
+    plan.add_argument("--epochs", type=float, default=1.0)
+    plan.add_argument(
+        "--within",
+        type=float,
+        help="hours: name the setup (GPU and count, 1-8) with the fewest GPU-hours that fits and finishes in time",
     )
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=_cmd_plan)

@@ -606,8 +606,14 @@ def _span(names: list[str]) -> str:
 # --------------------------------------------------------------------------- all together
 
 
+def _training_time(facts: dict[str, Any]) -> list[Check]:
+    from course_utils.notebook_time import training_time_lines
+
+    return [Check("training time", INFO, found, advice) for found, advice in training_time_lines(facts)]
+
+
 def diagnose(
-    checks: Sequence[str] = ("python", "versions", "bitsandbytes", "disk", "hub", "course", "distributed"),
+    checks: Sequence[str] = ("python", "versions", "bitsandbytes", "disk", "hub", "course", "distributed", "time"),
 ) -> DoctorReport:
     """Run the chosen checks (all by default) and return a :class:`DoctorReport`."""
     start = time.perf_counter()
@@ -622,6 +628,7 @@ def diagnose(
         "hub": lambda: diagnose_hub(facts),
         "course": lambda: course_here(facts),
         "distributed": lambda: diagnose_distributed(facts),
+        "time": lambda: _training_time(facts),  # predicted minutes per notebook (course_utils/notebook_time.py)
     }
     for name in checks:
         try:

@@ -300,6 +300,52 @@ plt.show()
 # download a weight: `estimate_training_memory(...)` as above, or `course-utils plan <config> --method lora --gc`.
 
 # %% [markdown]
+# ### Time: will it fit, and how long?
+#
+# The planner also predicts how long a step takes (`course_utils.step_time`), from the config again:
+# - the matmuls' FLOPs: per token 6 per weight for full fine-tuning, about 4 for LoRA (frozen weights need no
+#   weight gradient), plus attention;
+# - the bytes the elementwise work moves (norms, activations, LoRA's own casts and dropout), and the kernels
+#   the host launches;
+# - divided by a GPU's data-sheet peaks (`course_utils.gpus`) times efficiencies fitted once to the H200
+#   measurements. Each time comes with the largest error the model made on H200 recipes it was not fitted to.
+#
+# SmolLM2-1.7B, batch 8 x 512 tokens, 10,000 examples once, on three GPUs you can rent:
+
+# %%
+from course_utils.time_plan import time_table
+
+GPUS = ("T4", "L4", "A100-80GB")
+smol_lora = lora_attention.replace(target_modules=LLAMA_ATTENTION)  # LoRA r=16 on attention, batch 8 x 512
+plans = {
+    "LoRA": time_table(SMOLLM2, smol_lora, gpus=GPUS, examples=10_000),
+    "QLoRA + checkpointing": time_table(
+        SMOLLM2, smol_lora.replace(method="qlora", gradient_checkpointing=True), gpus=GPUS, examples=10_000
+    ),
+}
+print("times:", plans["LoRA"].label)
+pd.concat({name: plan.to_frame() for name, plan in plans.items()}).droplevel(1).rename_axis("recipe")
+
+# %% [markdown]
+# LoRA does not fit a T4's 16 GB at this batch; QLoRA with gradient checkpointing does, and pays in time. Time
+# is set by memory bandwidth and kernel launches as much as by FLOPs: an L4 has twice a T4's FLOP/s but about the
+# same bandwidth. On the command line, `course-utils plan smollm2-1.7b --method qlora --gc --within 1` adds 2-8
+# GPUs and names the setup with the fewest GPU-hours that finishes within an hour.
+
+# %%
+from course_utils.notebook import expect
+
+hours = {s.gpu: s.hours for s in plans["LoRA"].rows if s.fits}
+fits_t4 = {name: plan.rows[0].fits for name, plan in plans.items()}  # rows[0]: the T4
+expect(
+    "on a T4 only QLoRA with checkpointing fits (planned)", fits_t4 == {"LoRA": False, "QLoRA + checkpointing": True}
+)
+expect(
+    "LoRA on SmolLM2-1.7B: an A100 finishes at least 3x sooner than an L4 (predicted)",
+    hours["L4"] >= 3 * hours["A100-80GB"],
+)
+
+# %% [markdown]
 # ## 3. The idea: a low-rank update
 #
 # A linear layer computes `y = W x`, with `W` of shape `(d_out, d_in)`. Fine-tuning changes `W` by some `ΔW`.

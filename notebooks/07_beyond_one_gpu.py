@@ -221,6 +221,34 @@ expect(
 )
 
 # %% [markdown]
+# ### How long, on 1-8 GPUs
+#
+# Memory per GPU is half of the answer. The same 8B recipe, predicted for 10,000 examples on L4s (PCIe) and
+# A100s (NVLink) by `course_utils.step_time`:
+# - each GPU trains its own batch of 8 x 512 tokens per step, so N GPUs need 1/N of the steps: the hours fall
+#   as 1/N and the GPU-hours stay about the same;
+# - FSDP adds the all-gather of the 16-bit weights in forward and backward, and the reduce-scatter of the
+#   gradients. The model adds that traffic to the step, without overlap: an upper bound.
+
+# %%
+from course_utils.time_plan import time_table
+
+timing = time_table("llama-3.1-8b", base, gpus=("L4", "A100-80GB"), n_gpus=GPU_COUNTS, examples=10_000)
+print("times:", timing.label)
+timing.to_frame()
+
+# %%
+a100 = {s.n_gpus: s for s in timing.rows if s.gpu == "A100-80GB"}
+best = timing.cheapest(hours=1.0)
+expect(
+    "8B LoRA on A100s: 8 GPUs finish >= 6x sooner than 1, within 15% of its GPU-hours (predicted)",
+    a100[1].hours >= 6 * a100[8].hours and a100[8].gpu_hours <= 1.15 * a100[1].gpu_hours,
+)
+expect(
+    "the fewest GPU-hours that finish within an hour: one A100 (predicted)", (best.gpu, best.n_gpus) == ("A100-80GB", 1)
+)
+
+# %% [markdown]
 # ## 3. The training script
 #
 # A launch is a script plus a config. The script is plain TRL: load the model and tokenizer, a `LoraConfig`, an

@@ -83,6 +83,19 @@ def test_plan_single_recipe(capsys) -> None:
     out = capsys.readouterr().out
     assert out.startswith("MemoryEstimate(smollm2-1.7b, lora r16 all-linear b8x512 gc)")
     assert "fits a 16 GiB GPU: yes" in out
+    # time beside memory (issue 23): every default GPU, marked as a prediction with its measured error
+    assert "(times: predicted; ±" in out and "GPU-hours" in out
+    assert all(f"\n{gpu} " in out for gpu in ("T4", "L4", "A100-80GB", "H100"))
+
+
+def test_plan_time_on_named_gpus_and_the_cheapest_setup(capsys) -> None:
+    argv = ["plan", "smollm2-135m", "--batch-size", "4", "--on", "T4", "H100", "--examples", "1000", "--within", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1,000 examples x 1 epoch" in out and "fewest GPU-hours that fit and finish within 1 h: 1 x H100" in out
+    assert main([*argv[:-2], "--json"]) == 0
+    time = json.loads(capsys.readouterr().out)["time"]
+    assert [row["gpu"] for row in time["rows"]] == ["T4", "H100"] and time["label"].startswith("predicted; ±")
 
 
 def test_plan_compare_json_and_table(capsys) -> None:
@@ -100,6 +113,7 @@ def test_plan_compare_json_and_table(capsys) -> None:
     [
         (["plan", "no-such-config"], "Use a shipped name (llama-3.1-8b, llama-3.2-1b"),
         (["plan", "smollm2-135m", "--r", "0"], "Recipe.r must be a positive integer"),
+        (["plan", "smollm2-135m", "--on", "V100"], "Unknown GPU 'V100'"),
     ],
 )
 def test_plan_bad_input(argv: list[str], expected: str, capsys) -> None:
