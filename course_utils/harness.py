@@ -12,7 +12,10 @@ install's data goes into them.
 Each task: ``generate_until`` (greedy, at most ``max_gen_toks`` new tokens), the user turn as the
 prompt (pass ``apply_chat_template=True`` so the model sees the chat template, as in training), the
 assistant turn as the target, exact match after stripping white space at both ends: the same
-question, answer and score as :func:`course_utils.evaluation.evaluate_task`.
+question, answer and score as :func:`course_utils.evaluation.evaluate_task`. One detail to match:
+with transformers 5, a model whose ``generation_config.json`` sets ``max_new_tokens`` (course-tiny: 32)
+generates that many tokens whatever the harness's ``max_gen_toks`` says (transformers warns that both
+were set), so give the task and ``evaluate_task(max_new_tokens=...)`` the same number.
 
 >>> import tempfile
 >>> folder = write_harness_tasks(tempfile.mkdtemp(), tasks=("shout",))
