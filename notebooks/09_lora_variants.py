@@ -81,7 +81,7 @@ info = setup(SEED, model=MODEL)
 # %%
 from course_utils.figures.variants import draw_variant_knobs
 
-draw_variant_knobs(lora_alpha=ALPHA);
+fig = draw_variant_knobs(lora_alpha=ALPHA)
 
 # %% [markdown]
 # ## 2. One budget, one seed protocol
