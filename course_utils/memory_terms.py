@@ -25,6 +25,8 @@ __all__ = [
     "Precisions",
     "activation_bytes_per_token",
     "autocast_weight_copy_bytes",
+    "dora_bytes_per_token",
+    "dora_weight_copy_bytes",
     "gradient_bytes",
     "logits_bytes",
     "norm_bytes_per_token",
@@ -41,7 +43,8 @@ class ParameterCounts:
 
     ``linear``: every adaptable linear layer's weights and biases (``linear_bias`` the biases alone,
     ``linear_per_layer`` one decoder layer's share); ``other``: embeddings, norms, an untied head;
-    ``lora``: the LoRA A and B matrices the recipe adds; ``trainable``: what the optimizer updates.
+    ``lora``: the LoRA A and B matrices the recipe adds; ``magnitude``: DoRA's magnitude vectors (one
+    value per output row of each adapted layer; 0 without DoRA); ``trainable``: what the optimizer updates.
 
     >>> counts = parameter_counts(_demo_shape(), Recipe(target_modules=["q_proj", "v_proj"]), ["q_proj", "v_proj"])
     >>> counts.lora, counts.trainable == counts.lora
@@ -55,6 +58,7 @@ class ParameterCounts:
     other: int
     lora: int
     trainable: int
+    magnitude: int = 0
 
 
 def parameter_counts(shape: ModelShape, recipe: Recipe, targets: Sequence[str]) -> ParameterCounts:
@@ -68,8 +72,11 @@ def parameter_counts(shape: ModelShape, recipe: Recipe, targets: Sequence[str]) 
     )
     full = recipe.method == "full"
     lora = shape.layers * sum(recipe.r * (per_layer[t][0] + per_layer[t][1]) for t in targets)
+    # DoRA: peft's lora_magnitude_vector holds one trainable value per output row of each adapted layer
+    magnitude = shape.layers * sum(per_layer[t][1] for t in targets) if recipe.use_dora else 0
     if recipe.target_modules == "all-linear" and not full:  # peft's all-linear also takes these
         lora += sum(recipe.r * (i + o) for i, o, _ in outside.values())
+        magnitude += sum(o for _, o, _ in outside.values()) if recipe.use_dora else 0
     return ParameterCounts(
         total=shape.n_params,
         linear=linear,
@@ -77,7 +84,8 @@ def parameter_counts(shape: ModelShape, recipe: Recipe, targets: Sequence[str]) 
         linear_per_layer=linear_per_layer,
         other=shape.n_params - linear,
         lora=lora,
-        trainable=shape.n_params if full else lora,
+        trainable=shape.n_params if full else lora + magnitude,
+        magnitude=magnitude,
     )
 
 
@@ -110,6 +118,8 @@ def weight_bytes(shape: ModelShape, recipe: Recipe, counts: ParameterCounts) -> 
     )
     # peft creates LoRA A/B in float32 (autocast_adapter_dtype=True) whatever the base dtype.
     out["weights: LoRA adapters"] = 4 * counts.lora
+    if counts.magnitude:  # DoRA's magnitude vectors, float32 like A and B
+        out["weights: DoRA magnitudes"] = 4 * counts.magnitude
     return out
 
 
@@ -241,7 +251,59 @@ def activation_bytes_per_token(shape: ModelShape, recipe: Recipe, targets: Seque
         mlp += (p.compute if recipe.autocast else p.linear_out) * inter
     else:
         mlp += _inputs_saved_by(shape.names("mlp_out"), inter, recipe, targets)
-    return norms + attention + mlp
+    return norms + attention + mlp + dora_bytes_per_token(shape, recipe, targets)
+
+
+def dora_bytes_per_token(shape: ModelShape, recipe: Recipe, targets: Sequence[str]) -> int:
+    """What DoRA saves per token and decoder layer beyond LoRA (0 without ``use_dora``).
+
+    peft's DoRA layer returns ``(m / |W + s·BA| - 1) · base_result + m / |W + s·BA| · lora_result``:
+    both products multiply by the trainable magnitude ``m``, so each saves its other factor for
+    ``m``'s gradient: the base layer's output and the LoRA branch's output (16-bit under autocast,
+    else float32 like the adapter), one ``d_out`` vector per token each. Without dropout the base
+    output is the base layer's own (the linear's output dtype); with dropout peft recomputes it from
+    the dropped-out float32 input, so it comes in the adapter's precision.
+
+    >>> targets = ["q_proj", "v_proj"]
+    >>> dora_bytes_per_token(_demo_shape(), Recipe(use_dora=True, target_modules=targets), targets)
+    3072
+    """
+    if not recipe.use_dora or recipe.method == "full":
+        return 0
+    p = precisions(recipe)
+    adapter_out = p.compute if recipe.autocast else 4  # what a float32 adapter's matmul gives
+    # with dropout the base output is recomputed from the float32 (dropped-out) input: adapter precision
+    base_out = adapter_out if recipe.lora_dropout > 0 else p.linear_out
+    per_output = base_out + adapter_out
+    outputs = sum(out for name, (_, out, _) in shape.linears.items() if name in targets)
+    return per_output * outputs
+
+
+def dora_weight_copy_bytes(shape: ModelShape, recipe: Recipe, targets: Sequence[str]) -> int:
+    """Weight copies DoRA keeps for backward when ``lora_dropout > 0`` (0 otherwise, and without ``use_dora``).
+
+    With dropout peft's DoRA layer recomputes the base output on the dropped-out input,
+    ``F.linear(x, W.to(x.dtype))``, with ``x`` already cast to the adapter's float32. That linear saves
+    its weight for the input's gradient: a float32 copy of a 16-bit (or dequantized 4/8-bit) weight, or
+    under autocast the 16-bit cast of it; a float32 weight without autocast is saved as itself (no
+    copy). Only layers whose input needs a gradient save it: every adapted layer except those reading
+    the first decoder layer's normed input (its attention inputs).
+
+    >>> targets = ["q_proj", "v_proj"]
+    >>> dora_weight_copy_bytes(_demo_shape(), Recipe(use_dora=True, dtype="bfloat16", autocast=False,
+    ...                        target_modules=targets), targets) == 4 * 29 * (576 * 576 + 576 * 192)
+    True
+    """
+    if not recipe.use_dora or recipe.method == "full" or recipe.lora_dropout <= 0:
+        return 0
+    quantized = recipe.method in ("qlora", "lora-8bit")
+    if recipe.autocast:
+        per_weight = precisions(recipe).compute
+    else:
+        per_weight = 4 if (quantized or DTYPE_BYTES[recipe.dtype] != 4) else 0
+    sizes = {name: i * o for name, (i, o, _) in shape.linears.items() if name in targets}
+    first_layer_attn_in = sum(sizes.get(name, 0) for name in shape.names("attn_in"))
+    return per_weight * (shape.layers * sum(sizes.values()) - first_layer_attn_in)
 
 
 def autocast_weight_copy_bytes(shape: ModelShape, recipe: Recipe, counts: ParameterCounts) -> int:

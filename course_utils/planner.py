@@ -42,6 +42,7 @@ from typing import Any
 from course_utils.memory_terms import (
     activation_bytes_per_token,
     autocast_weight_copy_bytes,
+    dora_weight_copy_bytes,
     gradient_bytes,
     logits_bytes,
     norm_bytes_per_token,
@@ -280,6 +281,7 @@ def _estimate(s: ModelShape, rc: Recipe, model: str) -> MemoryEstimate:
     # Final norm + lm_head input (saved when lm_head is trainable).
     final_tok = norm_bytes_per_token(s, rc) + (precisions(rc).compute * s.hidden if full else 0)
     weight_copies = autocast_weight_copy_bytes(s, rc, counts)
+    dora_copies = dora_weight_copy_bytes(s, rc, targets)  # 0 unless DoRA with dropout (memory_terms)
     logits = logits_bytes(s, rc)
     d["logits (loss)"] = logits
 
@@ -294,12 +296,14 @@ def _estimate(s: ModelShape, rc: Recipe, model: str) -> MemoryEstimate:
         # weight copies), while gradients accumulate.
         quantized = rc.method in ("qlora", "lora-8bit")
         layer_copies = 2 * counts.linear_per_layer if weight_copies and not quantized else 0
-        recompute = weights + opt_state + grads + ckpt + layer_tok * tokens + layer_copies
+        recompute = weights + opt_state + grads + ckpt + layer_tok * tokens + layer_copies + dora_copies // s.layers
         d["checkpointed layer inputs"] = ckpt
     else:
-        acts_at_logits = s.layers * layer_tok * tokens + final_tok * tokens + weight_copies
+        acts_at_logits = s.layers * layer_tok * tokens + final_tok * tokens + weight_copies + dora_copies
         recompute = 0
     d["16-bit weight copies (autocast)"] = weight_copies
+    if dora_copies:
+        d["DoRA weight copies (dropout)"] = dora_copies
 
     phases, peak_phase, split = _peak(
         weights, grads, opt_state, opt_temp, acts_at_logits, logits, recompute if rc.gradient_checkpointing else None

@@ -45,6 +45,13 @@ class Recipe:
     lora_dropout: float = field(
         default=0.05, metadata={"help": "LoRA dropout; > 0 keeps a dropout mask per LoRA input."}
     )
+    use_dora: bool = field(
+        default=False,
+        metadata={
+            "help": "DoRA (LoraConfig(use_dora=True)): a trainable magnitude per output row and extra activations. "
+            "rsLoRA needs no field: it changes the scaling, not the memory."
+        },
+    )
     target_modules: str | list[str] = field(
         default="all-linear", metadata={"help": '"all-linear" or module names such as ["q_proj", "v_proj"].'}
     )
@@ -83,6 +90,8 @@ class Recipe:
             self.target_modules = list(self.target_modules)
             if not self.target_modules:
                 raise ValueError('Recipe.target_modules is empty: use "all-linear" or e.g. ["q_proj", "v_proj"].')
+        if self.use_dora and self.method == "full":
+            raise ValueError('Recipe.use_dora=True is a LoRA variant: use method "lora", "qlora" or "lora-8bit".')
         validate_sharding(self.n_gpus, self.sharding)
         if self.name is None:
             self.name = self._default_name()
@@ -95,6 +104,8 @@ class Recipe:
             tm = self.target_modules
             parts.append(f"r{self.r}")
             parts.append("all-linear" if tm == "all-linear" else "+".join(tm))
+            if self.use_dora:
+                parts.append("dora")
         parts.append(f"b{self.batch_size}x{self.seq_len}")
         if self.gradient_checkpointing:
             parts.append("gc")

@@ -222,3 +222,114 @@ def test_config_transformers_cannot_build_gives_an_approximate_estimate():
     )
     assert est.approximate and est.peak_bytes > 0
     assert len(est.notes) == 1 and "could not build" in est.notes[0]
+
+
+# --------------------------------------------------------------------------- LoRA's variants (DoRA, rsLoRA)
+
+
+def _saved_bytes(model, batch) -> int:
+    """Bytes autograd keeps for backward after one forward pass: every saved tensor still alive, parameters excluded.
+
+    A pack hook wraps each saved tensor in a box the graph holds; a box whose graph died during the
+    forward pass (a temporary, e.g. DoRA's detached weight norm) is gone by the time we count.
+    """
+    import weakref
+
+    import torch
+
+    class Box:
+        __slots__ = ("tensor", "__weakref__")
+
+    boxes = []
+
+    def pack(tensor):
+        box = Box()
+        box.tensor = tensor
+        boxes.append(weakref.ref(box))
+        return box
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor):
+        loss = model(**batch).loss
+    storages = {}
+    for ref in boxes:
+        box = ref()
+        if box is not None and box.tensor.untyped_storage().data_ptr() not in params:
+            storage = box.tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    del loss
+    return sum(storages.values())
+
+
+def _course_tiny_peft(dtype, dropout: float, use_dora: bool, targets):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from course_utils.loading import load_model
+
+    torch.manual_seed(0)
+    model = load_model("course-tiny", dtype=getattr(torch, dtype))
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=targets, use_dora=use_dora)
+    return get_peft_model(model, config).train()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_dora_activation_terms_are_the_bytes_autograd_saves_on_cpu(dtype, dropout):
+    """DoRA's extra activations per token and its weight copies, counted from autograd's saved tensors."""
+    import torch
+
+    from course_utils.loading import resolve_model_path
+    from course_utils.memory_terms import dora_bytes_per_token, dora_weight_copy_bytes
+    from course_utils.model_shape import ModelShape
+
+    targets = ["q_proj", "v_proj", "down_proj"]
+    shape = ModelShape.from_config(load_config(resolve_model_path("course-tiny")))
+    recipe = Recipe(use_dora=True, dtype=dtype, lora_dropout=dropout, autocast=False, target_modules=targets)
+    per_token = shape.layers * dora_bytes_per_token(shape, recipe, targets)
+    copies = dora_weight_copy_bytes(shape, recipe, targets)
+    lora = _course_tiny_peft(dtype, dropout, False, targets)
+    dora = _course_tiny_peft(dtype, dropout, True, targets)
+    extra = {}
+    for seq in (16, 48):
+        ids = torch.randint(4, 700, (2, seq), generator=torch.Generator().manual_seed(seq))
+        batch = {"input_ids": ids, "labels": ids}
+        extra[seq] = _saved_bytes(dora, batch) - _saved_bytes(lora, batch)
+    # per token: exact
+    assert extra[48] - extra[16] == per_token * 2 * (48 - 16)
+    # per layer: the weight copies exactly, plus a few d_out-sized float32 vectors per adapted layer
+    # (m / |W + s·BA| and its factors), which the planner leaves out
+    vectors = extra[16] - per_token * 2 * 16 - copies
+    outputs = sum(shape.linears[t][1] for t in targets)
+    assert 0 <= vectors <= 3 * 4 * shape.layers * outputs, (vectors, copies)
+    assert (copies > 0) == (dropout > 0 and dtype == "bfloat16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dora_weight_grad_optimizer_terms_are_exact_bytes(dtype):
+    import torch
+
+    from course_utils.loading import resolve_model_path
+
+    targets = ["q_proj", "v_proj"]
+    config = load_config(resolve_model_path("course-tiny"))
+    model = _course_tiny_peft(dtype, 0.0, True, targets)
+    est = estimate_training_memory(config, Recipe(use_dora=True, dtype=dtype, r=8, target_modules=targets))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    magnitudes = [p for n, p in model.named_parameters() if "lora_magnitude_vector" in n]
+    assert est.trainable_params == sum(p.numel() for p in trainable)
+    assert est.details["weights: DoRA magnitudes"] == sum(p.numel() * p.element_size() for p in magnitudes)
+    model(input_ids=torch.ones(1, 4, dtype=torch.long), labels=torch.ones(1, 4, dtype=torch.long)).loss.backward()
+    assert est.details["grads"] == sum(p.grad.numel() * p.grad.element_size() for p in trainable)
+    lora = estimate_training_memory(config, Recipe(dtype=dtype, r=8, target_modules=targets))
+    assert est.trainable_params - lora.trainable_params == 4 * (192 + 96)  # one magnitude per output row of q, v
+
+
+def test_dora_costs_more_than_lora_and_rslora_costs_the_same():
+    lora = estimate_training_memory("smollm2-360m", Recipe(r=16))
+    dora = estimate_training_memory("smollm2-360m", Recipe(r=16, use_dora=True))
+    no_dropout = estimate_training_memory("smollm2-360m", Recipe(r=16, use_dora=True, lora_dropout=0.0))
+    assert lora.peak_bytes < no_dropout.peak_bytes < dora.peak_bytes
+    assert "dora" in dora.recipe.name and "DoRA weight copies (dropout)" in dora.details
+    with pytest.raises(ValueError, match="use_dora"):
+        Recipe(method="full", use_dora=True)
