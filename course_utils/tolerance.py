@@ -38,6 +38,8 @@ class Tolerance:
         top1_agreement: smallest allowed fraction of positions with the same argmax token.
         generation_match: smallest allowed fraction of prompts whose greedy generations match exactly.
         rel_perplexity: largest allowed ``|ppl_candidate / ppl_reference - 1|``.
+        max_abs_logprob: largest allowed ``|Δ log-prob|`` of a greedily generated token, between a model and
+            the same model served by an engine (``validation.compare_served``).
         reason: why these numbers (shown in reports).
 
     >>> Tolerance(name="mine", mean_kl=1e-4).mean_kl
@@ -53,10 +55,19 @@ class Tolerance:
     top1_agreement: float | None = None
     generation_match: float | None = None
     rel_perplexity: float | None = None
+    max_abs_logprob: float | None = None
     reason: str = ""
 
     def __post_init__(self) -> None:
-        for key in ("max_abs_logit", "rel_mean_abs_logit", "rel_max_abs_logit", "mean_kl", "max_kl", "rel_perplexity"):
+        for key in (
+            "max_abs_logit",
+            "rel_mean_abs_logit",
+            "rel_max_abs_logit",
+            "mean_kl",
+            "max_kl",
+            "rel_perplexity",
+            "max_abs_logprob",
+        ):
             value = getattr(self, key)
             if value is not None and not value >= 0:
                 raise ValueError(f"Tolerance.{key} must be >= 0 or None, got {value!r}.")
@@ -90,6 +101,7 @@ DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
         top1_agreement=0.995,
         generation_match=1.0,
         rel_perplexity=1e-4,
+        max_abs_logprob=1e-3,
         reason=(
             "float32 merges are exact up to summation order: relative mean |Δlogit| 5e-7 on "
             "course-tiny and 5e-6 on the SmolLM2-1.7B shape (H200: max |Δ| 3e-5, top-1 100%), "
@@ -106,6 +118,7 @@ DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
         top1_agreement=0.95,
         generation_match=None,
         rel_perplexity=0.01,
+        max_abs_logprob=0.05,
         reason=(
             "float16 rounds every merged weight to 11 significant bits: relative mean |Δlogit| "
             "7e-4 on course-tiny, 4e-3 on the SmolLM2-1.7B shape (H200: max |Δ| 0.027, top-1 "
@@ -123,6 +136,7 @@ DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
         top1_agreement=0.8,
         generation_match=None,
         rel_perplexity=0.05,
+        max_abs_logprob=0.25,
         reason=(
             "bfloat16 keeps 8 significant bits, so merging moves each weight by up to 0.4%: "
             "relative mean |Δlogit| 7e-3 on course-tiny and 0.034 on the SmolLM2-1.7B shape (H200: "
