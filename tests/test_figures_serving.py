@@ -15,9 +15,7 @@ def _texts(fig) -> list[str]:
 
 
 def _patches(fig, prefix: str) -> dict[str, object]:
-    return {
-        p.get_gid().removeprefix(prefix): p for p in fig.axes[0].patches if (p.get_gid() or "").startswith(prefix)
-    }
+    return {p.get_gid().removeprefix(prefix): p for p in fig.axes[0].patches if (p.get_gid() or "").startswith(prefix)}
 
 
 def test_each_request_takes_its_adapters_colour_and_the_base_is_grey():
@@ -28,7 +26,7 @@ def test_each_request_takes_its_adapters_colour_and_the_base_is_grey():
     hexes = {k: matplotlib.colors.to_hex(p.get_facecolor()) for k, p in requests.items()}
     assert hexes == {"0": ADAPTER_COLORS[1], "1": BASE_REQUEST_COLOR, "2": ADAPTER_COLORS[0]}
     texts = _texts(fig)
-    assert ["model: terse", "model: base", "model: shout"] == [t for t in texts if t.startswith("model: ")]
+    assert [t for t in texts if t.startswith("model: ")] == ["model: terse", "model: base", "model: shout"]
     assert "W x + terse" in texts and "W x" in texts
     assert any("one copy" in t for t in texts)
 

