@@ -124,7 +124,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     vllm_cells = [
         item
         for item in items
-        if type(item).__name__ == "NbCellItem"
+        if type(item).__name__ == "IPyNbCell"
         and VLLM_TAG in getattr(item, "cell", {}).get("metadata", {}).get("tags", [])
     ]
     if vllm_cells:
