@@ -316,7 +316,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _port_taken(host: str, port: int) -> bool:
+    """True when something listens on ``host:port`` (closed connections in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
         try:
             s.bind((host, port))
         except OSError:
@@ -406,6 +408,15 @@ def complete(
 
 
 # --------------------------------------------------------------------------- the server
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """Linux: the child gets SIGTERM when the process that started it dies (a killed notebook kernel)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
 _RUNNING: set[Any] = set()  # servers and offline jobs still running: stopped at exit
 
 
@@ -497,7 +508,12 @@ class VLLMServer:
         env.pop("PYTHONPATH", None)  # the serve env's own packages, not the course's
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # stop() ends its whole process group
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         self.started_at = time.perf_counter()
         _RUNNING.add(self)
@@ -723,6 +739,7 @@ def start_offline(
         text=True,
         env=env,
         start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     assert process.stdin is not None
     process.stdin.write(json.dumps(job))  # the script reads it at once, before it imports vLLM

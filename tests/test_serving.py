@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 import sys
 import threading
@@ -139,6 +140,64 @@ def test_a_server_that_dies_is_reported_with_its_log(tmp_path, adapter_dir, base
     assert not server.running
     with pytest.raises(ServerDiedError, match="is not running"):
         server.complete("a", [1, 2])
+
+
+FAKE_SERVER = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+port = int(next(a for a in sys.argv if a.startswith("--port=")).split("=")[1])
+
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = json.dumps({"data": [{"id": "base"}, {"id": "a"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> Path:
+    """A "python" that ignores ``-m vllm...`` and serves /v1/models on the --port it is given."""
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell-script stand-in for python")
+def test_the_server_is_ready_then_always_stopped_even_when_the_block_fails(
+    fake_python, adapter_dir, base_dir, tmp_path
+):
+    server = VLLMServer(base_dir, {"a": adapter_dir}, python=fake_python, log_path=tmp_path / "log")
+    seen = {}
+
+    def failing_cell():
+        with server:
+            seen.update(ready=server.ready_seconds, models=server.models(), pid=server.process.pid)
+            raise RuntimeError("a failing cell")
+
+    with pytest.raises(RuntimeError, match="a failing cell"):
+        failing_cell()
+    assert seen["ready"] < 30 and seen["models"] == ["base", "a"]
+    assert not server.running and server.process is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(seen["pid"], 0)  # the process is gone, not only forgotten
+    with socket.socket() as s:  # and its port is free again (for a new listener, as servers bind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", server.port))
+        s.listen()
 
 
 def test_the_server_command_uses_the_module_entry_point(adapter_dir, base_dir):
