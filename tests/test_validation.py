@@ -300,3 +300,57 @@ def test_reference_is_small_and_on_cpu(tiny_model, tiny_tokenizer):
     assert len(ref.generations) == len(TEXTS) and all(len(g) <= 4 for g in ref.generations)
     assert "MiB" in repr(ref)
     assert isinstance(ref.inputs, PreparedInputs)
+
+
+# --------------------------------------------------------------------------- served vs adapter
+SERVE_PROMPTS = [[1, 86, 92, 86, 401, 80, 202], [1, 88, 86, 305, 202, 261], [1, 288, 86, 76, 514, 727, 202]]
+
+
+def test_compare_served_passes_an_honest_merge_and_fails_a_wrong_scaling(tiny_model):
+    from course_utils.validation import compare_served
+
+    adapter = make_adapter(tiny_model, seed=3)
+    merged = copy.deepcopy(adapter).merge_and_unload()
+    report = compare_served(adapter, merged, SERVE_PROMPTS, max_new_tokens=8)
+    assert report.passed, report
+    assert report.tolerance.name == "float32" and report["generation_match"].value == 1.0
+    assert report["max_abs_logprob_diff"].value < DEFAULT_TOLERANCES[torch.float32].max_abs_logprob
+    assert set(report.to_dict()["metrics"]) == {"generation_match", "max_abs_logprob_diff", "mean_abs_logprob_diff"}
+
+    # the same adapter read with another scaling (an engine that ignores use_rslora): the gate fails
+    from peft.tuners.lora import LoraLayer
+
+    wrong = copy.deepcopy(adapter)
+    for module in wrong.modules():
+        if isinstance(module, LoraLayer):
+            module.scaling["default"] *= 0.9
+    report = compare_served(adapter, wrong, SERVE_PROMPTS, max_new_tokens=8)
+    assert not report.passed and "max_abs_logprob_diff" in report.failed
+
+
+def test_compare_served_judges_bf16_with_its_own_tolerance(tiny_model):
+    from course_utils.validation import compare_served
+
+    adapter = make_adapter(tiny_model, seed=3)
+    merged_bf16 = copy.deepcopy(adapter).merge_and_unload().to(torch.bfloat16)
+    report = compare_served(adapter, merged_bf16, SERVE_PROMPTS, max_new_tokens=8)
+    assert report.tolerance.name == "bfloat16"
+    assert report["generation_match"].passed is None  # bf16 rounding may flip a greedy token: reported only
+    assert report.passed, report
+
+
+def test_compare_served_takes_precomputed_completions_and_checks_their_number(tiny_model):
+    from course_utils.serving import Completion
+    from course_utils.validation import compare_served, greedy_completions
+
+    ref = greedy_completions(tiny_model, SERVE_PROMPTS, max_new_tokens=6)
+    as_dicts = [{"token_ids": c.token_ids, "logprobs": c.logprobs} for c in ref]
+    assert compare_served(tiny_model, as_dicts, SERVE_PROMPTS, max_new_tokens=6).passed
+    shifted = [Completion(c.token_ids, [x - 0.01 for x in c.logprobs]) for c in ref]
+    report = compare_served(ref, shifted, SERVE_PROMPTS, max_new_tokens=6)
+    assert report.failed == ["max_abs_logprob_diff"]
+    assert report["max_abs_logprob_diff"].value == pytest.approx(0.01, rel=1e-3)
+    with pytest.raises(ValueError, match="2 completions were given for 3 prompts"):
+        compare_served(ref, as_dicts[:2], SERVE_PROMPTS)
+    with pytest.raises(TypeError, match="Can't compare with a int"):
+        compare_served(ref, 5, SERVE_PROMPTS)
