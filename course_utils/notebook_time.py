@@ -160,6 +160,20 @@ def _runs() -> list[NotebookRun]:
     runs.append(
         NotebookRun("06_qlora", "QLoRA r8 all-linear", "shout", "not modelled: bitsandbytes' 4-bit CPU path", 100, 16)
     )
+    runs += [
+        NotebookRun("08_serving", f"{task} adapter", task, "lora", 60, lora.batch_size, 16, QV)
+        for task in ("shout", "terse")
+    ]
+    runs.append(
+        NotebookRun(
+            "09_lora_variants",
+            "8 variants x 3 seeds, 50 steps each",
+            "shout",
+            "not modelled: its own training loop (course_utils.variants.train_steps)",
+            50,
+            8,
+        )
+    )
     runs.append(
         NotebookRun(
             "07_beyond_one_gpu",

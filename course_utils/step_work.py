@@ -42,8 +42,8 @@ from course_utils.recipe import DTYPE_BYTES, Recipe
 
 __all__ = ["Phase", "StepWork", "step_work", "ADAMW_ACCESSES", "CLIP_ACCESSES"]
 
-#: Element accesses per parameter of torch's foreach AdamW step (weight decay mul_ 2, lerp_ 3, mul_ 2,
-#: addcmul_ 4, sqrt 2, div_ 2, add_ 2, addcdiv_ 4).
+#: Element accesses per parameter of torch's foreach AdamW step (weight decay ``mul_`` 2, ``lerp_`` 3, ``mul_`` 2,
+#: ``addcmul_`` 4, ``sqrt`` 2, ``div_`` 2, ``add_`` 2, ``addcdiv_`` 4).
 ADAMW_ACCESSES = 21
 #: Trainer's ``clip_grad_norm_``: read every gradient for the norm, then read and write it to scale.
 CLIP_ACCESSES = 3
