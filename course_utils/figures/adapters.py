@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from course_utils.figures import draw_arrow
+
 __all__ = ["draw_adapters"]
 
 ACTIVE_COLOR = "#dd8452"
@@ -49,7 +51,7 @@ def draw_adapters(
     True
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
+    from matplotlib.patches import Circle, FancyBboxPatch
 
     names = list(adapters)
     if not names:
@@ -62,9 +64,7 @@ def draw_adapters(
     ax.axis("off")
 
     def arrow(start: tuple[float, float], end: tuple[float, float], **kw: Any) -> None:
-        style = {"arrowstyle": "-|>", "mutation_scale": 14, "lw": 1.6, "color": "black"}
-        style.update(kw)
-        ax.add_patch(FancyArrowPatch(start, end, shrinkA=0, shrinkB=0, **style))
+        draw_arrow(ax, start, end, **{"mutation_scale": 14, "lw": 1.6, **kw})
 
     def line(xs: Sequence[float], ys: Sequence[float], **kw: Any) -> None:
         ax.plot(xs, ys, **{"color": "black", "lw": 1.6, **kw})

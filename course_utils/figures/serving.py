@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from course_utils.figures import draw_arrow
+
 __all__ = ["ADAPTER_COLORS", "BASE_COLOR", "draw_serving"]
 
 BASE_COLOR = "#4c72b0"
@@ -51,7 +53,7 @@ def draw_serving(
     True
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    from matplotlib.patches import FancyBboxPatch
 
     rows, names = list(requests), list(adapters)
     if not rows:
@@ -68,9 +70,7 @@ def draw_serving(
     ax.axis("off")
 
     def arrow(start: tuple[float, float], end: tuple[float, float], **kw: Any) -> None:
-        style = {"arrowstyle": "-|>", "mutation_scale": 12, "lw": 1.4, "color": "black"}
-        style.update(kw)
-        ax.add_patch(FancyArrowPatch(start, end, shrinkA=0, shrinkB=0, **style))
+        draw_arrow(ax, start, end, **{"mutation_scale": 12, "lw": 1.4, **kw})
 
     # the requests, top to bottom
     step = min(1.0, 4.4 / max(len(rows), 1))
