@@ -19,6 +19,11 @@ What this file adds, and why (each item fixed a strict re-run that failed on ano
   what a lesson checks. stdout, text and HTML are.
 - two sanitize patterns that depend on the machine: this checkout's path and $HOME.
 - ``gpu``-marked tests skip cleanly without CUDA.
+- the files run longest first (:data:`SECONDS_PER_FILE`): under ``-n auto --dist loadfile`` a long
+  notebook handed out last keeps one worker busy while the others idle.
+- a test marked ``notebook_covers("08_serving")`` checks what that notebook's claims check with the
+  same real engine; it is skipped when the notebook runs in the same session (one check per fact,
+  and the minute it takes), and runs when the notebook does not (``pytest tests/``).
 - notebook 08's vLLM runs in an environment of its own (``.venv-serve``): a session that runs 08
   builds it first when it is missing (``course_utils.serving.create_serve_env``, a few minutes,
   once; ``COURSE_SERVE_ENV=skip`` opts out), and 08's cells tagged ``vllm`` are skipped, with the
@@ -69,7 +74,14 @@ NBVAL_SKIP_COMPARE = ("stderr", "application/vnd.jupyter.widget-state+json")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Make the sanitize file's path work from any working directory (it is relative to the root)."""
+    """Make the sanitize file's path work from any working directory (it is relative to the root);
+    let xdist hand out the files in this file's order (longest first), not by their number of tests."""
+    config.addinivalue_line(
+        "markers",
+        "notebook_covers(name): the notebook `name` (stem) checks the same; skipped when it runs in this session",
+    )
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
     path = getattr(config.option, "nbval_sanitize_with", None)
     if path and not Path(path).is_absolute() and not Path(path).exists():
         candidate = Path(config.rootpath) / path
@@ -118,7 +130,51 @@ def _machine_patterns() -> dict[str, str]:
     return patterns
 
 
+#: Seconds each file took in a whole `pytest` on 2 idle cores (xdist, one thread per worker), measured
+#: 2026-12-01; files not listed take a few seconds. Only the ORDER matters (longest first); a stale
+#: figure costs a little balance, never a result.
+SECONDS_PER_FILE = {
+    "09_lora_variants.ipynb": 228,
+    "05_prompt_tuning.ipynb": 143,
+    "08_serving.ipynb": 112,
+    "02_adapters.ipynb": 94,
+    "01_lora_training.ipynb": 90,
+    "04_trl.ipynb": 77,
+    "07_beyond_one_gpu.ipynb": 70,
+    "test_serving.py": 68,
+    "test_site.py": 63,
+    "03_merging.ipynb": 60,
+    "test_packaging.py": 58,
+    "06_qlora.ipynb": 50,
+    "test_distributed.py": 46,
+    "test_training.py": 38,
+    "test_runner.py": 15,
+    "test_evaluation.py": 13,
+    "test_doctor.py": 12,
+}
+
+
+def _longest_files_first(items: list[pytest.Item]) -> None:
+    """Reorder in place: whole files, longest first (:data:`SECONDS_PER_FILE`); a file's items keep their order."""
+    position = {}
+    for index, item in enumerate(items):
+        position.setdefault(item.path, index)
+    items.sort(key=lambda item: (-SECONDS_PER_FILE.get(item.path.name, 0), position[item.path]))
+
+
+def _skip_what_a_notebook_covers(items: list[pytest.Item]) -> None:
+    running = {item.path.stem for item in items if item.path.suffix == ".ipynb"}
+    for item in items:
+        marker = item.get_closest_marker("notebook_covers")
+        if marker and marker.args[0] in running:
+            item.add_marker(
+                pytest.mark.skip(reason=f"notebooks/{marker.args[0]}.ipynb checks the same in this session")
+            )
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    _longest_files_first(items)
+    _skip_what_a_notebook_covers(items)
     seen = set()
     for item in items:
         parent = item.parent

@@ -3,20 +3,25 @@
 The notebook's protocol (notebooks/09_lora_variants.py) on the default model, course-tiny: every
 variant (LoRA, rsLoRA, DoRA, PiSSA, OLoRA, EVA, LoRA+, and with bitsandbytes QLoRA and LoftQ on a
 4-bit base) trains r=8 on q_proj/v_proj for the same batches in the same order (``seeded_batches``),
-one run per seed, and is scored by exact match on the whole eval split. Printed:
+one run per seed, and is scored by exact match on the whole eval split and by its held-out loss (the
+loss on the answers of every eval conversation, teacher-forced) over the base model's. Printed:
 
-1. the variant table: accuracy mean ± std over seeds and the worst seed, trainable parameters,
+1. the variant table: accuracy mean ± std over seeds and the worst seed, held-out loss / base's,
+   trainable parameters,
    training seconds (mean over seeds), the peak memory a run added (CPU resident memory), and one
    decoding step's FLOPs and fastest time, unmerged and merged (seed 0's model);
 2. the combination table: a TASK adapter and an OTHER adapter (plain LoRA, seed 0) combined with
    ``add_weighted_adapter`` (cat, svd, ties, dare_ties, magnitude_prune; weights 1, 1; density 0.5),
    accuracy on both tasks and what each keeps of each source update.
 
-Exits 1 if a variant fails to lift accuracy over the base in some seed, or cat's update is not the
-sum. About 3-4 minutes on 2 idle cores with the defaults (27 runs of 50 steps); timings under load
-are inflated 2-4x.
+The defaults are the notebook's budget (``suggest``'s LoRA values for the model: a third of its steps,
+half its batch, 2.5x its learning rate; on course-tiny 20 steps x 8 at 7.5e-3). Exits 1 if, in some
+seed, a variant's held-out loss is above 2/3 of the base's (the notebook's claim), or cat's update is
+not the sum. About 1.5 minutes on 2 idle cores with the defaults (27 runs); timings under load are
+inflated 2-4x. A larger budget shows whether a ranking appears near the ceiling:
 
     python benchmarks/lora_variants.py
+    python benchmarks/lora_variants.py --steps 50 --lr 5e-3
     python benchmarks/lora_variants.py --seeds 0 1 2 3 4 --steps 100
 """
 
@@ -36,6 +41,7 @@ from peft.optimizers import create_loraplus_optimizer
 
 from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
+from course_utils.hyperparameters import suggest
 from course_utils.loading import load_model, load_tokenizer
 from course_utils.memory import MemoryTracker
 from course_utils.notebook import quiet
@@ -65,9 +71,10 @@ COMBINATIONS = {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-3)
+    hp = suggest("course-tiny", "lora")  # the notebook's "auto" budget, from the same source
+    parser.add_argument("--steps", type=int, default=hp.max_steps // 3)
+    parser.add_argument("--batch-size", type=int, default=max(1, hp.batch_size // 2))
+    parser.add_argument("--lr", type=float, default=2.5 * hp.learning_rate)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16)
     parser.add_argument("--loraplus-ratio", type=float, default=4)
@@ -84,6 +91,13 @@ def main() -> int:
     }
     step = {"input_ids": batches[args.seeds[0]][0]["input_ids"][:1, -1:]}
     acc_base = evaluate_task(base, tok, eval_ds, progress=False).accuracy
+    eval_batch = seeded_batches(eval_ds, tok, steps=1, batch_size=len(eval_ds), seed=0)[0]
+
+    def held_out_loss(model):
+        with torch.no_grad():
+            return model(**eval_batch).loss.item()
+
+    loss_base = held_out_loss(base)
 
     def config(**options):
         return LoraConfig(
@@ -118,12 +132,13 @@ def main() -> int:
     tracker = MemoryTracker("cpu")
     rows, first = {}, {}
     for name in names:
-        accs, seconds, peaks = [], [], []
+        accs, ratios, seconds, peaks = [], [], [], []
         for seed in args.seeds:
             model, optimizer = make(name, seed)
             with tracker.phase(f"{name} {seed}") as record:
                 train_steps(model, batches[seed], learning_rate=args.lr, optimizer=optimizer)
             accs.append(evaluate_task(model, tok, eval_ds, progress=False).accuracy)
+            ratios.append(held_out_loss(model) / loss_base)
             seconds.append(record.seconds)
             peaks.append((record.peak_bytes - record.start_bytes) / 2**20)
             if seed == args.seeds[0]:
@@ -132,6 +147,7 @@ def main() -> int:
         row = {
             "accuracy % (mean ± std)": mean_spread(accs, scale=100),
             "min %": 100 * min(accs),
+            "held-out loss / base's": mean_spread(ratios, digits=2),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "train s": sum(seconds) / len(seconds),
             "peak +MiB": max(peaks),
@@ -145,12 +161,12 @@ def main() -> int:
                 "step ms merged": 1e3 * forward_seconds(merged, step, repeats=20),
             }
         rows[name] = row
-        rows[name]["_min_lift"] = min(accs) - acc_base
+        rows[name]["_worst_ratio"] = max(ratios)
         print(f"  {name}: {row['accuracy % (mean ± std)']}", file=sys.stderr, flush=True)
     tracker.close()
     table = pd.DataFrame(rows).T
-    failed = [n for n in names if table.loc[n, "_min_lift"] <= 0]
-    table = table.drop(columns="_min_lift")
+    failed = [n for n in names if table.loc[n, "_worst_ratio"] > 2 / 3]
+    table = table.drop(columns="_worst_ratio")
 
     # the combination table
     other_train, other_eval = load_task(args.other_task, "train"), load_task(args.other_task, "eval")
@@ -204,7 +220,7 @@ def main() -> int:
     print(combos.to_string())
     print(f"\ncat: max |ΔW_cat - (ΔW_{args.task} + ΔW_{args.other_task})| = {cat_error:.1e}")
     if failed:
-        print(f"FAILED: no lift over the base in some seed for {failed}")
+        print(f"FAILED: held-out loss above 2/3 of the base's in some seed for {failed}")
     if cat_error is None or cat_error > 1e-6:
         print("FAILED: cat's update is not the sum of the updates")
     return 1 if failed or cat_error is None or cat_error > 1e-6 else 0

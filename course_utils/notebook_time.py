@@ -88,7 +88,7 @@ def _runs() -> list[NotebookRun]:
     from course_utils.hyperparameters import suggest
 
     lora, dpo = suggest("course-tiny", "lora"), suggest("course-tiny", "dpo")
-    pt = suggest("course-tiny", "prompt_tuning")
+    pt, qlora = suggest("course-tiny", "prompt_tuning"), suggest("course-tiny", "qlora")
     runs = [
         NotebookRun(
             "01_lora_training",
@@ -107,7 +107,7 @@ def _runs() -> list[NotebookRun]:
             f"sweep, r{r} on {'attention' if t != 'all-linear' else t}",
             "shout",
             "lora",
-            60,
+            40,
             8,
             r,
             t,
@@ -120,10 +120,7 @@ def _runs() -> list[NotebookRun]:
             (8, "all-linear"),
         ]
     ]
-    runs += [
-        NotebookRun("02_adapters", f"{task} adapter", task, "lora", 150, lora.batch_size, 8, QV)
-        for task in ("shout", "topic")
-    ]
+    runs += [NotebookRun("02_adapters", f"{task} adapter", task, "lora", 150, 8, 8, QV) for task in ("shout", "topic")]
     runs.append(
         NotebookRun(
             "03_merging", "LoRA r8 all-linear", "shout", "lora", lora.max_steps, lora.batch_size, 8, "all-linear", 0.0
@@ -154,11 +151,18 @@ def _runs() -> list[NotebookRun]:
             0.0,
         )
     )
-    runs.append(NotebookRun("05_prompt_tuning", "LoRA r8 on q, v", "terse", "lora", 120, pt.batch_size, 8, QV))
+    runs.append(NotebookRun("05_prompt_tuning", "LoRA r8 on q, v", "terse", "lora", 60, pt.batch_size, 8, QV))
     for cell in ("prompt tuning", "prefix tuning", "IA3"):
-        runs.append(NotebookRun("05_prompt_tuning", cell, "terse", "not modelled: no LoRA matmuls", 120, pt.batch_size))
+        runs.append(NotebookRun("05_prompt_tuning", cell, "terse", "not modelled: no LoRA matmuls", 60, pt.batch_size))
     runs.append(
-        NotebookRun("06_qlora", "QLoRA r8 all-linear", "shout", "not modelled: bitsandbytes' 4-bit CPU path", 100, 16)
+        NotebookRun(
+            "06_qlora",
+            "QLoRA r8 all-linear",
+            "shout",
+            "not modelled: bitsandbytes' 4-bit CPU path",
+            qlora.max_steps,
+            qlora.batch_size,
+        )
     )
     runs += [
         NotebookRun("08_serving", f"{task} adapter", task, "lora", 60, lora.batch_size, 16, QV)
@@ -167,11 +171,11 @@ def _runs() -> list[NotebookRun]:
     runs.append(
         NotebookRun(
             "09_lora_variants",
-            "8 variants x 3 seeds, 50 steps each",
+            f"7 variants x 3 seeds, {lora.max_steps // 3} steps each",
             "shout",
             "not modelled: its own training loop (course_utils.variants.train_steps)",
-            50,
-            8,
+            lora.max_steps // 3,
+            max(1, lora.batch_size // 2),
         )
     )
     runs.append(
@@ -180,8 +184,8 @@ def _runs() -> list[NotebookRun]:
             "accelerate launch, 2 processes",
             "shout",
             "not modelled: process start-up dominates",
-            20,
-            4,
+            lora.max_steps,
+            max(1, lora.batch_size // 2),  # per process
         )
     )
     return runs

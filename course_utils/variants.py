@@ -114,7 +114,7 @@ def train_steps(
     model: torch.nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     *,
-    learning_rate: float = 2e-3,
+    learning_rate: float = 3e-3,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> list[float]:
     """One optimizer step per batch (plain PyTorch: forward, backward, step); returns the losses.

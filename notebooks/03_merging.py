@@ -354,7 +354,7 @@ for name in ("float32", "float16", "bfloat16"):
 # %% [markdown]
 # **Rule of thumb.** A float32 merge is exact up to summation order (below 1e-4 here, checked above). float16 keeps
 # 11 significant bits of each merged weight and bfloat16 8, so the drift grows in that order, here and on the
-# H200. The drift grows with depth and width, so a 2-layer model is the gentle case: run this notebook with
+# H200. The drift grows with depth and width, so a 4-layer model is the gentle case: run this notebook with
 # `MODEL="smollm2-135m"` (or your model) to see yours.
 #
 # So: **merge in float32 (on the CPU if the GPU is too small) or in the dtype you will serve in, and validate

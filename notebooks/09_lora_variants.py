@@ -34,8 +34,8 @@
 # - debug adapter state with `get_model_status` / `get_layer_status`;
 # - run the course's task in lm-evaluation-harness, offline, and check it agrees with the course's evaluation.
 #
-# **Time:** about 1.5 minutes on 2 CPU cores with the default `course-tiny` model: the budget is deliberately
-# small (50 steps of 8 examples per run, 24 runs). On a GPU with a SmolLM2 model, budget 10-20 minutes.
+# **Time:** about a minute on 2 CPU cores with the default `course-tiny` model: the budget is deliberately
+# small (20 steps of 8 examples per run, 21 runs). On a GPU with a SmolLM2 model, budget 10-20 minutes.
 
 # %%
 # Set-up: on Colab, install the course first (elsewhere the README's `pip install` did it).
@@ -54,7 +54,7 @@ MODEL = model_from_env("course-tiny")  # or "smollm2-135m", any hub id
 DTYPE = "auto"  # float32 on CPU, bfloat16 on recent GPUs, float16 on older GPUs (T4, V100) and on Apple's MPS
 DEVICE = "auto"  # cuda > mps > cpu
 LEARNING_RATE = "auto"  # "auto": 2.5x the model's usual LoRA rate (course_utils.hyperparameters), for a short run
-MAX_STEPS = "auto"  # "auto": half the model's usual LoRA steps (50 on course-tiny): a small budget, on purpose
+MAX_STEPS = "auto"  # "auto": a third of the model's usual LoRA steps (20 on course-tiny): a small budget, on purpose
 BATCH_SIZE = "auto"  # "auto": half the usual batch (8 on course-tiny)
 SEEDS = (0, 1, 2)  # each seed fixes the adapter's random start AND the order of the batches
 TASK, OTHER_TASK = "shout", "terse"  # the variants train on TASK; section 7 combines TASK and OTHER_TASK adapters
@@ -89,11 +89,13 @@ fig = draw_variant_knobs(lora_alpha=ALPHA)
 # Every variant gets the same batches in the same order for the same number of steps; the seed fixes the order
 # and the adapter's random start. `seeded_batches` builds them (loss on the answer only, as in notebook 01) and
 # `train_steps` is a plain PyTorch loop: forward, backward, AdamW step. A `Trainer` would do the same with more
-# machinery; 24 short runs make its start-up cost visible.
+# machinery; 21 short runs make its start-up cost visible.
 #
-# The budget is small on purpose: 50 steps of 8 examples is a quarter of what notebook 01 trains, so that 21 runs
-# fit in about a minute on a CPU. Accuracy is therefore far from its ceiling, and the seeds disagree: that is the
-# point of reporting the spread.
+# The budget is small on purpose: 20 steps of 8 examples, a sixth of what notebook 01 trains, so that 21 runs fit
+# in under a minute on a CPU. Exact-match accuracy is then far from its ceiling and the seeds disagree: that
+# is the point of reporting the spread. The **held-out loss** (the model's loss on the answers of the 48 eval
+# conversations, teacher-forced) moves long before whole answers come out right, and it varies far less between
+# seeds: it is what the claims below check.
 
 # %%
 import copy
@@ -114,16 +116,28 @@ tokenizer = load_tokenizer(MODEL)
 base = load_model(MODEL, dtype=dtype, device=device)
 hp = suggest(base, method="lora")
 lr = resolve(LEARNING_RATE, 2.5 * hp.learning_rate)
-steps = resolve(MAX_STEPS, hp.max_steps // 2)
+steps = resolve(MAX_STEPS, hp.max_steps // 3)
 batch_size = resolve(BATCH_SIZE, max(1, hp.batch_size // 2))
 train_ds, eval_ds = load_task(TASK, "train"), load_task(TASK, "eval")
 batches = {seed: seeded_batches(train_ds, tokenizer, steps=steps, batch_size=batch_size, seed=seed) for seed in SEEDS}
+eval_batch = seeded_batches(eval_ds, tokenizer, steps=1, batch_size=len(eval_ds), seed=0)[0]  # all 48, one batch
+
+
+def held_out_loss(model):
+    """Mean loss on the answers of every eval conversation (teacher-forced: no generation; lower is better)."""
+    with torch.no_grad():
+        return model(**{k: v.to(device) for k, v in eval_batch.items()}).loss.item()
+
+
 print(f"{TASK}: {len(train_ds)} train / {len(eval_ds)} eval conversations; {len(SEEDS)} seeds")
 print(f"budget per run: {steps} steps x {batch_size} examples = {steps * batch_size} examples seen")
 
 # %% tags=["nbval-ignore-output"]
 acc_base = evaluate_task(base, tokenizer, eval_ds, progress=False).accuracy
-print(f"{TASK} accuracy of the base model, no adapter: {acc_base:.1%}; learning rate {lr:g}")
+loss_base = held_out_loss(base)
+print(
+    f"{TASK} accuracy of the base model, no adapter: {acc_base:.1%}; held-out loss {loss_base:.3f}; learning rate {lr:g}"
+)
 
 # %%
 from course_utils.notebook import expect
@@ -215,7 +229,7 @@ def inference_cost(model):
 # Timings here come from a shared CPU: compare them within the table, not with another machine.
 
 # %% tags=["nbval-ignore-output"]
-runs = {}  # (variant, seed) -> accuracy
+runs, loss_ratio = {}, {}  # (variant, seed) -> accuracy; held-out loss / the base's
 costs, models_seed0 = {}, {}
 tracker = MemoryTracker("cpu" if device.type == "cpu" else "auto")
 for seed in SEEDS:
@@ -224,6 +238,7 @@ for seed in SEEDS:
         with tracker.phase(f"{name} seed {seed}") as record:
             train_steps(model, batches[seed], learning_rate=lr, optimizer=optimizer)
         runs[name, seed] = evaluate_task(model, tokenizer, eval_ds, progress=False).accuracy
+        loss_ratio[name, seed] = held_out_loss(model) / loss_base
         costs.setdefault(name, []).append((record.seconds, (record.peak_bytes - record.start_bytes) / 2**20))
         if seed == SEEDS[0]:
             models_seed0[name] = model
@@ -237,6 +252,7 @@ for name in VARIANT_NAMES:
     rows[name] = {
         "accuracy % (mean ± std)": mean_spread([runs[name, s] for s in SEEDS], scale=100),
         "min %": 100 * min(runs[name, s] for s in SEEDS),
+        "held-out loss / base's": mean_spread([loss_ratio[name, s] for s in SEEDS], digits=2),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train s": sum(c[0] for c in costs[name]) / len(SEEDS),
         "peak +MiB": max(c[1] for c in costs[name]),
@@ -247,14 +263,15 @@ variant_table
 
 # %% [markdown]
 # Read the table with the spread in mind: a variant whose mean is higher than LoRA's by less than the two standard
-# deviations is **not** shown to be better by this budget. What holds in every seed is the lift over the base:
+# deviations is **not** shown to be better by this budget. What holds in every seed is the drop of the held-out
+# loss (a ratio of 0.5 halves the base model's loss on the answers):
 
 # %%
-lift = {name: min(runs[name, s] for s in SEEDS) - acc_base for name in VARIANT_NAMES}
+worst = {name: max(loss_ratio[name, s] for s in SEEDS) for name in VARIANT_NAMES}
 expect(
-    f"every variant lifts {TASK} accuracy by at least 25 points over the base, in every seed",
-    min(lift.values()) >= 0.25,
-    hint="the budget is small: raise MAX_STEPS (e.g. 100) or LEARNING_RATE on another model",
+    f"every variant cuts the held-out {TASK} loss by at least a third of the base model's, in every seed",
+    max(worst.values()) <= 2 / 3,
+    hint="the budget is small: raise MAX_STEPS (e.g. 60) or LEARNING_RATE on another model",
 )
 counts = variant_table["trainable"].astype(int)
 dora_extra = sum(m.out_features for n, m in base.named_modules() if n.endswith(("q_proj", "v_proj")))
@@ -604,8 +621,7 @@ expect(
 # %% [markdown]
 # Keeping both updates is not keeping both skills. `shout` and `terse` answer the **same questions** in two forms
 # (`THE CARP EATS NUTS.` and `The carp: nuts.`), so their updates pull the same outputs two ways: `cat` keeps
-# almost all of each (a "kept" a little under 1 means the two updates slightly overlap with opposite signs) and
-# answers neither form. `ties`, which resolves sign conflicts entry by entry, keeps less but leans to one task.
+# almost all of each (a "kept" a little off 1 means the two updates overlap) and answers neither form. `ties`, which resolves sign conflicts entry by entry, keeps less but leans to one task.
 # Combination works for skills that do not compete for the same outputs; for competing ones, switch adapters
 # (notebook 02) instead.
 #
@@ -675,23 +691,27 @@ if HAS_LM_EVAL:
 #
 # ## What we measured
 #
-# On `course-tiny`, 50 steps of 8 `shout` examples per run, 3 seeds, 48 eval questions (one run on a shared
-# 2-core CPU; accuracy in % as mean ± std over seeds, worst seed; the claims above hold with margins):
+# On `course-tiny`, 20 steps of 8 `shout` examples per run at lr 7.5e-3, 3 seeds, 48 eval questions (one run on a
+# shared 2-core CPU; accuracy in % as mean ± std over seeds, worst seed; held-out loss over the base model's, mean ±
+# std; the claims above hold with margins):
 #
-# | variant | accuracy | worst seed | trainable | decoding step, unmerged / merged FLOPs |
-# |---|---|---|---|---|
-# | LoRA | 64 ± 2 | 62 | 21,504 | 1.01x |
-# | rsLoRA | 61 ± 7 | 54 | 21,504 | 1.01x |
-# | DoRA | 54 ± 19 | 33 | 22,656 | 3.3x |
-# | PiSSA | 49 ± 7 | 42 | 21,504 | 1.01x |
-# | OLoRA | 56 ± 5 | 50 | 21,504 | 1.01x |
-# | EVA | 62 ± 7 | 54 | 21,504 | 1.01x |
-# | LoRA+ | 54 ± 4 | 52 | 21,504 | 1.01x |
+# | variant | accuracy | worst seed | held-out loss / base's | trainable | decoding step, unmerged / merged FLOPs |
+# |---|---|---|---|---|---|
+# | LoRA | 24 ± 9 | 17 | 0.38 ± 0.01 | 21,504 | 1.01x |
+# | rsLoRA | 8 ± 6 | 2 | 0.43 ± 0.03 | 21,504 | 1.01x |
+# | DoRA | 12 ± 6 | 6 | 0.40 ± 0.02 | 22,656 | 3.3x |
+# | PiSSA | 17 ± 9 | 10 | 0.38 ± 0.02 | 21,504 | 1.01x |
+# | OLoRA | 17 ± 11 | 8 | 0.36 ± 0.01 | 21,504 | 1.01x |
+# | EVA | 32 ± 19 | 10 | 0.33 ± 0.02 | 21,504 | 1.01x |
+# | LoRA+ | 8 ± 8 | 0 | 0.46 ± 0.02 | 21,504 | 1.01x |
 #
 # What we conclude, and what we do not:
-# - every variant lifts accuracy from 0% to at least a third of the questions in every seed; the differences between
-#   variants are within about two standard deviations, so **this budget does not rank them** (DoRA's spread alone is
-#   19 points). Plain LoRA is not beaten here;
+# - every variant cuts the held-out loss to between a third and a half of the base model's in every seed; on exact-match accuracy,
+#   far from its ceiling at this budget, the spread between seeds (up to 19 points) is as large as the gaps between
+#   variants, so **accuracy does not rank them here**. The held-out loss varies by a few hundredths between seeds:
+#   on it, EVA's and OLoRA's starts end lowest and the two variants that take larger steps at the same
+#   learning rate (rsLoRA's scaling is sqrt(8) = 2.8 times LoRA's at r = 8; LoRA+ moves B 4 times faster) highest.
+#   That is one budget and one learning rate, not a verdict: tune the rate per variant before you rank them;
 # - DoRA trains one extra parameter per output row and, unmerged, costs over three times the FLOPs of a decoding
 #   step; merged, it costs what LoRA costs, with the same outputs;
 # - rsLoRA's scaling is `alpha/sqrt(r)`, and `add_weighted_adapter` passes it on to the combination, scaling the
@@ -704,10 +724,10 @@ if HAS_LM_EVAL:
 # - lm-evaluation-harness agrees with the course's evaluation on every question.
 #
 # The full tables (with training time, peak memory, inference times, QLoRA and LoftQ over all seeds, and the
-# combinations) come from `python benchmarks/lora_variants.py`.
+# combinations) come from `python benchmarks/lora_variants.py`; `--steps 50 --lr 5e-3` gives a larger budget.
 #
 # **Try it**
-# - Set `MAX_STEPS = 100`: does a ranking appear once the variants are near their ceiling?
+# - Set `MAX_STEPS = 60`: does a ranking by accuracy appear once the variants get nearer their ceiling?
 # - Set `RANK = 64` and compare LoRA with rsLoRA: which one's accuracy changes with the rank?
 # - Weight the combination `[1.0, 0.5]`: what does `kept` report for each task?
 # - Set `OTHER_TASK = "topic"` (its questions differ from shout's) and `MAX_STEPS = 150`: do two skills that do not

@@ -303,6 +303,7 @@ def rs_adapter_dir(tmp_path_factory, tiny_model) -> Path:
 
 @needs_vllm
 @pytest.mark.slow
+@pytest.mark.notebook_covers("08_serving")  # its cell 22 claims the same of the same server, and that it stops
 def test_vllm_server_serves_peft_s_tokens(base_dir, adapter_dir, rs_adapter_dir, tiny_model, tmp_path):
     from peft import PeftModel
 

@@ -232,6 +232,7 @@ def test_notebook_runs_match_the_notebooks() -> None:
     sweep_ranks = sorted({r.r for (nb, cell), r in runs.items() if cell.startswith("sweep") and "attention" in cell})
     assert sweep_ranks == json.loads(_parameter("01_lora_training", "SWEEP_RANKS"))
     assert int(_parameter("02_adapters", "MAX_STEPS")) == runs["02_adapters", "shout adapter"].steps
+    assert int(_parameter("02_adapters", "BATCH_SIZE")) == runs["02_adapters", "shout adapter"].batch_size
     assert int(_parameter("05_prompt_tuning", "MAX_STEPS")) == runs["05_prompt_tuning", "LoRA r8 on q, v"].steps
     assert int(_parameter("08_serving", "MAX_STEPS")) == runs["08_serving", "shout adapter"].steps
     for notebook in ("01_lora_training", "03_merging", "04_trl"):
@@ -241,7 +242,7 @@ def test_notebook_runs_match_the_notebooks() -> None:
 
 def test_notebook_predictions_and_doctor_lines() -> None:
     rows = predict_notebook_runs(DEMO_CPU, NOTEBOOK_RUNS[:2] + NOTEBOOK_RUNS[-1:])
-    assert rows[0]["predicted_s"] > rows[1]["predicted_s"] > 0  # 100 steps of 16 rows vs 60 of 8
+    assert rows[0]["predicted_s"] > rows[1]["predicted_s"] > 0  # 60 steps of 16 rows vs 60 of 8
     assert rows[-1]["predicted_s"] is None
     minutes = notebook_minutes(DEMO_CPU)
     assert minutes["01_lora_training"][0] > 0 and minutes["07_beyond_one_gpu"] == (

@@ -9,6 +9,7 @@ from peft import LoraConfig, PeftModel
 
 from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
+from course_utils.hyperparameters import suggest
 from course_utils.training import cpu_friendly_args, train_lora
 
 
@@ -19,12 +20,15 @@ def test_lora_on_attention_lifts_shout_accuracy_by_50_points_over_the_base(tiny_
     config = LoraConfig(
         r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
     )
+    hp = suggest(tiny_model, "lora")  # the notebooks' budget: a step count, never a time budget
     run = train_lora(
         copy.deepcopy(tiny_model),
         tiny_tokenizer,
         load_task("shout", "train"),
         config,
-        max_steps=150,  # a step count, not a time budget: the result must not depend on the machine's load
+        max_steps=hp.max_steps,
+        learning_rate=hp.learning_rate,
+        batch_size=hp.batch_size,
     )
     after = evaluate_task(run.model, tiny_tokenizer, eval_split, progress=False)
 
@@ -33,7 +37,7 @@ def test_lora_on_attention_lifts_shout_accuracy_by_50_points_over_the_base(tiny_
         f"\nshout eval accuracy: base {before.accuracy:.1%} -> LoRA r=8 q,v {after.accuracy:.1%} "
         f"({steps} steps, {run.seconds:.1f} s of training)"
     )
-    # the lesson's claim, as the notebooks phrase it: a lift over the base on the same model (measured: 0% -> 79%)
+    # the lesson's claim, as the notebooks phrase it: a lift over the base on the same model (measured: 0% -> 71-77%)
     assert before.accuracy <= 0.20
     assert after.accuracy - before.accuracy >= 0.50
     assert run.model.peft_config["default"].r <= 16
