@@ -57,6 +57,7 @@ __all__ = [
     "check_adapter",
     "complete",
     "create_serve_env",
+    "serve_process_env",
     "free_port",
     "run_offline",
     "serve_env_requirements",
@@ -97,6 +98,25 @@ SERVE_ENV: dict[str, str] = {
     # starts in a fraction of the time (no second import of vLLM and torch, no busy-polling worker).
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
+
+
+def serve_process_env() -> dict[str, str]:
+    """The environment of vLLM's processes: this one, plus :data:`SERVE_ENV`, less two variables.
+
+    ``PYTHONPATH`` goes (the serve environment's own packages, not the course's), and so does
+    ``ATEN_CPU_CAPABILITY``: with ``default`` (the portable kernels, a way to test another CPU family),
+    torch 2.13's inductor writes C++ for vLLM's compiled model that does not compile (``vec_reduce_all``
+    with an unnamed lambda argument). vLLM then runs on the machine's own kernels; the parity gate's
+    tolerances cover the difference from a peft model on other kernels.
+
+    >>> env = serve_process_env()
+    >>> "PYTHONPATH" in env, "ATEN_CPU_CAPABILITY" in env, env["VLLM_ENABLE_V1_MULTIPROCESSING"]
+    (False, False, '0')
+    """
+    env = {**os.environ, **SERVE_ENV}
+    env.pop("PYTHONPATH", None)
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    return env
 
 
 class ServeError(RuntimeError):
@@ -504,8 +524,7 @@ class VLLMServer:
         if self.log_path is None:
             self.log_path = Path("outputs") / "vllm-server.log"  # replaced by the next server started here
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **SERVE_ENV}
-        env.pop("PYTHONPATH", None)  # the serve env's own packages, not the course's
+        env = serve_process_env()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -729,8 +748,7 @@ def start_offline(
             for e in engines
         ],
     }
-    env = {**os.environ, **SERVE_ENV}
-    env.pop("PYTHONPATH", None)  # the serve environment's own packages, not the course's
+    env = serve_process_env()
     process = subprocess.Popen(
         [str(python), str(ENGINE_SCRIPT)],
         stdin=subprocess.PIPE,

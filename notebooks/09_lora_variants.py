@@ -369,7 +369,8 @@ expect("with use_rslora off on the first source, cat's update is exactly a + b",
 # `path_initial_model_for_weight_conversion`. The result is a plain LoRA adapter of rank `2r` whose `ΔW` is the
 # whole change from the original `W`: it loads on the untouched base.
 
-# %%
+# %% tags=["nbval-ignore-output"]
+# shown, not claimed: the digits differ between CPU kernels; the claims in the next cell have margins
 from peft import PeftModel
 
 from course_utils.paths import outputs_dir
