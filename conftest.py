@@ -131,26 +131,26 @@ def _machine_patterns() -> dict[str, str]:
 
 
 #: Seconds each file took in a whole `pytest` on 2 idle cores (xdist, one thread per worker), measured
-#: 2026-12-01; files not listed take a few seconds. Only the ORDER matters (longest first); a stale
-#: figure costs a little balance, never a result.
+#: 2026-12-01 after the faster toy recipe; files not listed take a few seconds. Only the ORDER matters
+#: (longest first); a stale figure costs a little balance, never a result.
 SECONDS_PER_FILE = {
-    "09_lora_variants.ipynb": 228,
-    "05_prompt_tuning.ipynb": 143,
-    "08_serving.ipynb": 112,
-    "02_adapters.ipynb": 94,
-    "01_lora_training.ipynb": 90,
-    "04_trl.ipynb": 77,
-    "07_beyond_one_gpu.ipynb": 70,
-    "test_serving.py": 68,
-    "test_site.py": 63,
-    "03_merging.ipynb": 60,
-    "test_packaging.py": 58,
-    "06_qlora.ipynb": 50,
-    "test_distributed.py": 46,
-    "test_training.py": 38,
-    "test_runner.py": 15,
+    "09_lora_variants.ipynb": 98,
+    "08_serving.ipynb": 97,
+    "02_adapters.ipynb": 85,
+    "05_prompt_tuning.ipynb": 75,
+    "01_lora_training.ipynb": 63,
+    "03_merging.ipynb": 61,
+    "test_packaging.py": 61,
+    "04_trl.ipynb": 59,
+    "07_beyond_one_gpu.ipynb": 59,
+    "test_site.py": 56,
+    "test_distributed.py": 47,
+    "06_qlora.ipynb": 43,
+    "test_serving.py": 38,
+    "test_training.py": 26,
+    "test_runner.py": 22,
     "test_evaluation.py": 13,
-    "test_doctor.py": 12,
+    "test_doctor.py": 13,
 }
 
 

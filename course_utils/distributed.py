@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from course_utils.hyperparameters import TOY_LORA_LEARNING_RATE
+
 __all__ = [
     "ACCELERATE_CONFIGS",
     "ACCELERATE_CONFIG_DIR",
@@ -127,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-modules", default="all-linear", help='"all-linear" or e.g. q_proj,v_proj')
     p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8, help="sequences per process per step")
-    p.add_argument("--learning-rate", type=float, default=3e-3)
+    p.add_argument("--learning-rate", type=float, default=TOY_LORA_LEARNING_RATE)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)

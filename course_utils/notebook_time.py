@@ -165,7 +165,7 @@ def _runs() -> list[NotebookRun]:
         )
     )
     runs += [
-        NotebookRun("08_serving", f"{task} adapter", task, "lora", 60, lora.batch_size, 16, QV)
+        NotebookRun("08_serving", f"{task} adapter", task, "lora", lora.max_steps, lora.batch_size, 16, QV)
         for task in ("shout", "terse")
     ]
     runs.append(

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from course_utils.data import load_task, to_prompt_completion
+from course_utils.hyperparameters import TOY_LORA_LEARNING_RATE
 from course_utils.loading import resolve_model_path
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     p.add_argument("--task", default="shout")
     p.add_argument("--max-steps", type=int, default=40, help="optimizer steps; each process takes its own batch")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per process per step")
-    p.add_argument("--learning-rate", type=float, default=3e-3)
+    p.add_argument("--learning-rate", type=float, default=TOY_LORA_LEARNING_RATE)
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="outputs/07-shout-ddp")

@@ -28,6 +28,7 @@ from course_utils.devices import (  # the first re-exported: notebooks import it
     mixed_precision_flags,
     trainer_device_flags,
 )
+from course_utils.hyperparameters import TOY_LORA_LEARNING_RATE, TOY_LORA_STEPS
 from course_utils.quantization import prevent_cpu_repack
 
 __all__ = [
@@ -110,7 +111,7 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
     defaults: dict[str, Any] = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="course-run-"),
         per_device_train_batch_size=16,
-        learning_rate=3e-3,
+        learning_rate=TOY_LORA_LEARNING_RATE,
         lr_scheduler_type="constant",
         warmup_steps=0,
         logging_steps=10,
@@ -136,8 +137,8 @@ def train_adapter(
     train_dataset: Dataset,
     peft_config: Any,
     *,
-    max_steps: int = 60,
-    learning_rate: float = 3e-3,
+    max_steps: int = TOY_LORA_STEPS,
+    learning_rate: float = TOY_LORA_LEARNING_RATE,
     batch_size: int = 16,
     logging_steps: int = 10,
     callbacks: Sequence[Any] = (),

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from course_utils.hyperparameters import TOY_LORA_LEARNING_RATE
+
 __all__ = [
     "VARIANTS",
     "delta_weights",
@@ -114,7 +116,7 @@ def train_steps(
     model: torch.nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     *,
-    learning_rate: float = 3e-3,
+    learning_rate: float = TOY_LORA_LEARNING_RATE,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> list[float]:
     """One optimizer step per batch (plain PyTorch: forward, backward, step); returns the losses.

@@ -2,9 +2,10 @@
 
 The site is built once for this module (incrementally into ``build/site``: seconds when nothing changed),
 served by ``http.server`` on a free local port, and its pages are opened in Chromium driven by Playwright:
-every page but the API reference's ~70 module pages, which share one template (two of them are opened; all
-are read for their links, anchors and the local files they load: :func:`opened_in_browser`). Checked: no
-console error, failed request or request to another host; every internal link and anchor resolves; every image on a notebook page loads, and every plot the notebook holds is on its page;
+every page but the API reference's module pages, which share one template (one of them is opened; all are
+read for their links, anchors and the local files they load: :func:`opened_in_browser`). Checked: no console
+error, failed request or request to another host; every internal link and anchor resolves; every image on a
+notebook page loads, and every plot the notebook holds is on its page;
 search finds ``merge_and_unload`` on the merging page; each notebook page shows its "What we measured"
 table, its Colab badge and a download link built from ``pyproject.toml``; the adapter switcher's static
 table renders. Screenshots of the landing page and a notebook page go to ``runs/site-screenshots/``.
@@ -136,18 +137,15 @@ class _StaticFacts(HTMLParser):
 
 
 def opened_in_browser(names: list[str]) -> set[str]:
-    """The pages the browser opens: all but the API reference's, plus its index and its longest module page.
+    """The pages the browser opens: every page but the API reference's module pages, and the first of those.
 
-    The reference's pages (one per module, ~70) come from one autodoc template and load the same static
-    files as the rest; two of them in the browser show that template's scripts run without errors, and
-    every page (these included) is still read for its links, anchors and the local files it loads.
+    The module pages (``reference/*.html``, one per module) come from one autodoc template and load the same
+    static files as the rest: the reference's index (``reference.html``) and one module page in the browser show
+    that template's scripts run without errors, and every page is still read for its links, anchors and the
+    local files it loads.
     """
-    reference = [name for name in names if name.startswith("reference/")]
-    modules = [name for name in reference if name != "reference/index.html"]
-    chosen = {name for name in names if name not in reference}
-    if "reference/index.html" in reference:
-        chosen.add("reference/index.html")
-    return chosen | set(modules[:1])
+    modules = sorted(name for name in names if name.startswith("reference/"))
+    return {name for name in names if not name.startswith("reference/")} | set(modules[:1])
 
 
 class _Quiet(SimpleHTTPRequestHandler):
