@@ -131,26 +131,24 @@ def _machine_patterns() -> dict[str, str]:
 
 
 #: Seconds each file took in a whole `pytest` on 2 idle cores (xdist, one thread per worker), measured
-#: 2026-12-01 after the faster toy recipe; files not listed take a few seconds. Only the ORDER matters
+#: 2026-12-01 after the 45-step toy recipe; files not listed take a few seconds. Only the ORDER matters
 #: (longest first); a stale figure costs a little balance, never a result.
 SECONDS_PER_FILE = {
-    "09_lora_variants.ipynb": 98,
-    "08_serving.ipynb": 97,
-    "02_adapters.ipynb": 85,
-    "05_prompt_tuning.ipynb": 75,
-    "01_lora_training.ipynb": 63,
-    "03_merging.ipynb": 61,
-    "test_packaging.py": 61,
-    "04_trl.ipynb": 59,
-    "07_beyond_one_gpu.ipynb": 59,
-    "test_site.py": 56,
-    "test_distributed.py": 47,
-    "06_qlora.ipynb": 43,
-    "test_serving.py": 38,
-    "test_training.py": 26,
-    "test_runner.py": 22,
-    "test_evaluation.py": 13,
+    "09_lora_variants.ipynb": 116,
+    "08_serving.ipynb": 89,
+    "05_prompt_tuning.ipynb": 78,
+    "02_adapters.ipynb": 62,
+    "01_lora_training.ipynb": 59,
+    "04_trl.ipynb": 57,
+    "07_beyond_one_gpu.ipynb": 53,
+    "03_merging.ipynb": 53,
+    "test_packaging.py": 51,
+    "06_qlora.ipynb": 40,
+    "test_distributed.py": 35,
+    "test_site.py": 31,
+    "test_runner.py": 15,
     "test_doctor.py": 13,
+    "test_evaluation.py": 13,
 }
 
 

@@ -15,7 +15,7 @@ loss on the answers of every eval conversation, teacher-forced) over the base mo
    accuracy on both tasks and what each keeps of each source update.
 
 The defaults are the notebook's budget (``suggest``'s LoRA values for the model: a third of its steps,
-half its batch, 2.5x its learning rate; on course-tiny 20 steps x 8 at 7.5e-3). Exits 1 if, in some
+half its batch, 2.5x its learning rate; on course-tiny 15 steps x 8 at 7.5e-3). Exits 1 if, in some
 seed, a variant's held-out loss is above 2/3 of the base's (the notebook's claim), or cat's update is
 not the sum. About 1.5 minutes on 2 idle cores with the defaults (27 runs); timings under load are
 inflated 2-4x. A larger budget shows whether a ranking appears near the ceiling:

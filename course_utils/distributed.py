@@ -342,8 +342,8 @@ def _sft_config(ns: argparse.Namespace, out: Path, device: str) -> Any:
         learning_rate=ns.learning_rate,
         lr_scheduler_type="constant",
         **trainer_device_flags(device),  # use_cpu, bf16/fp16 matching compute_dtype, no pinned memory
-        gradient_checkpointing=ns.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if ns.gradient_checkpointing else None,
+        activation_checkpointing=ns.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if ns.gradient_checkpointing else None,
         ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient each step
         max_length=ns.max_length,
         report_to="none",

@@ -1,7 +1,9 @@
 """`course_utils.distributed` under a real 2-process launch on the CPU, and the shipped accelerate configs.
 
 One `accelerate launch --config_file ddp.yaml --num_processes 2` (CPU processes, gloo: GPUs are hidden)
-trains course-tiny for a few steps and dumps per-rank facts to JSON; the tests below read them.
+trains course-tiny for a few steps and dumps per-rank facts to JSON; the tests below read them. Notebook 07
+claims the same facts of its own 2-process launch (``train_sft.py``, the same ``record_rank_facts``), so in a
+session that runs 07 these tests skip; the module's own path also runs in this process, evaluation included.
 accelerate 1.15 runs FSDP on GPUs only (accelerate/state.py enables it for MULTI_GPU-like types, never for
 MULTI_CPU), so FSDP through accelerate is covered by parsing its configs and by the refusal the module gives on
 CPUs; torch's own FSDP2 does run on CPU processes, and tests/fsdp_cpu_probe.py measures its per-rank shards.
@@ -73,6 +75,7 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"facts": data, "adapter": adapter, "stdout": proc.stdout, "seconds": seconds}
 
 
+@pytest.mark.notebook_covers("07_beyond_one_gpu")  # 07 claims it of its 2-process launch (same record_rank_facts)
 def test_two_cpu_processes_train_on_different_batches(launch: dict) -> None:
     facts = launch["facts"]
     assert facts["world_size"] == 2
@@ -86,6 +89,7 @@ def test_two_cpu_processes_train_on_different_batches(launch: dict) -> None:
     assert torch.allclose(torch.tensor(r0["probe_logits"]), torch.tensor(r1["probe_logits"]), atol=1e-5)
 
 
+@pytest.mark.notebook_covers("07_beyond_one_gpu")  # 07 claims it of its 2-process launch (same record_rank_facts)
 def test_only_the_adapter_is_saved_and_it_reproduces_rank0(launch: dict) -> None:
     from peft import PeftModel
 
@@ -106,6 +110,7 @@ def test_only_the_adapter_is_saved_and_it_reproduces_rank0(launch: dict) -> None
     assert trained > 0, "lora_B is still zero: the adapter did not train"
 
 
+@pytest.mark.notebook_covers("07_beyond_one_gpu")  # 07 claims it of its 2-process launch (same record_rank_facts)
 def test_planner_per_rank_terms_equal_the_bytes_each_rank_holds(launch: dict) -> None:
     recipe = Recipe(
         method="lora",
@@ -125,11 +130,34 @@ def test_planner_per_rank_terms_equal_the_bytes_each_rank_holds(launch: dict) ->
         assert r["optimizer_state_bytes"] == d["per GPU: optimizer state"]
 
 
-def test_an_existing_adapter_is_not_overwritten(launch: dict, capsys: pytest.CaptureFixture) -> None:
-    before = (launch["adapter"] / "adapter_model.safetensors").stat().st_mtime_ns
-    assert distributed.main(["--output-dir", str(launch["adapter"])]) == 2
+def test_an_existing_adapter_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    saved = tmp_path / "adapter" / "adapter_model.safetensors"
+    saved.parent.mkdir()
+    saved.write_bytes(b"a learner's adapter")
+    assert distributed.main(["--output-dir", str(saved.parent)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert (launch["adapter"] / "adapter_model.safetensors").stat().st_mtime_ns == before
+    assert saved.read_bytes() == b"a learner's adapter"
+
+
+def test_one_process_trains_saves_and_scores_the_saved_adapter(tmp_path: Path) -> None:
+    """``python -m course_utils.distributed`` without a launcher (its ``main``, in this process): the module's
+    own path, the evaluation of the saved adapter included.
+
+    The 2-process launch above checks what notebook 07 claims of its own launch; this one runs whenever.
+    """
+    from accelerate.state import AcceleratorState
+
+    adapter, facts = tmp_path / "adapter", tmp_path / "facts.json"
+    args = ["--max-steps", "2", "--batch-size", str(BATCH), "--r", str(RANK_DIM), "--eval-examples", "4"]
+    try:
+        assert distributed.main([*args, "--output-dir", str(adapter), "--facts", str(facts)]) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # leave no process state to later tests
+    data = json.loads(facts.read_text())
+    assert data["world_size"] == 1 and len(data["ranks"][0]["batches"]) == 2
+    rank0 = data["ranks"][0]
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(rank0["adapter_files"])
+    assert rank0["eval"]["total"] == 4 and 0 <= rank0["eval"]["correct"] <= 4
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "model, method, lr, steps, batch",
     [
-        ("course-tiny", "lora", 3e-3, 60, 16),
-        ("course-tiny", "qlora", 3e-3, 60, 16),
+        ("course-tiny", "lora", 3e-3, 45, 16),
+        ("course-tiny", "qlora", 3e-3, 45, 16),
         ("course-tiny", "dpo", 1e-3, 30, 8),
         ("course-tiny", "prompt_tuning", 3e-1, 200, 16),
         ("smollm2-135m", "lora", 2e-4, 200, 16),

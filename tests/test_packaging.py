@@ -77,16 +77,6 @@ def make_venv(folder: Path) -> Path:
     return python
 
 
-def test_the_venv_sees_the_running_interpreters_libraries(tmp_path: Path):
-    python = make_venv(tmp_path / "venv")
-    code = "import sys, torch, transformers; print(sys.prefix); print(torch.__file__)"
-    prefix, torch_file = _run([str(python), "-c", code], cwd=tmp_path).stdout.split()
-    assert Path(prefix) == tmp_path / "venv", "the new environment is not the one running"
-    import torch
-
-    assert Path(torch_file) == Path(torch.__file__), "the venv found another torch than this interpreter's"
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """Build the wheel from a copy of the sources and install it into a new venv; returns its python."""
@@ -135,26 +125,55 @@ def installed(tmp_path_factory) -> Path:
     return python
 
 
-def test_wheel_carries_the_data_and_works_from_any_folder(installed: Path, tmp_path: Path):
-    code = """
-import json, course_utils
+# One process from the wheel's venv, in a folder that is not the repository, answers two tests (each such
+# process imports torch and transformers: seconds): the facts of the installed package, printed as JSON, then
+# `python -m course_utils.tiny_models gpt2 FOLDER`, run as `-m` runs it (runpy, as __main__, its own argv).
+FROM_THE_WHEEL = """
+import json, runpy, sys, torch, course_utils
 from course_utils.loading import load_model, load_tokenizer
 from course_utils.data import load_task
 from course_utils.planner import load_config
 from course_utils.resources import data_root
 model = load_model("course-tiny", device="cpu")
 print(json.dumps({
-    "package": course_utils.__file__, "data": str(data_root()),
+    "prefix": sys.prefix, "torch": torch.__file__, "package": course_utils.__file__, "data": str(data_root()),
     "params": sum(p.numel() for p in model.parameters()),
     "vocab": len(load_tokenizer("course-tiny")), "shout": len(load_task("shout", "train")),
-    "hidden": load_config("smollm2-1.7b").hidden_size}))
+    "hidden": load_config("smollm2-1.7b").hidden_size}), flush=True)
+sys.argv = ["course_utils.tiny_models", "gpt2", sys.argv[1]]
+runpy.run_module("course_utils.tiny_models", run_name="__main__", alter_sys=True)
 """
-    done = _run([str(installed), "-c", code], cwd=tmp_path)
-    facts = json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def from_the_wheel(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """What a process of the wheel's venv reports (``facts``) and the tiny model folder it wrote (``folder``)."""
+    work = tmp_path_factory.mktemp("elsewhere")
+    folder = work / "tiny-gpt2"
+    done = _run([str(installed), "-c", FROM_THE_WHEEL, str(folder)], cwd=work)
+    facts = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+    return {"facts": facts, "folder": folder}
+
+
+def test_wheel_carries_the_data_and_works_from_any_folder(installed: Path, from_the_wheel: dict):
+    facts = from_the_wheel["facts"]
+    import torch
+
+    assert Path(facts["prefix"]) == installed.parent.parent, "the new environment is not the one running"
+    assert Path(facts["torch"]) == Path(torch.__file__), "the venv found another torch than this interpreter's"
     assert str(ROOT) not in facts["package"], "imported the clone, not the installed wheel"
     assert "site-packages" in facts["package"] and facts["data"].endswith("_data"), facts
     assert facts["params"] == 1_771_968 and facts["vocab"] == 772 and facts["shout"] == 144
     assert facts["hidden"] == 2048
+
+
+def test_installed_wheel_writes_a_tiny_model_with_its_tokenizer(from_the_wheel: dict):
+    """``python -m course_utils.tiny_models`` from the wheel: the course-tiny tokenizer comes from the package."""
+    folder = from_the_wheel["folder"]
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}
+    from transformers import AutoTokenizer  # the folder is what the wheel wrote: read here, no second process
+
+    assert len(AutoTokenizer.from_pretrained(folder)) == 772  # course-tiny's vocabulary, not a 1-token stand-in
 
 
 def test_installed_wheel_runs_a_notebook_headless_with_two_steps(installed: Path, tmp_path: Path):
@@ -186,13 +205,3 @@ def test_installed_wheel_runs_a_notebook_headless_with_two_steps(installed: Path
     assert done.returncode == 0, f"{rows}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     # two steps teach nothing: the lesson's claims may print NO, which a short run reports, never as a crash
     assert [r["status"] for r in rows] in (["ok"], ["ran, claims not met (short run)"]), rows
-
-
-def test_installed_wheel_writes_a_tiny_model_with_its_tokenizer(installed: Path, tmp_path: Path):
-    """``python -m course_utils.tiny_models`` from the wheel: the course-tiny tokenizer comes from the package."""
-    work, folder = tmp_path / "elsewhere", tmp_path / "tiny-gpt2"
-    work.mkdir()
-    _run([str(installed), "-m", "course_utils.tiny_models", "gpt2", str(folder)], cwd=work)
-    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}
-    code = f"from transformers import AutoTokenizer; print(len(AutoTokenizer.from_pretrained({str(folder)!r})))"
-    assert int(_run([str(installed), "-c", code], cwd=work).stdout.split()[-1]) > 100

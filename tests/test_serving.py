@@ -322,6 +322,7 @@ def test_vllm_server_serves_peft_s_tokens(base_dir, adapter_dir, rs_adapter_dir,
 
 @needs_vllm
 @pytest.mark.slow
+@pytest.mark.notebook_covers("08_serving")  # its section 8 claims the same: each adapter, the base, the full-slot bug
 def test_vllm_offline_engine_mixes_adapters_in_one_batch(base_dir, adapter_dir, rs_adapter_dir, tiny_model):
     from peft import PeftModel
 

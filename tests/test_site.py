@@ -106,6 +106,25 @@ PAGE_FACTS = """() => ({
 })"""
 
 
+MEASURED_TABLE = """() => {
+  const heading = [...document.querySelectorAll('h2')].find(h => h.textContent.includes('What we measured'));
+  if (!heading) return null;
+  const table = heading.closest('section').querySelector('table');
+  if (!table) return {rows: 0, visible: false};
+  const box = table.getBoundingClientRect();
+  return {rows: table.querySelectorAll('tr').length, visible: box.width > 0 && box.height > 0, text: table.innerText};
+}"""
+# A notebook page's own facts (test_notebook_page), read on the crawl's visit: one load per page.
+NOTEBOOK_FACTS = f"""() => ({{
+  main_text: document.querySelector('main').innerText,
+  measured: ({MEASURED_TABLE})(),
+  bars: [...document.querySelectorAll('.course-notebook-links')].map(bar => ({{
+    colab: bar.querySelector('a.course-colab')?.getAttribute('href'),
+    download: bar.querySelector('a.course-download')?.getAttribute('href'),
+  }})),
+}})"""
+
+
 @dataclass
 class Page:
     url: str
@@ -113,6 +132,7 @@ class Page:
     links: list[str] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     images: list[dict] = field(default_factory=list)
+    notebook: dict = field(default_factory=dict)  # a notebook page's NOTEBOOK_FACTS, read on the same visit
 
 
 class _StaticFacts(HTMLParser):
@@ -237,6 +257,8 @@ def pages(html_dir: Path, base_url: str, browser) -> dict[str, Page]:
             page.goto(base_url + name, wait_until="load")
             facts = page.evaluate(PAGE_FACTS)
             report.links, report.ids, report.images = facts["links"], set(facts["ids"]), facts["images"]
+            if name.startswith("notebooks/"):
+                report.notebook = page.evaluate(NOTEBOOK_FACTS)
         else:
             parsed = _StaticFacts(report.url)
             parsed.feed((html_dir / name).read_text(encoding="utf-8"))
@@ -320,16 +342,6 @@ def tab(browser) -> Iterator[object]:
     page.close()
 
 
-MEASURED_TABLE = """() => {
-  const heading = [...document.querySelectorAll('h2')].find(h => h.textContent.includes('What we measured'));
-  if (!heading) return null;
-  const table = heading.closest('section').querySelector('table');
-  if (!table) return {rows: 0, visible: false};
-  const box = table.getBoundingClientRect();
-  return {rows: table.querySelectorAll('tr').length, visible: box.width > 0 && box.height > 0, text: table.innerText};
-}"""
-
-
 def _course_stderr(notebook: Path) -> list[str]:
     """The first line of each stderr output that is not only third-party libraries' warnings."""
     sys.path.insert(0, str(ROOT / "website"))
@@ -343,26 +355,27 @@ def _course_stderr(notebook: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
-def test_notebook_page(tab, base_url: str, html_dir: Path, notebook: Path) -> None:
+def test_notebook_page(pages: dict[str, Page], html_dir: Path, notebook: Path) -> None:
     """Its "What we measured" table, its links, and stderr: the course's messages, not libraries' warnings."""
-    tab.goto(base_url + _page_name(notebook))
-    text = tab.locator("main").inner_text()
-    assert "site-packages/" not in text, f"{_page_name(notebook)} shows a library's warning with a machine's path"
+    name = _page_name(notebook)
+    facts = pages[name].notebook
+    assert facts, f"{name} was not opened in the browser"
+    text = facts["main_text"]
+    assert "site-packages/" not in text, f"{name} shows a library's warning with a machine's path"
     for line in _course_stderr(notebook):
-        assert line in text, f"{_page_name(notebook)} lacks the course's message on stderr: {line!r}"
-    table = tab.evaluate(MEASURED_TABLE)
-    assert table is not None, f"{_page_name(notebook)}: no 'What we measured' heading"
-    assert table["visible"] and table["rows"] >= 2, (
-        f"{_page_name(notebook)}: no visible 'What we measured' table: {table}"
-    )
-    bar = tab.locator(".course-notebook-links")
-    assert bar.count() == 1, f"{_page_name(notebook)}: {bar.count()} link bars (want 1: Colab, download, GitHub)"
+        assert line in text, f"{name} lacks the course's message on stderr: {line!r}"
+    table = facts["measured"]
+    assert table is not None, f"{name}: no 'What we measured' heading"
+    assert table["visible"] and table["rows"] >= 2, f"{name}: no visible 'What we measured' table: {table}"
+    bars = facts["bars"]
+    assert len(bars) == 1, f"{name}: {len(bars)} link bars (want 1: Colab, download, GitHub)"
     path = f"notebooks/{notebook.name}"
     colab = f"https://colab.research.google.com/github/{current_repository(ROOT).removeprefix('https://github.com/')}/blob/main/{path}"
-    assert bar.locator("a.course-colab").get_attribute("href") == colab
-    download = bar.locator("a.course-download").get_attribute("href")
-    served = html_dir / "notebooks" / unquote(download)
-    assert served.resolve().read_bytes() == notebook.read_bytes(), f"the download link {download} is not {path}"
+    assert bars[0]["colab"] == colab
+    served = html_dir / "notebooks" / unquote(bars[0]["download"])
+    assert served.resolve().read_bytes() == notebook.read_bytes(), (
+        f"the download link {bars[0]['download']} is not {path}"
+    )
 
 
 def test_adapter_switcher_static_table_renders(tab, base_url: str) -> None:

@@ -241,7 +241,7 @@ def test_notebook_runs_match_the_notebooks() -> None:
 
 def test_notebook_predictions_and_doctor_lines() -> None:
     rows = predict_notebook_runs(DEMO_CPU, NOTEBOOK_RUNS[:2] + NOTEBOOK_RUNS[-1:])
-    assert rows[0]["predicted_s"] > rows[1]["predicted_s"] > 0  # 60 steps of 16 rows vs 60 of 8
+    assert rows[0]["predicted_s"] > rows[1]["predicted_s"] > 0  # 45 steps of 16 rows vs 40 of 8
     assert rows[-1]["predicted_s"] is None
     minutes = notebook_minutes(DEMO_CPU)
     assert minutes["01_lora_training"][0] > 0 and minutes["07_beyond_one_gpu"] == (

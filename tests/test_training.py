@@ -13,6 +13,7 @@ from course_utils.hyperparameters import suggest
 from course_utils.training import cpu_friendly_args, train_lora
 
 
+@pytest.mark.notebook_covers("03_merging")  # claims the same lift: train_lora, the suggested budget, r=8 (all linear)
 def test_lora_on_attention_lifts_shout_accuracy_by_50_points_over_the_base(tiny_model, tiny_tokenizer):
     eval_split = load_task("shout", "eval")
     before = evaluate_task(tiny_model, tiny_tokenizer, eval_split, progress=False)

@@ -1,6 +1,6 @@
 """Build the course website from the committed notebooks, the README, docs/ and the datasheet.
 
-    python website/build.py            # -> build/site/html/index.html (incremental: a rebuild takes seconds)
+    python website/build.py            # -> build/site/html/index.html (incremental; nothing changed: instant)
     python website/build.py --fresh    # from scratch
 
 Nothing is executed: the pages show the outputs committed in ``notebooks/*.ipynb``. The sources are
@@ -13,6 +13,7 @@ and needs the ``site`` extra (``pip install -e ".[site]"``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pkgutil
 import shutil
@@ -101,16 +102,55 @@ def stage(src: Path) -> list[str]:
     return sorted(removed)
 
 
+# Everything a page is made of: the sources above, the website's own files, the package (autodoc reads its
+# docstrings) and the project file. A build records their fingerprint; the next one with the same fingerprint
+# has nothing to do and skips Sphinx (which takes seconds just to find out that nothing changed).
+FINGERPRINTED = (*SOURCES, "pyproject.toml", "website/**/*", "course_utils/**/*.py")
+STAMP = "inputs.sha256"
+
+
+def inputs_fingerprint() -> str:
+    """A hash of every input's path, size and modification time, and of the Sphinx packages' versions.
+
+    >>> len(inputs_fingerprint())
+    64
+    """
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.sha256()
+    files = {path for pattern in FINGERPRINTED for path in ROOT.glob(pattern) if path.is_file()}
+    for path in sorted(p for p in files if "__pycache__" not in p.parts):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(ROOT).as_posix()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    for package in ("sphinx", "myst-nb", "sphinx-book-theme"):
+        with contextlib.suppress(PackageNotFoundError):
+            digest.update(f"{package} {version(package)}\n".encode())
+    return digest.hexdigest()
+
+
+def up_to_date(out: Path = DEFAULT_OUT) -> bool:
+    """Whether ``out`` holds a site built from exactly the current inputs (:func:`inputs_fingerprint`)."""
+    stamp = Path(out) / STAMP
+    return (
+        (Path(out) / "html" / "index.html").is_file() and stamp.is_file() and stamp.read_text() == inputs_fingerprint()
+    )
+
+
 def build(out: Path = DEFAULT_OUT, fresh: bool = False, quiet: bool = True) -> Path:
     """Build the site into ``out/html`` and return that folder; raises RuntimeError when Sphinx fails.
 
-    Warnings are errors: a broken cross-reference or a missing file fails the build.
+    Warnings are errors: a broken cross-reference or a missing file fails the build. When nothing changed since
+    the last build (:func:`up_to_date`), Sphinx is not started.
     """
+    out = Path(out)
+    if not fresh and up_to_date(out):
+        return out / "html"
+    fingerprint = inputs_fingerprint()  # before the build: an input edited meanwhile makes the next one rebuild
     try:
         from sphinx.cmd.build import build_main
     except ImportError as error:
         raise RuntimeError('The site needs Sphinx and its extensions: pip install -e ".[site]"') from error
-    out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
     html = out / "html"
@@ -119,12 +159,14 @@ def build(out: Path = DEFAULT_OUT, fresh: bool = False, quiet: bool = True) -> P
             page.unlink(missing_ok=True)
     args = ["-b", "html", "-c", str(WEBSITE), "-d", str(out / "doctrees"), "-W", "--keep-going"]
     args += ["-q"] if quiet else []
+    (out / STAMP).unlink(missing_ok=True)
     status = build_main([*args, str(out / "src"), str(html)])
     if status:
         raise RuntimeError(
             f"sphinx-build failed (exit status {status}); its warnings are printed above. Paths under "
             f"{out / 'src'} are the repository's files (linked there): fix them in the repository."
         )
+    (out / STAMP).write_text(fingerprint)
     return html
 
 
@@ -135,13 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="Sphinx's progress, not only its warnings")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    unchanged = not args.fresh and up_to_date(args.out)
     try:
         html = build(args.out, fresh=args.fresh, quiet=not args.verbose)
     except RuntimeError as error:
         print(error, file=sys.stderr)
         return 1
     pages = sum(1 for page in html.rglob("*.html") if "_static" not in page.parts)  # not the theme's fragments
-    print(f"site: {pages} pages in {os.path.relpath(html)} in {time.perf_counter() - start:.1f} s")
+    done = "up to date: nothing changed since the last build" if unchanged else "built"
+    print(f"site: {pages} pages in {os.path.relpath(html)}, {done} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 
