@@ -54,6 +54,7 @@ from course_utils.variants import (
     loftq_init_,
     mean_spread,
     seeded_batches,
+    short_budget,
     train_steps,
     variant_options,
 )
@@ -71,10 +72,10 @@ COMBINATIONS = {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    hp = suggest("course-tiny", "lora")  # the notebook's "auto" budget, from the same source
-    parser.add_argument("--steps", type=int, default=hp.max_steps // 3)
-    parser.add_argument("--batch-size", type=int, default=max(1, hp.batch_size // 2))
-    parser.add_argument("--lr", type=float, default=2.5 * hp.learning_rate)
+    short = short_budget(suggest("course-tiny", "lora"))  # the notebook's "auto" budget, from the same source
+    parser.add_argument("--steps", type=int, default=short.max_steps)
+    parser.add_argument("--batch-size", type=int, default=short.batch_size)
+    parser.add_argument("--lr", type=float, default=short.learning_rate)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16)
     parser.add_argument("--loraplus-ratio", type=float, default=4)

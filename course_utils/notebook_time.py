@@ -86,6 +86,7 @@ class NotebookRun:
 
 def _runs() -> list[NotebookRun]:
     from course_utils.hyperparameters import suggest
+    from course_utils.variants import short_budget
 
     lora, dpo = suggest("course-tiny", "lora"), suggest("course-tiny", "dpo")
     pt, qlora = suggest("course-tiny", "prompt_tuning"), suggest("course-tiny", "qlora")
@@ -168,14 +169,15 @@ def _runs() -> list[NotebookRun]:
         NotebookRun("08_serving", f"{task} adapter", task, "lora", lora.max_steps, lora.batch_size, 16, QV)
         for task in ("shout", "terse")
     ]
+    short = short_budget(lora)
     runs.append(
         NotebookRun(
             "09_lora_variants",
-            f"7 variants x 3 seeds, {lora.max_steps // 3} steps each",
+            f"7 variants x 3 seeds, {short.max_steps} steps each",
             "shout",
             "not modelled: its own training loop (course_utils.variants.train_steps)",
-            lora.max_steps // 3,
-            max(1, lora.batch_size // 2),
+            short.max_steps,
+            short.batch_size,
         )
     )
     runs.append(

@@ -27,11 +27,12 @@ import math
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from course_utils.hyperparameters import TOY_LORA_LEARNING_RATE
+from course_utils.hyperparameters import TOY_LORA_LEARNING_RATE, Hyperparameters
 
 __all__ = [
     "VARIANTS",
@@ -43,6 +44,7 @@ __all__ = [
     "lora_scaling",
     "mean_spread",
     "seeded_batches",
+    "short_budget",
     "train_steps",
     "variant_options",
 ]
@@ -110,6 +112,27 @@ def seeded_batches(dataset: Any, tokenizer: Any, *, steps: int, batch_size: int,
     while len(order) < steps * batch_size:
         order += torch.randperm(len(rows), generator=generator).tolist()
     return [dict(collate([rows[i] for i in order[s * batch_size : (s + 1) * batch_size]])) for s in range(steps)]
+
+
+def short_budget(usual: Hyperparameters) -> Hyperparameters:
+    """Notebook 09's budget per run, from a model's usual LoRA values: a third of the steps, half the batch,
+    2.5x the learning rate. Small on purpose: 21 runs (7 variants x 3 seeds) fit in a minute on a CPU.
+
+    >>> from course_utils.hyperparameters import suggest
+    >>> short = short_budget(suggest("course-tiny", "lora"))
+    >>> short.max_steps, short.batch_size, short.learning_rate
+    (15, 8, 0.0075)
+    """
+    rule = {"max_steps": "a third of", "batch_size": "half of", "learning_rate": "2.5x"}
+    return replace(
+        usual,
+        max_steps=max(1, usual.max_steps // 3),
+        batch_size=max(1, usual.batch_size // 2),
+        learning_rate=2.5 * usual.learning_rate,
+        source={
+            key: f"notebook 09's short budget: {rule[key]} {usual.source.get(key, 'the usual value')}" for key in rule
+        },
+    )
 
 
 def train_steps(

@@ -107,17 +107,17 @@ from course_utils.data import load_task
 from course_utils.evaluation import evaluate_task
 from course_utils.hyperparameters import resolve, suggest
 from course_utils.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
-from course_utils.variants import seeded_batches, train_steps
+from course_utils.variants import seeded_batches, short_budget, train_steps
 
 pd.options.display.float_format = "{:.3g}".format
 device = resolve_device(DEVICE)
 dtype = resolve_dtype(DTYPE, device)
 tokenizer = load_tokenizer(MODEL)
 base = load_model(MODEL, dtype=dtype, device=device)
-hp = suggest(base, method="lora")
-lr = resolve(LEARNING_RATE, 2.5 * hp.learning_rate)
-steps = resolve(MAX_STEPS, hp.max_steps // 3)
-batch_size = resolve(BATCH_SIZE, max(1, hp.batch_size // 2))
+short = short_budget(suggest(base, method="lora"))  # a third of the usual steps, half the batch, 2.5x the rate
+lr = resolve(LEARNING_RATE, short.learning_rate)
+steps = resolve(MAX_STEPS, short.max_steps)
+batch_size = resolve(BATCH_SIZE, short.batch_size)
 train_ds, eval_ds = load_task(TASK, "train"), load_task(TASK, "eval")
 batches = {seed: seeded_batches(train_ds, tokenizer, steps=steps, batch_size=batch_size, seed=seed) for seed in SEEDS}
 eval_batch = seeded_batches(eval_ds, tokenizer, steps=1, batch_size=len(eval_ds), seed=0)[0]  # all 48, one batch

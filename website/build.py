@@ -129,12 +129,13 @@ def inputs_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def up_to_date(out: Path = DEFAULT_OUT) -> bool:
-    """Whether ``out`` holds a site built from exactly the current inputs (:func:`inputs_fingerprint`)."""
+def up_to_date(out: Path = DEFAULT_OUT, fingerprint: str | None = None) -> bool:
+    """Whether ``out`` holds a site built from exactly the current inputs (:func:`inputs_fingerprint`, or the
+    ``fingerprint`` already computed)."""
     stamp = Path(out) / STAMP
-    return (
-        (Path(out) / "html" / "index.html").is_file() and stamp.is_file() and stamp.read_text() == inputs_fingerprint()
-    )
+    if not ((Path(out) / "html" / "index.html").is_file() and stamp.is_file()):
+        return False
+    return stamp.read_text() == (fingerprint or inputs_fingerprint())
 
 
 def build(out: Path = DEFAULT_OUT, fresh: bool = False, quiet: bool = True) -> Path:
@@ -144,9 +145,9 @@ def build(out: Path = DEFAULT_OUT, fresh: bool = False, quiet: bool = True) -> P
     the last build (:func:`up_to_date`), Sphinx is not started.
     """
     out = Path(out)
-    if not fresh and up_to_date(out):
-        return out / "html"
     fingerprint = inputs_fingerprint()  # before the build: an input edited meanwhile makes the next one rebuild
+    if not fresh and up_to_date(out, fingerprint):
+        return out / "html"
     try:
         from sphinx.cmd.build import build_main
     except ImportError as error:
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     unchanged = not args.fresh and up_to_date(args.out)
     try:
-        html = build(args.out, fresh=args.fresh, quiet=not args.verbose)
+        html = args.out / "html" if unchanged else build(args.out, fresh=args.fresh, quiet=not args.verbose)
     except RuntimeError as error:
         print(error, file=sys.stderr)
         return 1
