@@ -48,6 +48,7 @@ __all__ = [
     "FACTS_ENV_VAR",
     "PROBE_PROMPT",
     "UnsupportedHereError",
+    "ACCELERATE_LAUNCH",
     "accelerate_config",
     "launch_command",
     "build_parser",
@@ -64,6 +65,13 @@ ACCELERATE_CONFIGS: dict[str, str] = {
     "fsdp-qlora": "FSDP full sharding for QLoRA (4-bit storage in the compute dtype); CUDA only",
     "zero3": "DeepSpeed ZeRO stage 3; CUDA only, needs `pip install deepspeed`",
 }
+
+
+#: ``accelerate launch``, run by this interpreter. The ``accelerate`` command sits in the environment's
+#: ``bin/`` (``Scripts\\`` on Windows), which is on PATH only where the environment is activated: a Jupyter
+#: kernel or CI calling a venv's python directly would not find it. ``python -m`` always finds the
+#: accelerate this python imports.
+ACCELERATE_LAUNCH: tuple[str, ...] = (sys.executable, "-m", "accelerate.commands.launch")
 
 
 class UnsupportedHereError(RuntimeError):
@@ -93,11 +101,11 @@ def launch_command(
     ``config`` is a shipped config name or a path. Without GPUs, the DDP config runs CPU processes (gloo).
 
     >>> cmd = launch_command(["--max-steps", "4"])
-    >>> cmd[:2], cmd[3].endswith("ddp.yaml"), cmd[4:]
-    (['accelerate', 'launch'], True, ['--num_processes', '2', '-m', 'course_utils.distributed', '--max-steps', '4'])
+    >>> cmd[1:3], cmd[4].endswith("ddp.yaml"), cmd[5:]
+    (['-m', 'accelerate.commands.launch'], True, ['--num_processes', '2', '-m', 'course_utils.distributed', '--max-steps', '4'])
     """
     path = accelerate_config(config) if config in ACCELERATE_CONFIGS else Path(config)
-    cmd = ["accelerate", "launch", "--config_file", str(path), "--num_processes", str(num_processes)]
+    cmd = [*ACCELERATE_LAUNCH, "--config_file", str(path), "--num_processes", str(num_processes)]
     if main_process_port is not None:
         cmd += ["--main_process_port", str(main_process_port)]
     return cmd + ["-m", "course_utils.distributed", *args]

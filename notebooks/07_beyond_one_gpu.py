@@ -332,13 +332,15 @@ import os
 import tempfile
 import time
 
-from course_utils.distributed import FACTS_ENV_VAR
+from course_utils.distributed import ACCELERATE_LAUNCH, FACTS_ENV_VAR
 
 from course_utils.paths import outputs_dir
 
 ADAPTER_DIR = outputs_dir("07-shout-ddp")  # outputs/ beside the notebook (Drive on Colab); a re-run replaces it
 facts_file = Path(tempfile.mkdtemp(prefix="nb07-")) / "facts.json"
-cmd = ["accelerate", "launch", "--config_file", str(accelerate_config("ddp")), "--num_processes", str(NUM_PROCESSES)]
+# `accelerate launch` through this kernel's python (`python -m accelerate.commands.launch`): the `accelerate`
+# command is on PATH only where its environment is activated, which a Jupyter kernel's often is not
+cmd = [*ACCELERATE_LAUNCH, "--config_file", str(accelerate_config("ddp")), "--num_processes", str(NUM_PROCESSES)]
 cmd += [str(SCRIPT), "--model", MODEL, "--max-steps", str(max_steps), "--batch-size", str(per_process_batch)]
 cmd += ["--learning-rate", str(lr), "--r", str(R), "--seed", str(SEED), "--output-dir", os.path.relpath(ADAPTER_DIR)]
 env = {
@@ -350,7 +352,8 @@ env = {
 }
 if torch.cuda.device_count() < NUM_PROCESSES:
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes (gloo) unless there is one GPU per process
-print("$ accelerate launch --config_file ddp.yaml --num_processes", NUM_PROCESSES, "train_sft.py", *cmd[7:])
+script_args = cmd[cmd.index(str(SCRIPT)) + 1 :]
+print("$ accelerate launch --config_file ddp.yaml --num_processes", NUM_PROCESSES, "train_sft.py", *script_args)
 start = time.perf_counter()
 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
 launch_seconds = time.perf_counter() - start
