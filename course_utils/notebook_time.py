@@ -220,7 +220,15 @@ def padded_length(task: str, batch_size: int, model: str = "course-tiny", sample
                 ids = tok.apply_chat_template(prompt + answer, tokenize=True, return_dict=True)["input_ids"]
                 lengths.append(len(ids))
     else:
-        lengths = [len(r["input_ids"]) for r in tokenize_for_sft(load_task(task)["train"], tok)]
+        import datasets
+
+        bars_were_off = datasets.utils.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # a planner's side computation: no "Map" bar in `course-utils doctor`
+        try:
+            lengths = [len(r["input_ids"]) for r in tokenize_for_sft(load_task(task)["train"], tok)]
+        finally:
+            if not bars_were_off:
+                datasets.enable_progress_bars()
     rng = random.Random(0)
     total, batches = 0, 0
     for _ in range(samples):
