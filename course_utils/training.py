@@ -15,6 +15,9 @@ self-contained.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -91,6 +94,27 @@ def time_budget(seconds: float) -> Any:
 TimeBudget = time_budget
 
 
+def _scratch_output_dir() -> str:
+    """A new folder for a Trainer that saves nothing; removed at exit if it is still empty.
+
+    The Trainer needs an ``output_dir``; transformers' default (``trainer_output/``) would land beside the
+    notebook, and one shared folder would let one run's ``save_model()`` overwrite another's. A fresh temporary
+    folder per call avoids both, and ``os.rmdir`` at exit removes only an empty one, never what was saved there.
+
+    >>> path = _scratch_output_dir()
+    >>> os.path.isdir(path) and os.path.basename(path).startswith("course-run-")
+    True
+    """
+    path = tempfile.mkdtemp(prefix="course-run-")
+    atexit.register(_remove_if_empty, path)
+    return path
+
+
+def _remove_if_empty(path: str) -> None:
+    with contextlib.suppress(OSError):  # rmdir fails on a folder that holds anything
+        os.rmdir(path)
+
+
 def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
     """``TrainingArguments`` that work the same on a CPU, Colab and a local GPU.
 
@@ -109,7 +133,7 @@ def cpu_friendly_args(output_dir: str | None = None, **overrides: Any):
     from transformers import TrainingArguments
 
     defaults: dict[str, Any] = dict(
-        output_dir=output_dir or tempfile.mkdtemp(prefix="course-run-"),
+        output_dir=output_dir or _scratch_output_dir(),
         per_device_train_batch_size=16,
         learning_rate=TOY_LORA_LEARNING_RATE,
         lr_scheduler_type="constant",

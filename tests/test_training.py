@@ -73,6 +73,32 @@ def test_cpu_friendly_args_never_ask_for_bf16_on_cpu():
     assert args.dataloader_pin_memory is False and args.save_strategy == "no"
 
 
+def test_the_trainers_scratch_folder_goes_at_exit_only_when_empty(tmp_path):
+    """cpu_friendly_args() without output_dir leaves no empty /tmp/course-run-* behind, and never deletes a save."""
+    import atexit
+    import os
+
+    from course_utils import training
+
+    registered = []
+    original = atexit.register
+    atexit.register = lambda func, *args: registered.append((func, args))
+    try:
+        empty = cpu_friendly_args(max_steps=1).output_dir
+        kept = cpu_friendly_args(max_steps=1).output_dir
+    finally:
+        atexit.register = original
+    assert [args for _, args in registered] == [(empty,), (kept,)]
+    with open(os.path.join(kept, "adapter_model.safetensors"), "w") as f:
+        f.write("a learner's save")
+    for func, args in registered:  # what the interpreter does at exit
+        func(*args)
+    assert not os.path.exists(empty)
+    assert os.path.exists(os.path.join(kept, "adapter_model.safetensors"))
+    assert cpu_friendly_args(str(tmp_path), max_steps=1).output_dir == str(tmp_path)  # the learner's folder: no cleanup
+    assert training._remove_if_empty is registered[0][0]
+
+
 def test_a_learners_own_jsonl_file_trains_and_evaluates_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
     """The path a learner takes with their own data: a JSONL file -> load_task -> train_lora -> evaluate_task."""
     import json
