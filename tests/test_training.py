@@ -73,7 +73,7 @@ def test_cpu_friendly_args_never_ask_for_bf16_on_cpu():
     assert args.dataloader_pin_memory is False and args.save_strategy == "no"
 
 
-def test_the_trainers_scratch_folder_goes_at_exit_only_when_empty(tmp_path):
+def test_the_trainers_scratch_folder_goes_at_exit_only_when_empty(tmp_path, monkeypatch):
     """cpu_friendly_args() without output_dir leaves no empty /tmp/course-run-* behind, and never deletes a save."""
     import atexit
     import os
@@ -81,13 +81,10 @@ def test_the_trainers_scratch_folder_goes_at_exit_only_when_empty(tmp_path):
     from course_utils import training
 
     registered = []
-    original = atexit.register
-    atexit.register = lambda func, *args: registered.append((func, args))
-    try:
-        empty = cpu_friendly_args(max_steps=1).output_dir
-        kept = cpu_friendly_args(max_steps=1).output_dir
-    finally:
-        atexit.register = original
+    monkeypatch.setattr(atexit, "register", lambda func, *args: registered.append((func, args)))
+    empty = cpu_friendly_args(max_steps=1).output_dir
+    kept = cpu_friendly_args(max_steps=1).output_dir
+    monkeypatch.undo()
     assert [args for _, args in registered] == [(empty,), (kept,)]
     with open(os.path.join(kept, "adapter_model.safetensors"), "w") as f:
         f.write("a learner's save")
