@@ -130,25 +130,25 @@ def _machine_patterns() -> dict[str, str]:
     return patterns
 
 
-#: Seconds each file took in a whole `pytest` on 2 idle cores (xdist, one thread per worker), measured
-#: 2026-12-01 after the 45-step toy recipe; files not listed take a few seconds. Only the ORDER matters
-#: (longest first); a stale figure costs a little balance, never a result.
+#: Seconds each file took in a whole `pytest` on 2 cores (xdist, one thread per worker), as printed by
+#: `python benchmarks/suite_time.py` (2026-12-02, a 2-core AMD EPYC); files not listed take a few seconds.
+#: Only the ORDER matters (longest first); a stale figure costs a little balance, never a result.
 SECONDS_PER_FILE = {
-    "09_lora_variants.ipynb": 116,
-    "08_serving.ipynb": 89,
-    "05_prompt_tuning.ipynb": 78,
-    "02_adapters.ipynb": 62,
-    "01_lora_training.ipynb": 59,
-    "04_trl.ipynb": 57,
-    "07_beyond_one_gpu.ipynb": 53,
-    "03_merging.ipynb": 53,
+    "09_lora_variants.ipynb": 166,
+    "08_serving.ipynb": 127,
+    "05_prompt_tuning.ipynb": 105,
+    "01_lora_training.ipynb": 86,
+    "02_adapters.ipynb": 83,
+    "03_merging.ipynb": 74,
+    "04_trl.ipynb": 73,
+    "07_beyond_one_gpu.ipynb": 65,
     "test_packaging.py": 51,
-    "06_qlora.ipynb": 40,
-    "test_distributed.py": 35,
-    "test_site.py": 31,
-    "test_runner.py": 15,
-    "test_doctor.py": 13,
-    "test_evaluation.py": 13,
+    "06_qlora.ipynb": 44,
+    "test_distributed.py": 38,
+    "test_site.py": 35,
+    "test_runner.py": 19,
+    "test_evaluation.py": 18,
+    "test_doctor.py": 17,
 }
 
 

@@ -55,7 +55,7 @@ DPO_LEARNING_RATE = "auto"  # DPO with LoRA
 DPO_STEPS = "auto"
 DPO_BATCH_SIZE = "auto"  # preference pairs per step
 DPO_BETA = 0.1  # strength of the pull towards the reference model
-GRADIENT_CHECKPOINTING = False  # saves activation memory at ~30% more compute; not needed for a small model
+ACTIVATION_CHECKPOINTING = False  # gradient checkpointing: less activation memory, ~30% more compute; not needed here
 SEED = 0
 
 # %% tags=["nbval-ignore-output"]
@@ -168,7 +168,7 @@ expect(
 
 # %% [markdown]
 # So we set every flag that matters (right on a GPU too): fp32 on CPU, bf16 or fp16 on a GPU; `use_cpu` only
-# without an accelerator; gradient checkpointing decided by us; no pinned memory, reporting or checkpoints;
+# without an accelerator; activation (gradient) checkpointing decided by us; no pinned memory, reporting or checkpoints;
 # `max_length` caps the tokenized rows.
 #
 # `peft_config=` makes the trainer call `get_peft_model` itself (`"all-linear"`: every linear layer, any
@@ -190,7 +190,7 @@ sft_args = SFTConfig(
     lr_scheduler_type="constant",
     **mixed_precision_flags(DEVICE),  # bf16 on A100 and newer, fp16 on a T4/V100, neither on CPU
     use_cpu=USE_CPU,
-    gradient_checkpointing=GRADIENT_CHECKPOINTING,  # TRL's default is True: decide it yourself
+    activation_checkpointing=ACTIVATION_CHECKPOINTING,  # TRL's default is True (transformers 5's new name)
     max_length=128,  # was `max_seq_length` in older TRL
     dataloader_pin_memory=False,
     report_to="none",
@@ -328,7 +328,7 @@ def dpo_args(**overrides):
         max_length=128,
         **mixed_precision_flags(DEVICE),
         use_cpu=USE_CPU,
-        gradient_checkpointing=GRADIENT_CHECKPOINTING,
+        activation_checkpointing=ACTIVATION_CHECKPOINTING,
         dataloader_pin_memory=False,
         report_to="none",
         save_strategy="no",
@@ -360,6 +360,7 @@ print("policy:", type(dpo_trainer.model).__name__, "| separate reference model:"
 #
 # A second trainer built the classic way, with `ref_model=` a second copy of the model, and the bytes of the
 # distinct parameters each trainer holds:
+
 
 # %% tags=["nbval-ignore-output"]
 def held_bytes(*models):

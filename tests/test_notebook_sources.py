@@ -95,3 +95,52 @@ def test_readme_links_follow_pyproject():
     assert badges and set(badges) == {repo}, badges
     for name in re.findall(r"\(notebooks/(\d\d_[a-z_]+\.ipynb)\)", readme):
         assert (ROOT / "notebooks" / name).exists(), name
+
+
+# --------------------------------------------------------------------------- deprecations in the outputs
+#: Deprecation and future warnings a committed notebook may show, each with why the course cannot avoid it.
+#: Any other one means the notebook (or course_utils) uses a name a library has deprecated: use the new
+#: name, then re-execute. Matched against the warning's message, after "FutureWarning: ".
+KNOWN_DEPRECATIONS = {
+    r"`gradient_checkpointing` is deprecated": "TRL 1.16's configs default the old name to True; 04 shows a "
+    "default SFTConfig on purpose (its own configs pass activation_checkpointing)",
+    r"`past_key_values` is deprecated": "peft's prefix tuning passes past_key_values to the model (05)",
+    r"Both `past_key_values` and `cache` are set": "peft's prefix tuning, when it generates (05)",
+}
+_DEPRECATION = re.compile(r"\b(?:Future|Deprecation|PendingDeprecation)Warning: (.*)")
+
+
+def unknown_deprecations(nb: dict, name: str = "notebook") -> list[str]:
+    """``"<name> cell <i>: <message>"`` for each deprecation warning on stderr not in KNOWN_DEPRECATIONS."""
+    found = []
+    for index, cell in enumerate(nb["cells"]):
+        for output in cell.get("outputs", []):
+            if output.get("name") != "stderr":
+                continue
+            text = output["text"] if isinstance(output["text"], str) else "".join(output["text"])
+            for match in _DEPRECATION.finditer(text):
+                if not any(re.match(known, match.group(1)) for known in KNOWN_DEPRECATIONS):
+                    found.append(f"{name} cell {index}: {match.group(0)[:200]}")
+    return found
+
+
+def test_the_deprecation_check_finds_an_unknown_warning_and_passes_a_known_one():
+    def notebook(stderr: str) -> dict:
+        output = {"output_type": "stream", "name": "stderr", "text": stderr}
+        return {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [output]}]}
+
+    old_name = "/x/site-packages/transformers/training_args.py:1541: FutureWarning: `save_total` is deprecated.\n"
+    assert unknown_deprecations(notebook(old_name), "nb") == [f"nb cell 0: {old_name.split(': ', 1)[1].strip()}"]
+    known = "/x/torch/nn/modules/module.py:1789: FutureWarning: `past_key_values` is deprecated and will go.\n"
+    assert unknown_deprecations(notebook(known)) == []
+    assert unknown_deprecations(notebook("UserWarning: something else\n")) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_outputs_show_no_deprecation_the_course_could_avoid(path: Path):
+    import json
+
+    found = unknown_deprecations(json.loads(path.read_text(encoding="utf-8")), path.name)
+    assert not found, "deprecated names in the committed outputs (use the new name, then re-execute):\n" + "\n".join(
+        found
+    )
