@@ -123,12 +123,11 @@ from course_utils.paths import outputs_dir
 # ./outputs beside the notebook (Google Drive on Colab); re-running the notebook replaces its own adapters
 SFT_DIR = outputs_dir("04-terse-sft")
 lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
-try:
+try:  # no peft_config here: SFTTrainer adds LoRA layers to `model` IN PLACE, before this check fails
     SFTTrainer(
         model=model,
         processing_class=tokenizer,
         train_dataset=terse["train"],
-        peft_config=lora_config,
         args=SFTConfig(str(SFT_DIR), assistant_only_loss=True, use_cpu=True, bf16=False, report_to="none"),
     )
     print("accepted: this tokenizer's chat template has generation markers")
