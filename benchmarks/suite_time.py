@@ -21,6 +21,7 @@ divided by the cores: only less work makes it shorter, not more parallelism.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import resource
@@ -159,10 +160,7 @@ def main() -> int:
     start = time.time()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watch = ProcessCPU(process.pid) if sys.platform == "linux" else None
-    if watch:
-        with watch:
-            output, _ = process.communicate()
-    else:
+    with watch or contextlib.nullcontext():
         output, _ = process.communicate()
     end = time.time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)

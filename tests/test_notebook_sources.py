@@ -14,6 +14,7 @@ every checked output with the committed one.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -138,8 +139,6 @@ def test_the_deprecation_check_finds_an_unknown_warning_and_passes_a_known_one()
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_outputs_show_no_deprecation_the_course_could_avoid(path: Path):
-    import json
-
     found = unknown_deprecations(json.loads(path.read_text(encoding="utf-8")), path.name)
     assert not found, "deprecated names in the committed outputs (use the new name, then re-execute):\n" + "\n".join(
         found
